@@ -1,0 +1,10 @@
+//! Kiln's compiler core: the IR, ONNX and safetensors import/export, the verifier,
+//! the pass manager and the executors.
+//!
+//! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] and [`runtime`] convert at the edge.
+
+pub mod dtype;
+pub mod tensor;
+
+pub use dtype::DataType;
+pub use tensor::{Element, Tensor, TensorData, TensorError};

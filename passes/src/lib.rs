@@ -1,0 +1,1 @@
+//! kiln-passes: filled by its issue; see ../shared/DESIGN.md.

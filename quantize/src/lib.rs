@@ -1,0 +1,1 @@
+//! kiln-quantize: filled by its issue; see ../shared/DESIGN.md.

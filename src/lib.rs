@@ -1,0 +1,1 @@
+//! Kiln: the facade over the compiler, passes, quantization and targets.

@@ -1,0 +1,1 @@
+//! kiln-targets: filled by its issue; see ../shared/DESIGN.md.
