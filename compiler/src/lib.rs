@@ -8,3 +8,6 @@ pub mod tensor;
 
 pub use dtype::DataType;
 pub use tensor::{Element, Tensor, TensorData, TensorError};
+pub mod dump;
+pub mod ir;
+pub mod verify;
