@@ -1,0 +1,3 @@
+//! ONNX protobuf import and export.
+
+pub mod proto;
