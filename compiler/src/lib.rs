@@ -4,6 +4,7 @@
 //! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] and [`runtime`] convert at the edge.
 
 pub mod dtype;
+pub mod safetensors;
 pub mod tensor;
 
 pub use dtype::DataType;
