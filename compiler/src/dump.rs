@@ -11,17 +11,7 @@ pub fn dump_model(model: &Model) -> String {
     let opsets: Vec<String> = model
         .opset_import
         .iter()
-        .map(|o| {
-            format!(
-                "{}={}",
-                if o.domain().is_empty() {
-                    "ai.onnx"
-                } else {
-                    o.domain()
-                },
-                o.version.unwrap_or(0)
-            )
-        })
+        .map(|o| format!("{}={}", if o.domain().is_empty() { "ai.onnx" } else { o.domain() }, o.version.unwrap_or(0)))
         .collect();
     let _ = writeln!(
         s,
@@ -35,12 +25,7 @@ pub fn dump_model(model: &Model) -> String {
         dump_graph_into(g, 0, &mut s);
     }
     for f in &model.functions {
-        let _ = writeln!(
-            s,
-            "function {}.{}",
-            f.domain.as_deref().unwrap_or(""),
-            f.name.as_deref().unwrap_or("")
-        );
+        let _ = writeln!(s, "function {}.{}", f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""));
         dump_graph_into(&f.body, 1, &mut s);
     }
     s
@@ -70,11 +55,12 @@ fn typed(g: &Graph, v: ValueId) -> String {
 
 fn tensor_summary(t: &Tensor) -> String {
     let dims: Vec<String> = t.dims().iter().map(ToString::to_string).collect();
-    if t.len() <= 4 && t.dtype() != crate::DataType::String {
-        if let Ok(vals) = t.to_f64_vec() {
-            let vals: Vec<String> = vals.iter().map(|v| format!("{v}")).collect();
-            return format!("{}[{}] = [{}]", t.dtype(), dims.join(","), vals.join(", "));
-        }
+    if t.len() <= 4
+        && t.dtype() != crate::DataType::String
+        && let Ok(vals) = t.to_f64_vec()
+    {
+        let vals: Vec<String> = vals.iter().map(|v| format!("{v}")).collect();
+        return format!("{}[{}] = [{}]", t.dtype(), dims.join(","), vals.join(", "));
     }
     format!("{}[{}]", t.dtype(), dims.join(","))
 }
@@ -91,11 +77,7 @@ fn attr_text(a: &AttrValue) -> String {
         AttrValue::Type(t) => t.to_string(),
         AttrValue::Floats(v) => list(v.iter().map(|x| format!("{x}")).collect()),
         AttrValue::Ints(v) => list(v.iter().map(|x| format!("{x}")).collect()),
-        AttrValue::Strings(v) => list(
-            v.iter()
-                .map(|b| format!("{:?}", String::from_utf8_lossy(b)))
-                .collect(),
-        ),
+        AttrValue::Strings(v) => list(v.iter().map(|b| format!("{:?}", String::from_utf8_lossy(b))).collect()),
         AttrValue::Tensors(v) => list(v.iter().map(|t| tensor_summary(t)).collect()),
         AttrValue::Graphs(v) => format!("<{} graphs>", v.len()),
         AttrValue::SparseTensors(v) => format!("<{} sparse tensors>", v.len()),
@@ -108,54 +90,28 @@ fn dump_graph_into(g: &Graph, depth: usize, s: &mut String) {
     let pad = "  ".repeat(depth);
     let _ = writeln!(s, "{pad}graph '{}' {{", g.name.as_deref().unwrap_or(""));
     for &v in g.inputs() {
-        let kind = if matches!(g.value(v).def(), ValueDef::Initializer(_)) {
-            "input (with initializer)"
-        } else {
-            "input"
-        };
+        let kind =
+            if matches!(g.value(v).def(), ValueDef::Initializer(_)) { "input (with initializer)" } else { "input" };
         let _ = writeln!(s, "{pad}  {kind} {}", typed(g, v));
     }
     for &v in g.initializers() {
         if let Some(t) = g.value(v).initializer() {
-            let _ = writeln!(
-                s,
-                "{pad}  init %{} = {}",
-                g.value(v).name,
-                tensor_summary(t)
-            );
+            let _ = writeln!(s, "{pad}  init %{} = {}", g.value(v).name, tensor_summary(t));
         }
     }
     for (_, n) in g.nodes() {
         let outs: Vec<String> = n.outputs().iter().map(|&o| value_ref(g, o)).collect();
         let ins: Vec<String> = n.inputs().iter().map(|&i| value_ref(g, i)).collect();
-        let op = if n.domain().is_empty() {
-            n.op_type.clone()
-        } else {
-            format!("{}.{}", n.domain(), n.op_type)
-        };
+        let op = if n.domain().is_empty() { n.op_type.clone() } else { format!("{}.{}", n.domain(), n.op_type) };
         let attrs: Vec<String> = n
             .attributes
             .iter()
             .filter(|a| !matches!(a.value, AttrValue::Graph(_) | AttrValue::Graphs(_)))
             .map(|a| format!("{}={}", a.name, attr_text(&a.value)))
             .collect();
-        let attrs = if attrs.is_empty() {
-            String::new()
-        } else {
-            format!(" {{{}}}", attrs.join(", "))
-        };
-        let name = n
-            .name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .map(|n| format!("  # {n}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "{pad}  {} = {op}({}){attrs}{name}",
-            outs.join(", "),
-            ins.join(", ")
-        );
+        let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) };
+        let name = n.name.as_deref().filter(|n| !n.is_empty()).map(|n| format!("  # {n}")).unwrap_or_default();
+        let _ = writeln!(s, "{pad}  {} = {op}({}){attrs}{name}", outs.join(", "), ins.join(", "));
         for a in &n.attributes {
             match &a.value {
                 AttrValue::Graph(sg) => {
@@ -189,21 +145,10 @@ mod tests {
     fn dump_is_readable() {
         let mut g = Graph::new();
         g.name = Some("g".into());
-        let x = g.add_input(
-            "x",
-            Some(Type::tensor(TensorType::with_dims(DataType::F32, &[1, 4]))),
-        );
-        let w = g.add_initializer(
-            "w",
-            Arc::new(Tensor::from_slice(vec![4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap()),
-        );
-        let n = g.add_node(
-            NodeSpec::new("Mul")
-                .name("scale")
-                .inputs([x, w])
-                .outputs(["y"])
-                .attr(Attribute::int("k", 2)),
-        );
+        let x = g.add_input("x", Some(Type::tensor(TensorType::with_dims(DataType::F32, &[1, 4]))));
+        let w = g.add_initializer("w", Arc::new(Tensor::from_slice(vec![4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap()));
+        let n =
+            g.add_node(NodeSpec::new("Mul").name("scale").inputs([x, w]).outputs(["y"]).attr(Attribute::int("k", 2)));
         let y = g.node(n).output(0).unwrap();
         g.push_output(y);
         let text = dump_graph(&g);

@@ -30,11 +30,7 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{sev}: {}: {}: {}",
-            self.graph, self.location, self.message
-        )
+        write!(f, "{sev}: {}: {}: {}", self.graph, self.location, self.message)
     }
 }
 
@@ -57,12 +53,7 @@ pub fn verify_model(model: &Model) -> Vec<Problem> {
     }
     for f in &model.functions {
         let name = format!("function '{}'", f.name.as_deref().unwrap_or(""));
-        let inputs: HashSet<String> = f
-            .body
-            .inputs()
-            .iter()
-            .map(|&v| f.body.value(v).name.clone())
-            .collect();
+        let inputs: HashSet<String> = f.body.inputs().iter().map(|&v| f.body.value(v).name.clone()).collect();
         verify_graph_in(&f.body, &name, &inputs, &mut out);
     }
     out
@@ -70,15 +61,8 @@ pub fn verify_model(model: &Model) -> Vec<Problem> {
 
 /// Errors only, as a `Result`.
 pub fn check_model(model: &Model) -> Result<(), VerifyError> {
-    let errors: Vec<Problem> = verify_model(model)
-        .into_iter()
-        .filter(|p| p.severity == Severity::Error)
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(VerifyError(errors))
-    }
+    let errors: Vec<Problem> = verify_model(model).into_iter().filter(|p| p.severity == Severity::Error).collect();
+    if errors.is_empty() { Ok(()) } else { Err(VerifyError(errors)) }
 }
 
 /// Every problem of a top-level graph.
@@ -90,12 +74,7 @@ pub fn verify_graph(g: &Graph) -> Vec<Problem> {
 
 fn verify_graph_in(g: &Graph, path: &str, outer: &HashSet<String>, out: &mut Vec<Problem>) {
     let mut push = |severity, location: String, message: String| {
-        out.push(Problem {
-            severity,
-            graph: path.to_string(),
-            location,
-            message,
-        });
+        out.push(Problem { severity, graph: path.to_string(), location, message });
     };
     let vname = |v: ValueId| format!("value '{}'", g.value(v).name);
 
@@ -109,11 +88,7 @@ fn verify_graph_in(g: &Graph, path: &str, outer: &HashSet<String>, out: &mut Vec
             push(
                 Severity::Error,
                 vname(id),
-                format!(
-                    "defined twice: by {} and by {}",
-                    def_label(g, first),
-                    def_label(g, id)
-                ),
+                format!("defined twice: by {} and by {}", def_label(g, first), def_label(g, id)),
             );
         } else {
             defined.insert(&v.name, id);
@@ -137,32 +112,21 @@ fn verify_graph_in(g: &Graph, path: &str, outer: &HashSet<String>, out: &mut Vec
                 push(
                     Severity::Error,
                     n.label(nid),
-                    format!(
-                        "input {i} '{}' is not defined by any node, input or initializer",
-                        g.value(v).name
-                    ),
+                    format!("input {i} '{}' is not defined by any node, input or initializer", g.value(v).name),
                 );
             }
         }
         let mut seen = HashSet::new();
         for a in &n.attributes {
             if !seen.insert(a.name.as_str()) {
-                push(
-                    Severity::Error,
-                    n.label(nid),
-                    format!("attribute '{}' appears twice", a.name),
-                );
+                push(Severity::Error, n.label(nid), format!("attribute '{}' appears twice", a.name));
             }
         }
         check_control_flow(g, nid, &mut push);
     }
     for &o in g.outputs() {
         if !resolvable(o) {
-            push(
-                Severity::Error,
-                vname(o),
-                "is a graph output but nothing defines it".into(),
-            );
+            push(Severity::Error, vname(o), "is a graph output but nothing defines it".into());
         }
     }
 
@@ -175,11 +139,7 @@ fn verify_graph_in(g: &Graph, path: &str, outer: &HashSet<String>, out: &mut Vec
         if let Some(dt) = ty.dtype()
             && dt != t.dtype()
         {
-            push(
-                Severity::Error,
-                vname(v),
-                format!("declared as {dt} but its initializer holds {}", t.dtype()),
-            );
+            push(Severity::Error, vname(v), format!("declared as {dt} but its initializer holds {}", t.dtype()));
         }
         if let Some(dims) = ty.concrete_dims()
             && dims != t.dims()
@@ -187,10 +147,7 @@ fn verify_graph_in(g: &Graph, path: &str, outer: &HashSet<String>, out: &mut Vec
             push(
                 Severity::Error,
                 vname(v),
-                format!(
-                    "declared with shape {dims:?} but its initializer has shape {:?}",
-                    t.dims()
-                ),
+                format!("declared with shape {dims:?} but its initializer has shape {:?}", t.dims()),
             );
         }
     }
@@ -221,12 +178,7 @@ fn check_control_flow(g: &Graph, nid: NodeId, push: &mut impl FnMut(Severity, St
     if !n.domain().is_empty() {
         return;
     }
-    let graph_attr = |name: &str| match n
-        .attributes
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| &a.value)
-    {
+    let graph_attr = |name: &str| match n.attributes.iter().find(|a| a.name == name).map(|a| &a.value) {
         Some(AttrValue::Graph(sg)) => Some(sg.as_ref()),
         _ => None,
     };
@@ -237,18 +189,10 @@ fn check_control_flow(g: &Graph, nid: NodeId, push: &mut impl FnMut(Severity, St
                     Some(sg) if sg.outputs().len() != n.outputs().len() => push(
                         Severity::Error,
                         n.label(nid),
-                        format!(
-                            "{branch} has {} outputs but the If has {}",
-                            sg.outputs().len(),
-                            n.outputs().len()
-                        ),
+                        format!("{branch} has {} outputs but the If has {}", sg.outputs().len(), n.outputs().len()),
                     ),
                     Some(_) => {}
-                    None => push(
-                        Severity::Error,
-                        n.label(nid),
-                        format!("has no graph attribute '{branch}'"),
-                    ),
+                    None => push(Severity::Error, n.label(nid), format!("has no graph attribute '{branch}'")),
                 }
             }
         }
@@ -270,27 +214,14 @@ fn check_control_flow(g: &Graph, nid: NodeId, push: &mut impl FnMut(Severity, St
                     push(
                         Severity::Error,
                         n.label(nid),
-                        format!(
-                            "body has {} outputs, fewer than condition + {carried} carried",
-                            body.outputs().len()
-                        ),
+                        format!("body has {} outputs, fewer than condition + {carried} carried", body.outputs().len()),
                     );
                 }
             }
-            None => push(
-                Severity::Error,
-                n.label(nid),
-                "has no graph attribute 'body'".into(),
-            ),
+            None => push(Severity::Error, n.label(nid), "has no graph attribute 'body'".into()),
         },
-        "Scan" => {
-            if graph_attr("body").is_none() {
-                push(
-                    Severity::Error,
-                    n.label(nid),
-                    "has no graph attribute 'body'".into(),
-                );
-            }
+        "Scan" if graph_attr("body").is_none() => {
+            push(Severity::Error, n.label(nid), "has no graph attribute 'body'".into());
         }
         _ => {}
     }
@@ -363,18 +294,10 @@ fn check_order(g: &Graph, push: &mut impl FnMut(Severity, String, String)) {
         seen.insert(next, path.len());
         path.push(next);
     };
-    let mut cycle: Vec<String> = path[start..]
-        .iter()
-        .rev()
-        .map(|&i| g.node(ids[i]).label(ids[i]))
-        .collect();
+    let mut cycle: Vec<String> = path[start..].iter().rev().map(|&i| g.node(ids[i]).label(ids[i])).collect();
     cycle.push(cycle[0].clone());
     let first = cycle[0].clone();
-    push(
-        Severity::Error,
-        first,
-        format!("is on a cycle: {}", cycle.join(" -> ")),
-    );
+    push(Severity::Error, first, format!("is on a cycle: {}", cycle.join(" -> ")));
 }
 
 fn def_label(g: &Graph, v: ValueId) -> String {
@@ -399,32 +322,14 @@ mod tests {
         let mut g = Graph::new();
         let x = g.add_input("x", None);
         let ghost = g.add_outer("ghost");
-        let a = g.add_node(
-            NodeSpec::new("Add")
-                .name("add1")
-                .inputs([x, ghost])
-                .outputs(["a"]),
-        );
+        let a = g.add_node(NodeSpec::new("Add").name("add1").inputs([x, ghost]).outputs(["a"]));
         let a_out = g.node(a).output(0).unwrap();
-        g.add_node(
-            NodeSpec::new("Relu")
-                .name("dup")
-                .inputs([a_out])
-                .outputs(["x"]),
-        );
+        g.add_node(NodeSpec::new("Relu").name("dup").inputs([a_out]).outputs(["x"]));
         g.push_output(a_out);
         let problems = verify_graph(&g);
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert!(
-            text.iter()
-                .any(|p| p.contains("'add1' (Add)") && p.contains("'ghost' is not defined")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|p| p.contains("value 'x'") && p.contains("defined twice")),
-            "{text:?}"
-        );
+        assert!(text.iter().any(|p| p.contains("'add1' (Add)") && p.contains("'ghost' is not defined")), "{text:?}");
+        assert!(text.iter().any(|p| p.contains("value 'x'") && p.contains("defined twice")), "{text:?}");
         assert_eq!(problems.len(), 2, "{text:?}");
     }
 
@@ -433,28 +338,16 @@ mod tests {
         let mut g = Graph::new();
         let x = g.add_input("x", None);
         let b_out = g.add_outer("b");
-        let a = g.add_node(
-            NodeSpec::new("Add")
-                .name("A")
-                .inputs([x, b_out])
-                .outputs(["a"]),
-        );
+        let a = g.add_node(NodeSpec::new("Add").name("A").inputs([x, b_out]).outputs(["a"]));
         let a_out = g.node(a).output(0).unwrap();
-        let b = g.add_node(
-            NodeSpec::new("Relu")
-                .name("B")
-                .inputs([a_out])
-                .outputs([""]),
-        );
+        let b = g.add_node(NodeSpec::new("Relu").name("B").inputs([a_out]).outputs([""]));
         g.bind_output(b, 0, b_out);
         g.push_output(a_out);
         let problems = verify_graph(&g);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].severity, Severity::Error);
         assert!(problems[0].message.contains("cycle"), "{}", problems[0]);
-        assert!(
-            problems[0].message.contains("'A' (Add)") && problems[0].message.contains("'B' (Relu)")
-        );
+        assert!(problems[0].message.contains("'A' (Add)") && problems[0].message.contains("'B' (Relu)"));
     }
 
     #[test]

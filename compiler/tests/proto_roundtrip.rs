@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use kiln_compiler::onnx::proto::{
-    MapProto, ModelProto, OptionalProto, SequenceProto, SparseTensorProto, TensorProto, TypeProto,
-    decode_model, type_proto,
+    MapProto, ModelProto, OptionalProto, SequenceProto, SparseTensorProto, TensorProto, TypeProto, decode_model,
+    type_proto,
 };
 use prost::Message;
 
@@ -51,16 +51,11 @@ impl Kind {
 }
 
 fn node_tests_dir() -> PathBuf {
-    std::env::var_os("KILN_ONNX_NODE_TESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_TESTS))
+    std::env::var_os("KILN_ONNX_NODE_TESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_TESTS))
 }
 
 fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     entries
 }
@@ -83,10 +78,7 @@ fn parse_data_name(name: &str) -> Option<(bool, usize)> {
 fn node_suite_round_trips_byte_identical() {
     let root = node_tests_dir();
     if !root.is_dir() {
-        println!(
-            "ONNX node test data missing at {} (set KILN_ONNX_NODE_TESTS); skipping",
-            root.display()
-        );
+        println!("ONNX node test data missing at {} (set KILN_ONNX_NODE_TESTS); skipping", root.display());
         return;
     }
 
@@ -116,13 +108,7 @@ fn node_suite_round_trips_byte_identical() {
         let graph = model.graph.as_ref();
         let type_of = |input: bool, index: usize| {
             graph
-                .and_then(|g| {
-                    if input {
-                        g.input.get(index)
-                    } else {
-                        g.output.get(index)
-                    }
-                })
+                .and_then(|g| if input { g.input.get(index) } else { g.output.get(index) })
                 .and_then(|v| v.r#type.as_ref())
         };
         for set in sorted_entries(&case) {
@@ -130,23 +116,15 @@ fn node_suite_round_trips_byte_identical() {
                 continue;
             }
             for file in sorted_entries(&set) {
-                let Some((input, index)) = file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(parse_data_name)
-                else {
+                let Some((input, index)) = file.file_name().and_then(|n| n.to_str()).and_then(parse_data_name) else {
                     continue;
                 };
                 let kind = Kind::of(type_of(input, index));
                 let bytes = read(&file);
                 match kind.round_trip(&bytes) {
                     Ok(out) if out == bytes => *data_files.entry(kind).or_default() += 1,
-                    Ok(_) => {
-                        failures.push(format!("{}: {kind:?} re-encoding differs", file.display()))
-                    }
-                    Err(error) => {
-                        failures.push(format!("{}: {kind:?} decode: {error}", file.display()))
-                    }
+                    Ok(_) => failures.push(format!("{}: {kind:?} re-encoding differs", file.display())),
+                    Err(error) => failures.push(format!("{}: {kind:?} decode: {error}", file.display())),
                 }
             }
         }
@@ -160,11 +138,7 @@ fn node_suite_round_trips_byte_identical() {
         println!("FAILED {failure}");
     }
     assert!(models > 0, "no model.onnx found under {}", root.display());
-    assert!(
-        failures.is_empty(),
-        "{} files do not round-trip",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} files do not round-trip", failures.len());
 }
 
 /// A `.pb` value decoded from a `Bytes` keeps `raw_data` inside that buffer.
@@ -179,22 +153,13 @@ fn raw_data_is_zero_copy_from_bytes() {
     };
     let model = ModelProto {
         ir_version: Some(10),
-        graph: Some(kiln_compiler::onnx::proto::GraphProto {
-            initializer: vec![tensor],
-            ..Default::default()
-        }),
+        graph: Some(kiln_compiler::onnx::proto::GraphProto { initializer: vec![tensor], ..Default::default() }),
         ..Default::default()
     };
     let source = Bytes::from(model.encode_to_vec());
     let decoded = decode_model(source.clone()).unwrap();
-    let raw = decoded.graph.unwrap().initializer[0]
-        .raw_data
-        .clone()
-        .unwrap();
+    let raw = decoded.graph.unwrap().initializer[0].raw_data.clone().unwrap();
     assert_eq!(raw.as_ref(), payload.as_slice());
     let range = source.as_ptr_range();
-    assert!(
-        range.contains(&raw.as_ptr()),
-        "raw_data was copied out of the source buffer"
-    );
+    assert!(range.contains(&raw.as_ptr()), "raw_data was copied out of the source buffer");
 }

@@ -66,12 +66,7 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn new(name: impl Into<String>, value: AttrValue) -> Attribute {
-        Attribute {
-            name: name.into(),
-            value,
-            doc_string: None,
-            type_written: true,
-        }
+        Attribute { name: name.into(), value, doc_string: None, type_written: true }
     }
 
     pub fn int(name: impl Into<String>, v: i64) -> Attribute {
@@ -87,10 +82,7 @@ impl Attribute {
     }
 
     pub fn string(name: impl Into<String>, v: &str) -> Attribute {
-        Attribute::new(
-            name,
-            AttrValue::String(Bytes::copy_from_slice(v.as_bytes())),
-        )
+        Attribute::new(name, AttrValue::String(Bytes::copy_from_slice(v.as_bytes())))
     }
 }
 

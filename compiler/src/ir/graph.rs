@@ -21,10 +21,7 @@ pub struct MetadataEntry {
 
 impl MetadataEntry {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> MetadataEntry {
-        MetadataEntry {
-            key: Some(key.into()),
-            value: Some(value.into()),
-        }
+        MetadataEntry { key: Some(key.into()), value: Some(value.into()) }
     }
 }
 
@@ -190,10 +187,7 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     pub fn new(op_type: impl Into<String>) -> NodeSpec {
-        NodeSpec {
-            op_type: op_type.into(),
-            ..NodeSpec::default()
-        }
+        NodeSpec { op_type: op_type.into(), ..NodeSpec::default() }
     }
 
     pub fn domain(mut self, d: impl Into<String>) -> NodeSpec {
@@ -257,14 +251,7 @@ impl Graph {
         if !name.is_empty() {
             self.by_name.entry(name.clone()).or_insert(id);
         }
-        self.values.push(Value {
-            name,
-            ty,
-            doc_string: None,
-            metadata_props: Vec::new(),
-            def,
-            uses: Vec::new(),
-        });
+        self.values.push(Value { name, ty, doc_string: None, metadata_props: Vec::new(), def, uses: Vec::new() });
         id
     }
 
@@ -346,10 +333,7 @@ impl Graph {
 
     /// Every value ever created in this graph, detached ones included.
     pub fn values(&self) -> impl Iterator<Item = (ValueId, &Value)> {
-        self.values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (ValueId::new(i), v))
+        self.values.iter().enumerate().map(|(i, v)| (ValueId::new(i), v))
     }
 
     pub fn value_count(&self) -> usize {
@@ -366,10 +350,7 @@ impl Graph {
         if !self.by_name.contains_key(base) {
             return base.to_string();
         }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| !self.by_name.contains_key(n))
-            .unwrap_or_default()
+        (1..).map(|i| format!("{base}_{i}")).find(|n| !self.by_name.contains_key(n)).unwrap_or_default()
     }
 
     pub fn inputs(&self) -> &[ValueId] {
@@ -394,10 +375,7 @@ impl Graph {
 
     /// Graph inputs that have no initializer (what a caller must feed).
     pub fn runtime_inputs(&self) -> impl Iterator<Item = ValueId> + '_ {
-        self.inputs
-            .iter()
-            .copied()
-            .filter(|&v| matches!(self.value(v).def, ValueDef::Input))
+        self.inputs.iter().copied().filter(|&v| matches!(self.value(v).def, ValueDef::Input))
     }
 
     // ---- nodes ----
@@ -412,11 +390,7 @@ impl Graph {
     /// Adds a node just before `anchor` in the node order.
     pub fn insert_node_before(&mut self, anchor: NodeId, spec: NodeSpec) -> NodeId {
         let id = self.create_node(spec);
-        let pos = self
-            .order
-            .iter()
-            .position(|&n| n == anchor)
-            .unwrap_or(self.order.len());
+        let pos = self.order.iter().position(|&n| n == anchor).unwrap_or(self.order.len());
         self.order.insert(pos, id);
         id
     }
@@ -424,11 +398,7 @@ impl Graph {
     /// Adds a node just after `anchor` in the node order.
     pub fn insert_node_after(&mut self, anchor: NodeId, spec: NodeSpec) -> NodeId {
         let id = self.create_node(spec);
-        let pos = self
-            .order
-            .iter()
-            .position(|&n| n == anchor)
-            .map_or(self.order.len(), |p| p + 1);
+        let pos = self.order.iter().position(|&n| n == anchor).map_or(self.order.len(), |p| p + 1);
         self.order.insert(pos, id);
         id
     }
@@ -443,14 +413,7 @@ impl Graph {
                 if name.is_empty() {
                     None
                 } else {
-                    Some(self.push_value(
-                        name,
-                        None,
-                        ValueDef::Node {
-                            node: id,
-                            output: i,
-                        },
-                    ))
+                    Some(self.push_value(name, None, ValueDef::Node { node: id, output: i }))
                 }
             })
             .collect();
@@ -482,10 +445,7 @@ impl Graph {
                 n.outputs.resize(index + 1, None);
             }
             n.outputs[index] = Some(v);
-            self.values[v.index()].def = ValueDef::Node {
-                node,
-                output: index,
-            };
+            self.values[v.index()].def = ValueDef::Node { node, output: index };
         }
     }
 
@@ -505,9 +465,7 @@ impl Graph {
 
     /// Live nodes in order.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node)> {
-        self.order
-            .iter()
-            .filter_map(|&id| self.get_node(id).map(|n| (id, n)))
+        self.order.iter().filter_map(|&id| self.get_node(id).map(|n| (id, n)))
     }
 
     /// Ids of live nodes in order (a snapshot, so the graph can change while iterating).
@@ -529,14 +487,10 @@ impl Graph {
             std::mem::replace(&mut n.inputs[index], v)
         };
         if let Some(o) = old {
-            self.values[o.index()]
-                .uses
-                .retain(|u| !(u.node == node && u.input == index));
+            self.values[o.index()].uses.retain(|u| !(u.node == node && u.input == index));
         }
         if let Some(nv) = v {
-            self.values[nv.index()]
-                .uses
-                .push(Use { node, input: index });
+            self.values[nv.index()].uses.push(Use { node, input: index });
         }
     }
 
@@ -638,9 +592,8 @@ impl Graph {
                 g.collect_free_names(&mut inner);
                 for name in inner {
                     // Defined here? Then it is not free beyond this graph.
-                    let defined_here = self
-                        .find_value(&name)
-                        .is_some_and(|id| !matches!(self.value(id).def, ValueDef::Outer));
+                    let defined_here =
+                        self.find_value(&name).is_some_and(|id| !matches!(self.value(id).def, ValueDef::Outer));
                     if !defined_here && !out.contains(&name) {
                         out.push(name);
                     }
@@ -658,10 +611,7 @@ mod tests {
 
     fn tiny() -> (Graph, ValueId, NodeId, NodeId) {
         let mut g = Graph::new();
-        let x = g.add_input(
-            "x",
-            Some(Type::tensor(TensorType::with_dims(DataType::F32, &[2]))),
-        );
+        let x = g.add_input("x", Some(Type::tensor(TensorType::with_dims(DataType::F32, &[2]))));
         let a = g.add_node(NodeSpec::new("Relu").inputs([x]).outputs(["a"]));
         let av = g.node(a).output(0).unwrap();
         let b = g.add_node(NodeSpec::new("Neg").inputs([av]).outputs(["y"]));

@@ -56,10 +56,7 @@ pub struct Model {
 impl Model {
     /// The opset version imported for a domain (`""` = default ONNX domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        self.opset_import
-            .iter()
-            .find(|o| o.domain() == domain)
-            .and_then(|o| o.version)
+        self.opset_import.iter().find(|o| o.domain() == domain).and_then(|o| o.version)
     }
 
     /// The main graph; an error if the file had none.

@@ -23,24 +23,15 @@ pub struct Dim {
 
 impl Dim {
     pub fn known(v: i64) -> Dim {
-        Dim {
-            value: DimValue::Known(v),
-            denotation: None,
-        }
+        Dim { value: DimValue::Known(v), denotation: None }
     }
 
     pub fn symbol(s: impl Into<String>) -> Dim {
-        Dim {
-            value: DimValue::Symbol(s.into()),
-            denotation: None,
-        }
+        Dim { value: DimValue::Symbol(s.into()), denotation: None }
     }
 
     pub fn unknown() -> Dim {
-        Dim {
-            value: DimValue::Unknown,
-            denotation: None,
-        }
+        Dim { value: DimValue::Unknown, denotation: None }
     }
 
     pub fn as_known(&self) -> Option<i64> {
@@ -72,18 +63,12 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DataType, shape: Option<Vec<Dim>>) -> TensorType {
-        TensorType {
-            elem_type: Some(dtype.onnx_code()),
-            shape,
-        }
+        TensorType { elem_type: Some(dtype.onnx_code()), shape }
     }
 
     /// A fully known shape.
     pub fn with_dims(dtype: DataType, dims: &[usize]) -> TensorType {
-        TensorType::new(
-            dtype,
-            Some(dims.iter().map(|&d| Dim::known(d as i64)).collect()),
-        )
+        TensorType::new(dtype, Some(dims.iter().map(|&d| Dim::known(d as i64)).collect()))
     }
 
     pub fn dtype(&self) -> Option<DataType> {
@@ -96,11 +81,7 @@ impl TensorType {
 
     /// The shape if every dimension is a known non-negative number.
     pub fn concrete_dims(&self) -> Option<Vec<usize>> {
-        self.shape
-            .as_ref()?
-            .iter()
-            .map(|d| d.as_known().and_then(|v| usize::try_from(v).ok()))
-            .collect()
+        self.shape.as_ref()?.iter().map(|d| d.as_known().and_then(|v| usize::try_from(v).ok())).collect()
     }
 }
 
@@ -133,10 +114,7 @@ pub struct Type {
 
 impl Type {
     pub fn tensor(t: TensorType) -> Type {
-        Type {
-            kind: TypeKind::Tensor(t),
-            denotation: None,
-        }
+        Type { kind: TypeKind::Tensor(t), denotation: None }
     }
 
     /// The tensor type, if this is a (dense) tensor.
@@ -151,9 +129,7 @@ impl Type {
 fn elem_name(code: Option<i32>) -> String {
     match code {
         None => "?".to_string(),
-        Some(c) => {
-            DataType::from_onnx(c).map_or_else(|| format!("dtype#{c}"), |d| d.name().to_string())
-        }
+        Some(c) => DataType::from_onnx(c).map_or_else(|| format!("dtype#{c}"), |d| d.name().to_string()),
     }
 }
 
@@ -178,25 +154,16 @@ impl fmt::Display for TensorType {
 
 impl fmt::Display for Type {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |t: &Option<Box<Type>>| {
-            t.as_ref()
-                .map_or_else(|| "?".to_string(), |t| t.to_string())
-        };
+        let opt = |t: &Option<Box<Type>>| t.as_ref().map_or_else(|| "?".to_string(), |t| t.to_string());
         match &self.kind {
             TypeKind::Tensor(t) => write!(f, "{t}"),
             TypeKind::SparseTensor(t) => write!(f, "sparse {t}"),
             TypeKind::Sequence(t) => write!(f, "seq<{}>", opt(t)),
-            TypeKind::Map {
-                key_type,
-                value_type,
-            } => write!(f, "map<{},{}>", elem_name(*key_type), opt(value_type)),
+            TypeKind::Map { key_type, value_type } => write!(f, "map<{},{}>", elem_name(*key_type), opt(value_type)),
             TypeKind::Optional(t) => write!(f, "optional<{}>", opt(t)),
-            TypeKind::Opaque { domain, name } => write!(
-                f,
-                "opaque<{}.{}>",
-                domain.as_deref().unwrap_or(""),
-                name.as_deref().unwrap_or("")
-            ),
+            TypeKind::Opaque { domain, name } => {
+                write!(f, "opaque<{}.{}>", domain.as_deref().unwrap_or(""), name.as_deref().unwrap_or(""))
+            }
             TypeKind::Unset => f.write_str("?"),
         }
     }
@@ -208,23 +175,14 @@ mod tests {
 
     #[test]
     fn displays_shapes() {
-        let t = TensorType::new(
-            DataType::F32,
-            Some(vec![Dim::symbol("N"), Dim::known(3), Dim::unknown()]),
-        );
+        let t = TensorType::new(DataType::F32, Some(vec![Dim::symbol("N"), Dim::known(3), Dim::unknown()]));
         assert_eq!(t.to_string(), "f32[N,3,?]");
         assert_eq!(t.concrete_dims(), None);
         let s = Type {
-            kind: TypeKind::Sequence(Some(Box::new(Type::tensor(TensorType::with_dims(
-                DataType::I64,
-                &[2],
-            ))))),
+            kind: TypeKind::Sequence(Some(Box::new(Type::tensor(TensorType::with_dims(DataType::I64, &[2]))))),
             denotation: None,
         };
         assert_eq!(s.to_string(), "seq<i64[2]>");
-        assert_eq!(
-            TensorType::with_dims(DataType::I64, &[2, 5]).concrete_dims(),
-            Some(vec![2, 5])
-        );
+        assert_eq!(TensorType::with_dims(DataType::I64, &[2, 5]).concrete_dims(), Some(vec![2, 5]));
     }
 }

@@ -1,3 +1,14 @@
-//! ONNX protobuf import and export.
+//! ONNX protobuf import and export. Conversion happens here, at the edge: the IR itself
+//! knows nothing of protobuf.
 
+mod error;
+mod export;
+mod import;
 pub mod proto;
+mod tensor_codec;
+mod write;
+
+pub use error::OnnxError;
+pub use export::{ExternalData, PROTOBUF_LIMIT, SaveOptions, SaveReport, encode_model, model_to_proto, save_model};
+pub use import::{decode_model, load_model};
+pub use write::{AtomicFile, write_tensor_bytes};

@@ -595,10 +595,7 @@ pub mod type_proto {
     impl Value {
         /// Whether this member's field number is below `denotation`'s (6).
         pub(super) fn precedes_denotation(&self) -> bool {
-            matches!(
-                self,
-                Self::TensorType(_) | Self::SequenceType(_) | Self::MapType(_)
-            )
+            matches!(self, Self::TensorType(_) | Self::SequenceType(_) | Self::MapType(_))
         }
     }
 }
@@ -636,35 +633,29 @@ impl prost::Message for TypeProto {
         ctx: prost::encoding::DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         match tag {
-            Self::DENOTATION_TAG => prost::encoding::string::merge(
-                wire_type,
-                self.denotation.get_or_insert_with(String::new),
-                buf,
-                ctx,
-            )
-            .map_err(|mut error| {
-                error.push("TypeProto", "denotation");
-                error
-            }),
-            1 | 4 | 5 | 7 | 8 | 9 => {
-                type_proto::Value::merge(&mut self.value, tag, wire_type, buf, ctx).map_err(
-                    |mut error| {
-                        error.push("TypeProto", "value");
+            Self::DENOTATION_TAG => {
+                prost::encoding::string::merge(wire_type, self.denotation.get_or_insert_with(String::new), buf, ctx)
+                    .map_err(|mut error| {
+                        error.push("TypeProto", "denotation");
                         error
-                    },
-                )
+                    })
+            }
+            1 | 4 | 5 | 7 | 8 | 9 => {
+                type_proto::Value::merge(&mut self.value, tag, wire_type, buf, ctx).map_err(|mut error| {
+                    error.push("TypeProto", "value");
+                    error
+                })
             }
             _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        self.value
-            .as_ref()
-            .map_or(0, type_proto::Value::encoded_len)
-            + self.denotation.as_ref().map_or(0, |denotation| {
-                prost::encoding::string::encoded_len(Self::DENOTATION_TAG, denotation)
-            })
+        self.value.as_ref().map_or(0, type_proto::Value::encoded_len)
+            + self
+                .denotation
+                .as_ref()
+                .map_or(0, |denotation| prost::encoding::string::encoded_len(Self::DENOTATION_TAG, denotation))
     }
 
     fn clear(&mut self) {
@@ -830,22 +821,15 @@ mod tests {
         };
         let bytes = round_trip(&attribute);
         // name="" (tag 1), f=0.0 (tag 2, fixed32), i=0 (tag 3), type=INT (tag 20).
-        assert_eq!(
-            bytes,
-            [0x0a, 0x00, 0x15, 0, 0, 0, 0, 0x18, 0x00, 0xa0, 0x01, 0x02]
-        );
+        assert_eq!(bytes, [0x0a, 0x00, 0x15, 0, 0, 0, 0, 0x18, 0x00, 0xa0, 0x01, 0x02]);
         // Absent fields stay absent.
         assert!(AttributeProto::default().encode_to_vec().is_empty());
     }
 
     #[test]
     fn repeated_scalars_are_packed_only_where_the_spec_says() {
-        let tensor = TensorProto {
-            dims: vec![2, 3],
-            float_data: vec![1.0],
-            int64_data: vec![1, 2],
-            ..Default::default()
-        };
+        let tensor =
+            TensorProto { dims: vec![2, 3], float_data: vec![1.0], int64_data: vec![1, 2], ..Default::default() };
         let bytes = round_trip(&tensor);
         let mut expected = vec![0x08, 0x02, 0x08, 0x03]; // dims: one key per element
         expected.extend([0x22, 0x04]); // float_data: packed, 4 bytes
@@ -853,11 +837,7 @@ mod tests {
         expected.extend([0x3a, 0x02, 0x01, 0x02]); // int64_data: packed
         assert_eq!(bytes, expected);
 
-        let attribute = AttributeProto {
-            ints: vec![5, 6],
-            floats: vec![0.5],
-            ..Default::default()
-        };
+        let attribute = AttributeProto { ints: vec![5, 6], floats: vec![0.5], ..Default::default() };
         let mut expected = vec![0x3d]; // floats: tag 7, fixed32, unpacked
         expected.extend(0.5f32.to_le_bytes());
         expected.extend([0x40, 0x05, 0x40, 0x06]); // ints: tag 8, unpacked
@@ -870,48 +850,26 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_survive() {
-        let attribute = AttributeProto {
-            r#type: Some(99),
-            ..Default::default()
-        };
+        let attribute = AttributeProto { r#type: Some(99), ..Default::default() };
         round_trip(&attribute);
         // The getter falls back to the default for an unknown code, the field does not.
-        assert_eq!(
-            attribute.r#type(),
-            attribute_proto::AttributeType::Undefined
-        );
-        let tensor = TensorProto {
-            data_location: Some(7),
-            ..Default::default()
-        };
-        assert_eq!(
-            TensorProto::decode(tensor.encode_to_vec().as_slice())
-                .unwrap()
-                .data_location,
-            Some(7)
-        );
+        assert_eq!(attribute.r#type(), attribute_proto::AttributeType::Undefined);
+        let tensor = TensorProto { data_location: Some(7), ..Default::default() };
+        assert_eq!(TensorProto::decode(tensor.encode_to_vec().as_slice()).unwrap().data_location, Some(7));
     }
 
     #[test]
     fn type_proto_writes_fields_in_number_order() {
         let tensor = TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: None,
-            })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: None })),
             denotation: Some("T".into()),
         };
-        assert_eq!(
-            round_trip(&tensor),
-            [0x0a, 0x02, 0x08, 0x01, 0x32, 0x01, b'T']
-        );
+        assert_eq!(round_trip(&tensor), [0x0a, 0x02, 0x08, 0x01, 0x32, 0x01, b'T']);
 
         let optional = TypeProto {
-            value: Some(type_proto::Value::OptionalType(Box::new(
-                type_proto::Optional {
-                    elem_type: Some(Box::new(tensor)),
-                },
-            ))),
+            value: Some(type_proto::Value::OptionalType(Box::new(type_proto::Optional {
+                elem_type: Some(Box::new(tensor)),
+            }))),
             denotation: Some("O".into()),
         };
         let bytes = round_trip(&optional);
@@ -940,10 +898,7 @@ mod tests {
         use tensor_shape_proto::{Dimension, dimension};
         let shape = TensorShapeProto {
             dim: vec![
-                Dimension {
-                    value: Some(dimension::Value::DimValue(0)),
-                    denotation: None,
-                },
+                Dimension { value: Some(dimension::Value::DimValue(0)), denotation: None },
                 Dimension {
                     value: Some(dimension::Value::DimParam("N".into())),
                     denotation: Some("DATA_BATCH".into()),
@@ -959,10 +914,7 @@ mod tests {
             sharding_spec: vec![ShardingSpecProto {
                 tensor_name: Some("x".into()),
                 device: vec![0, 1],
-                index_to_device_group_map: vec![IntIntListEntryProto {
-                    key: Some(0),
-                    value: vec![0, 1],
-                }],
+                index_to_device_group_map: vec![IntIntListEntryProto { key: Some(0), value: vec![0, 1] }],
                 sharded_dim: vec![ShardedDimProto {
                     axis: Some(0),
                     simple_sharding: vec![SimpleShardedDimProto {
@@ -1001,14 +953,8 @@ mod tests {
         };
         let model = ModelProto {
             ir_version: Some(Version::IrVersion as i64),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(21),
-            }],
-            graph: Some(GraphProto {
-                node: vec![node],
-                ..Default::default()
-            }),
+            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(21) }],
+            graph: Some(GraphProto { node: vec![node], ..Default::default() }),
             functions: vec![FunctionProto {
                 name: Some("f".into()),
                 domain: Some("local".into()),
@@ -1019,10 +965,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-            training_info: vec![TrainingInfoProto {
-                algorithm: Some(inner),
-                ..Default::default()
-            }],
+            training_info: vec![TrainingInfoProto { algorithm: Some(inner), ..Default::default() }],
             configuration: vec![DeviceConfigurationProto {
                 name: Some("c".into()),
                 num_devices: Some(2),
@@ -1081,17 +1024,11 @@ mod tests {
         assert_eq!(AttributeType::TypeProtos as i32, 14);
         assert_eq!(AttributeType::try_from(13), Ok(AttributeType::TypeProto));
         assert_eq!(AttributeType::Graphs.as_str_name(), "GRAPHS");
-        assert_eq!(
-            AttributeType::from_str_name("TYPE_PROTO"),
-            Some(AttributeType::TypeProto)
-        );
+        assert_eq!(AttributeType::from_str_name("TYPE_PROTO"), Some(AttributeType::TypeProto));
         assert_eq!(tensor_proto::DataLocation::External as i32, 1);
         assert_eq!(tensor_proto::DataType::Int2 as i32, 26);
         assert_eq!(Version::IrVersion as i32, 13);
-        assert_eq!(
-            Version::from_str_name("_START_VERSION"),
-            Some(Version::StartVersion)
-        );
+        assert_eq!(Version::from_str_name("_START_VERSION"), Some(Version::StartVersion));
         assert_eq!(OperatorStatus::Stable as i32, 1);
         // Element codes agree with Kiln's own DataType.
         for code in 0..=26 {

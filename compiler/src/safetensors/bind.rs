@@ -143,9 +143,7 @@ pub struct BindSummary {
 impl BindReport {
     /// True when every target was bound.
     pub fn is_complete(&self) -> bool {
-        self.mismatched.is_empty()
-            && self.unmatched_in_graph.is_empty()
-            && self.ambiguous.is_empty()
+        self.mismatched.is_empty() && self.unmatched_in_graph.is_empty() && self.ambiguous.is_empty()
     }
 
     pub fn summary(&self) -> BindSummary {
@@ -174,10 +172,7 @@ impl BindReport {
 pub fn bind(targets: &[TargetSpec], checkpoint: &Checkpoint, options: &BindOptions) -> BindReport {
     let mut by_graph_name: BTreeMap<Cow<'_, str>, Vec<&str>> = BTreeMap::new();
     for key in checkpoint.names() {
-        by_graph_name
-            .entry(options.graph_name(key))
-            .or_default()
-            .push(key);
+        by_graph_name.entry(options.graph_name(key)).or_default().push(key);
     }
     let wanted: HashSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     let mut report = BindReport::default();
@@ -200,14 +195,8 @@ pub fn bind(targets: &[TargetSpec], checkpoint: &Checkpoint, options: &BindOptio
         let mismatch = || Mismatch {
             name: target.name.clone(),
             checkpoint_name: key.to_string(),
-            expected: Signature {
-                dtype: target.dtype,
-                dims: target.dims.clone(),
-            },
-            found: Signature {
-                dtype: tensor.dtype(),
-                dims: tensor.dims().to_vec(),
-            },
+            expected: Signature { dtype: target.dtype, dims: target.dims.clone() },
+            found: Signature { dtype: tensor.dtype(), dims: tensor.dims().to_vec() },
         };
         if tensor.dims() != target.dims.as_slice() {
             report.mismatched.push(mismatch());
@@ -219,11 +208,7 @@ pub fn bind(targets: &[TargetSpec], checkpoint: &Checkpoint, options: &BindOptio
         }
         match (options.dtype_policy, convert_float(&tensor, target.dtype)) {
             (DtypePolicy::ConvertFloat, Some(converted)) => {
-                report.converted.push(Conversion {
-                    name: target.name.clone(),
-                    from: tensor.dtype(),
-                    to: target.dtype,
-                });
+                report.converted.push(Conversion { name: target.name.clone(), from: tensor.dtype(), to: target.dtype });
                 report.matched.push((target.name.clone(), converted));
             }
             _ => report.mismatched.push(mismatch()),
@@ -239,10 +224,7 @@ pub fn bind(targets: &[TargetSpec], checkpoint: &Checkpoint, options: &BindOptio
 }
 
 fn is_convertible_float(d: DataType) -> bool {
-    matches!(
-        d,
-        DataType::F16 | DataType::BF16 | DataType::F32 | DataType::F64
-    )
+    matches!(d, DataType::F16 | DataType::BF16 | DataType::F32 | DataType::F64)
 }
 
 /// The tensor converted to another of f16/bf16/f32/f64, or `None` if either type is not one.
@@ -254,20 +236,9 @@ fn convert_float(tensor: &Tensor, to: DataType) -> Option<Tensor> {
     let dims = tensor.dims().to_vec();
     let out = match to {
         DataType::F64 => Tensor::from_slice(dims, &values),
-        DataType::F32 => {
-            Tensor::from_slice(dims, &values.iter().map(|&v| v as f32).collect::<Vec<_>>())
-        }
-        DataType::F16 => Tensor::from_slice(
-            dims,
-            &values.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(),
-        ),
-        _ => Tensor::from_slice(
-            dims,
-            &values
-                .iter()
-                .map(|&v| bf16::from_f64(v))
-                .collect::<Vec<_>>(),
-        ),
+        DataType::F32 => Tensor::from_slice(dims, &values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+        DataType::F16 => Tensor::from_slice(dims, &values.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>()),
+        _ => Tensor::from_slice(dims, &values.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>()),
     };
     out.ok()
 }
@@ -278,11 +249,7 @@ mod tests {
     use crate::safetensors::write_safetensors;
 
     fn spec(name: &str, dtype: DataType, dims: &[usize]) -> TargetSpec {
-        TargetSpec {
-            name: name.to_string(),
-            dtype,
-            dims: dims.to_vec(),
-        }
+        TargetSpec { name: name.to_string(), dtype, dims: dims.to_vec() }
     }
 
     fn checkpoint(dir: &std::path::Path) -> Checkpoint {
@@ -307,10 +274,7 @@ mod tests {
 
     fn strip_model() -> BindOptions {
         BindOptions {
-            rename: vec![PrefixRule {
-                checkpoint: "model.".into(),
-                graph: String::new(),
-            }],
+            rename: vec![PrefixRule { checkpoint: "model.".into(), graph: String::new() }],
             ..Default::default()
         }
     }
@@ -329,10 +293,7 @@ mod tests {
         let r = bind(&targets, &c, &strip_model());
         let matched: Vec<_> = r.matched.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(matched, ["encoder.layer.0.weight", "lm_head.weight"]);
-        assert_eq!(
-            r.matched[0].1.to_vec::<f32>().unwrap(),
-            vec![1.0, 2.0, 3.0, 0.5]
-        );
+        assert_eq!(r.matched[0].1.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 0.5]);
         // Zero-copy: the bound tensor's bytes lie inside the checkpoint's map.
         let Checkpoint::Single(f) = &c else { panic!() };
         let map = f.file_bytes().as_ptr_range();
@@ -366,27 +327,15 @@ mod tests {
         let c = checkpoint(dir.path());
         let opts = BindOptions {
             rename: vec![
-                PrefixRule {
-                    checkpoint: "model.encoder.".into(),
-                    graph: "enc/".into(),
-                },
-                PrefixRule {
-                    checkpoint: "".into(),
-                    graph: "net.".into(),
-                },
+                PrefixRule { checkpoint: "model.encoder.".into(), graph: "enc/".into() },
+                PrefixRule { checkpoint: "".into(), graph: "net.".into() },
             ],
             ..Default::default()
         };
-        assert_eq!(
-            opts.graph_name("model.encoder.layer.0.bias"),
-            "enc/layer.0.bias"
-        );
+        assert_eq!(opts.graph_name("model.encoder.layer.0.bias"), "enc/layer.0.bias");
         assert_eq!(opts.graph_name("lm_head.weight"), "net.lm_head.weight");
         let r = bind(
-            &[
-                spec("enc/layer.0.bias", DataType::F32, &[2]),
-                spec("net.model.ids", DataType::I64, &[2]),
-            ],
+            &[spec("enc/layer.0.bias", DataType::F32, &[2]), spec("net.model.ids", DataType::I64, &[2])],
             &c,
             &opts,
         );
@@ -397,23 +346,14 @@ mod tests {
         // Two keys onto one graph name: neither is bound.
         let opts = BindOptions {
             rename: vec![
-                PrefixRule {
-                    checkpoint: "model.pooler.".into(),
-                    graph: "".into(),
-                },
-                PrefixRule {
-                    checkpoint: "lm_head.".into(),
-                    graph: "".into(),
-                },
+                PrefixRule { checkpoint: "model.pooler.".into(), graph: "".into() },
+                PrefixRule { checkpoint: "lm_head.".into(), graph: "".into() },
             ],
             ..Default::default()
         };
         let r = bind(&[spec("weight", DataType::F32, &[2, 2])], &c, &opts);
         assert!(r.matched.is_empty());
-        assert_eq!(
-            r.ambiguous[0].checkpoint_names,
-            ["lm_head.weight", "model.pooler.weight"]
-        );
+        assert_eq!(r.ambiguous[0].checkpoint_names, ["lm_head.weight", "model.pooler.weight"]);
         assert!(!r.is_complete());
     }
 
@@ -421,16 +361,10 @@ mod tests {
     fn float_conversion_policy() {
         let dir = tempfile::tempdir().unwrap();
         let c = checkpoint(dir.path());
-        let targets = [
-            spec("encoder.layer.0.weight", DataType::F16, &[2, 2]),
-            spec("ids", DataType::I32, &[2]),
-        ];
+        let targets = [spec("encoder.layer.0.weight", DataType::F16, &[2, 2]), spec("ids", DataType::I32, &[2])];
         let exact = bind(&targets, &c, &strip_model());
         assert_eq!(exact.mismatched.len(), 2);
-        let opts = BindOptions {
-            dtype_policy: DtypePolicy::ConvertFloat,
-            ..strip_model()
-        };
+        let opts = BindOptions { dtype_policy: DtypePolicy::ConvertFloat, ..strip_model() };
         let r = bind(&targets, &c, &opts);
         assert_eq!(r.matched.len(), 1);
         let (_, t) = &r.matched[0];
@@ -438,11 +372,7 @@ mod tests {
         assert_eq!(t.to_f64_vec().unwrap(), vec![1.0, 2.0, 3.0, 0.5]);
         assert_eq!(
             r.converted,
-            [Conversion {
-                name: "encoder.layer.0.weight".into(),
-                from: DataType::F32,
-                to: DataType::F16
-            }]
+            [Conversion { name: "encoder.layer.0.weight".into(), from: DataType::F32, to: DataType::F16 }]
         );
         // Integers are never converted.
         assert_eq!(r.mismatched[0].name, "ids");
@@ -457,20 +387,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Tensor::from_slice(vec![3], &[1u8, 2, 3]).unwrap();
         let b = Tensor::scalar(4.0f64);
-        let w = crate::safetensors::write_sharded(
-            dir.path(),
-            "m",
-            &[("a", &a), ("b", &b)],
-            &BTreeMap::new(),
-            1,
-        )
-        .unwrap();
+        let w =
+            crate::safetensors::write_sharded(dir.path(), "m", &[("a", &a), ("b", &b)], &BTreeMap::new(), 1).unwrap();
         let c = Checkpoint::open(&w.index_path).unwrap();
-        let r = bind(
-            &[spec("a", DataType::U8, &[3]), spec("b", DataType::F64, &[])],
-            &c,
-            &BindOptions::default(),
-        );
+        let r = bind(&[spec("a", DataType::U8, &[3]), spec("b", DataType::F64, &[])], &c, &BindOptions::default());
         assert!(r.is_complete());
         assert_eq!(r.matched[1].1, b);
     }

@@ -78,18 +78,12 @@ impl SafetensorsFile {
         SafetensorsFile::open_with(path, &ReadOptions::default())
     }
 
-    pub fn open_with(
-        path: impl AsRef<Path>,
-        options: &ReadOptions,
-    ) -> Result<SafetensorsFile, SafetensorsError> {
+    pub fn open_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<SafetensorsFile, SafetensorsError> {
         let path = path.as_ref();
         let file = File::open(path).map_err(SafetensorsError::io(path))?;
         let size = file.metadata().map_err(SafetensorsError::io(path))?.len();
         if size < 8 {
-            return Err(SafetensorsError::TooSmall {
-                path: path.to_path_buf(),
-                size,
-            });
+            return Err(SafetensorsError::TooSmall { path: path.to_path_buf(), size });
         }
         // SAFETY: the map is read-only. Like every memory-mapping reader, Kiln assumes the file
         // is not truncated or rewritten while mapped (Kiln's own writer replaces files by
@@ -113,43 +107,29 @@ impl SafetensorsFile {
         le.copy_from_slice(len_bytes);
         let header_len = u64::from_le_bytes(le);
         if header_len > MAX_HEADER_LEN {
-            return Err(SafetensorsError::HeaderTooLarge {
-                path,
-                len: header_len,
-                cap: MAX_HEADER_LEN,
-            });
+            return Err(SafetensorsError::HeaderTooLarge { path, len: header_len, cap: MAX_HEADER_LEN });
         }
         let available = size - 8;
         if header_len > available {
-            return Err(SafetensorsError::HeaderPastEnd {
-                path,
-                len: header_len,
-                available,
-            });
+            return Err(SafetensorsError::HeaderPastEnd { path, len: header_len, available });
         }
         let data_start = 8 + header_len;
         let buffer_len = size - data_start;
         // Both fit in usize: they are at most the length of an in-memory buffer.
         let header = &bytes[8..data_start as usize];
-        let text = std::str::from_utf8(header).map_err(|e| SafetensorsError::HeaderNotUtf8 {
-            path: path.clone(),
-            valid_up_to: e.valid_up_to(),
-        })?;
+        let text = std::str::from_utf8(header)
+            .map_err(|e| SafetensorsError::HeaderNotUtf8 { path: path.clone(), valid_up_to: e.valid_up_to() })?;
         if !text.starts_with('{') {
             return Err(SafetensorsError::HeaderStart { path });
         }
-        let raw: UniqueMap<serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| SafetensorsError::HeaderJson {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let raw: UniqueMap<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| SafetensorsError::HeaderJson { path: path.clone(), message: e.to_string() })?;
         if let Some(key) = raw.duplicate {
             return Err(SafetensorsError::DuplicateKey { path, key });
         }
 
         let mut metadata = BTreeMap::new();
-        let mut parsed: Vec<(String, DataType, Vec<usize>, u64, u64)> =
-            Vec::with_capacity(raw.entries.len());
+        let mut parsed: Vec<(String, DataType, Vec<usize>, u64, u64)> = Vec::with_capacity(raw.entries.len());
         for (name, value) in raw.entries {
             if name == "__metadata__" {
                 metadata = parse_metadata(&path, value)?;
@@ -175,18 +155,10 @@ impl SafetensorsFile {
                 });
             }
             if *begin > cursor {
-                let gap = Gap {
-                    begin: data_start + cursor,
-                    end: data_start + begin,
-                };
+                let gap = Gap { begin: data_start + cursor, end: data_start + begin };
                 if !options.allow_gaps {
                     let after = last.map(str::to_string);
-                    return Err(SafetensorsError::Gap {
-                        path,
-                        begin: gap.begin,
-                        end: gap.end,
-                        after,
-                    });
+                    return Err(SafetensorsError::Gap { path, begin: gap.begin, end: gap.end, after });
                 }
                 gaps.push(gap);
             }
@@ -195,18 +167,10 @@ impl SafetensorsFile {
             last = Some(name);
         }
         if cursor < buffer_len {
-            let gap = Gap {
-                begin: data_start + cursor,
-                end: size,
-            };
+            let gap = Gap { begin: data_start + cursor, end: size };
             if !options.allow_gaps {
                 let after = last.map(str::to_string);
-                return Err(SafetensorsError::Gap {
-                    path,
-                    begin: gap.begin,
-                    end: gap.end,
-                    after,
-                });
+                return Err(SafetensorsError::Gap { path, begin: gap.begin, end: gap.end, after });
             }
             gaps.push(gap);
         }
@@ -216,34 +180,15 @@ impl SafetensorsFile {
         for (name, dtype, dims, begin, end) in parsed {
             let (offset, end_abs) = (data_start + begin, data_start + end);
             let slice = bytes.slice(offset as usize..end_abs as usize);
-            let tensor = Tensor::new(dtype, dims.clone(), slice).map_err(|e| {
-                SafetensorsError::BadTensor {
-                    path: path.clone(),
-                    tensor: name.clone(),
-                    message: e.to_string(),
-                }
+            let tensor = Tensor::new(dtype, dims.clone(), slice).map_err(|e| SafetensorsError::BadTensor {
+                path: path.clone(),
+                tensor: name.clone(),
+                message: e.to_string(),
             })?;
             by_name.insert(name.clone(), entries.len());
-            entries.push((
-                TensorEntry {
-                    name,
-                    dtype,
-                    dims,
-                    offset,
-                    length: end - begin,
-                },
-                tensor,
-            ));
+            entries.push((TensorEntry { name, dtype, dims, offset, length: end - begin }, tensor));
         }
-        Ok(SafetensorsFile {
-            path,
-            bytes,
-            data_start,
-            entries,
-            by_name,
-            metadata,
-            gaps,
-        })
+        Ok(SafetensorsFile { path, bytes, data_start, entries, by_name, metadata, gaps })
     }
 
     pub fn path(&self) -> &Path {
@@ -293,20 +238,14 @@ impl SafetensorsFile {
 
     /// All tensors in file order.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, Tensor)> {
-        self.entries
-            .iter()
-            .map(|(e, t)| (e.name.as_str(), t.clone()))
+        self.entries.iter().map(|(e, t)| (e.name.as_str(), t.clone()))
     }
 
     /// The tensor stored exactly at these absolute file bytes, as ONNX external data
     /// (`offset`, `length`) would name it.
     pub fn entry_at(&self, offset: u64, length: u64) -> Option<&TensorEntry> {
         let i = self.entries.partition_point(|(e, _)| e.offset < offset);
-        self.entries[i..]
-            .iter()
-            .take_while(|(e, _)| e.offset == offset)
-            .map(|(e, _)| e)
-            .find(|e| e.length == length)
+        self.entries[i..].iter().take_while(|(e, _)| e.offset == offset).map(|(e, _)| e).find(|e| e.length == length)
     }
 
     /// Any byte range of the file (zero-copy), or `None` if it does not lie inside it.
@@ -324,14 +263,8 @@ impl SafetensorsFile {
     }
 }
 
-fn parse_metadata(
-    path: &Path,
-    value: serde_json::Value,
-) -> Result<BTreeMap<String, String>, SafetensorsError> {
-    let bad = |message: String| SafetensorsError::BadMetadata {
-        path: path.to_path_buf(),
-        message,
-    };
+fn parse_metadata(path: &Path, value: serde_json::Value) -> Result<BTreeMap<String, String>, SafetensorsError> {
+    let bad = |message: String| SafetensorsError::BadMetadata { path: path.to_path_buf(), message };
     match value {
         serde_json::Value::Null => Ok(BTreeMap::new()),
         serde_json::Value::Object(map) => map
@@ -371,57 +304,27 @@ fn parse_entry(
         tensor: t(),
         dtype: raw.dtype.clone(),
     })?;
-    let dtype = st
-        .to_data_type()
-        .ok_or_else(|| SafetensorsError::UnsupportedDtype {
-            path: p(),
-            tensor: t(),
-            dtype: raw.dtype.clone(),
-            reason: "6-bit floats have no ONNX element type",
-        })?;
-    let overflow = || SafetensorsError::ShapeOverflow {
+    let dtype = st.to_data_type().ok_or_else(|| SafetensorsError::UnsupportedDtype {
         path: p(),
         tensor: t(),
-        shape: raw.shape.clone(),
-    };
-    let count = raw
-        .shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(overflow)?;
-    let dims = raw
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| overflow())?;
-    let expected = st
-        .storage_bytes(count)
-        .ok_or_else(|| match count.checked_mul(st.bits()) {
-            None => overflow(),
-            Some(_) => SafetensorsError::NotWholeBytes {
-                path: p(),
-                tensor: t(),
-                dtype: raw.dtype.clone(),
-                elements: count,
-            },
-        })?;
+        dtype: raw.dtype.clone(),
+        reason: "6-bit floats have no ONNX element type",
+    })?;
+    let overflow = || SafetensorsError::ShapeOverflow { path: p(), tensor: t(), shape: raw.shape.clone() };
+    let count = raw.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+    let dims = raw.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| overflow())?;
+    let expected = st.storage_bytes(count).ok_or_else(|| match count.checked_mul(st.bits()) {
+        None => overflow(),
+        Some(_) => {
+            SafetensorsError::NotWholeBytes { path: p(), tensor: t(), dtype: raw.dtype.clone(), elements: count }
+        }
+    })?;
     let [begin, end] = raw.data_offsets;
     if end < begin {
-        return Err(SafetensorsError::OffsetsReversed {
-            path: p(),
-            tensor: t(),
-            begin,
-            end,
-        });
+        return Err(SafetensorsError::OffsetsReversed { path: p(), tensor: t(), begin, end });
     }
     if end > buffer_len {
-        return Err(SafetensorsError::OffsetPastEnd {
-            path: p(),
-            tensor: t(),
-            end,
-            buffer_len,
-        });
+        return Err(SafetensorsError::OffsetPastEnd { path: p(), tensor: t(), end, buffer_len });
     }
     if end - begin != expected {
         return Err(SafetensorsError::SizeMismatch {
@@ -483,11 +386,7 @@ pub(crate) mod tests {
     }
 
     fn read(bytes: Vec<u8>) -> Result<SafetensorsFile, SafetensorsError> {
-        SafetensorsFile::from_bytes(
-            "test.safetensors",
-            Bytes::from(bytes),
-            &ReadOptions::default(),
-        )
+        SafetensorsFile::from_bytes("test.safetensors", Bytes::from(bytes), &ReadOptions::default())
     }
 
     /// A file produced by the `safetensors` 0.8.0 Python package (padding and all).
@@ -511,10 +410,7 @@ pub(crate) mod tests {
         assert_eq!(f.data_start(), 8 + 0xf8);
         let a = f.tensor("a").unwrap();
         assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.5, -2.0]);
-        assert_eq!(
-            f.tensor("b").unwrap().to_vec::<u8>().unwrap(),
-            vec![1, 2, 3]
-        );
+        assert_eq!(f.tensor("b").unwrap().to_vec::<u8>().unwrap(), vec![1, 2, 3]);
         let e = f.tensor("e").unwrap();
         assert_eq!((e.dtype(), e.dims()), (DataType::F4E2M1, &[2usize][..]));
         assert_eq!(e.bytes().unwrap().as_ref(), &[0x21]);
@@ -540,10 +436,7 @@ pub(crate) mod tests {
         for (name, t) in f.tensors() {
             let b = t.bytes().unwrap();
             assert!(map.start <= b.as_ptr() && b.as_ptr() < map.end, "{name}");
-            assert_eq!(
-                b.as_ptr() as usize - map.start as usize,
-                f.entry(name).unwrap().offset as usize
-            );
+            assert_eq!(b.as_ptr() as usize - map.start as usize, f.entry(name).unwrap().offset as usize);
         }
     }
 
@@ -577,120 +470,57 @@ pub(crate) mod tests {
         // Header length past the end.
         let mut f = raw_file("{}", &[]);
         f[0] = 3;
-        assert!(matches!(
-            err(f),
-            E::HeaderPastEnd {
-                len: 3,
-                available: 2,
-                ..
-            }
-        ));
+        assert!(matches!(err(f), E::HeaderPastEnd { len: 3, available: 2, .. }));
         // Absurd header length.
         let mut f = u64::MAX.to_le_bytes().to_vec();
         f.extend_from_slice(b"{}");
         assert!(matches!(err(f), E::HeaderTooLarge { .. }));
         // Not UTF-8.
         assert!(matches!(
-            err(raw_file("{\"\u{e9}\":1}", &[])
-                .into_iter()
-                .map(|b| if b == 0xc3 { 0xff } else { b })
-                .collect()),
+            err(raw_file("{\"\u{e9}\":1}", &[]).into_iter().map(|b| if b == 0xc3 { 0xff } else { b }).collect()),
             E::HeaderNotUtf8 { valid_up_to: 2, .. }
         ));
         // Not an object / not JSON.
         assert!(matches!(err(raw_file(" {}", &[])), E::HeaderStart { .. }));
         assert!(matches!(err(raw_file("[1]", &[])), E::HeaderStart { .. }));
-        assert!(matches!(
-            err(raw_file("{\"a\":", &[])),
-            E::HeaderJson { .. }
-        ));
+        assert!(matches!(err(raw_file("{\"a\":", &[])), E::HeaderJson { .. }));
         assert!(matches!(err(raw_file("{} x", &[])), E::HeaderJson { .. }));
         // Shape x dtype disagrees with the offsets.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
-            &[0; 4],
-        ));
-        assert!(
-            matches!(e, E::SizeMismatch { ref tensor, expected: 8, actual: 4, .. } if tensor == "w"),
-            "{e}"
-        );
+        let e = err(raw_file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0; 4]));
+        assert!(matches!(e, E::SizeMismatch { ref tensor, expected: 8, actual: 4, .. } if tensor == "w"), "{e}");
         assert!(e.to_string().contains("test.safetensors") && e.to_string().contains("\"w\""));
         // Offsets past the end, or reversed.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#,
-            &[0; 4],
-        ));
-        assert!(matches!(
-            e,
-            E::OffsetPastEnd {
-                end: 6,
-                buffer_len: 4,
-                ..
-            }
-        ));
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"U8","shape":[0],"data_offsets":[2,1]}}"#,
-            &[0; 4],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#, &[0; 4]));
+        assert!(matches!(e, E::OffsetPastEnd { end: 6, buffer_len: 4, .. }));
+        let e = err(raw_file(r#"{"w":{"dtype":"U8","shape":[0],"data_offsets":[2,1]}}"#, &[0; 4]));
         assert!(matches!(e, E::OffsetsReversed { .. }));
         // Overlap.
         let e = err(raw_file(
             r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#,
             &[0; 4],
         ));
-        assert!(
-            matches!(e, E::Overlap { ref tensor, ref other, .. } if tensor == "b" && other == "a"),
-            "{e}"
-        );
+        assert!(matches!(e, E::Overlap { ref tensor, ref other, .. } if tensor == "b" && other == "a"), "{e}");
         // Unknown and unsupported dtypes.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"Q4_K","shape":[1],"data_offsets":[0,1]}}"#,
-            &[0],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"Q4_K","shape":[1],"data_offsets":[0,1]}}"#, &[0]));
         assert!(matches!(e, E::UnknownDtype { ref dtype, .. } if dtype == "Q4_K"));
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}"#,
-            &[0; 3],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}"#, &[0; 3]));
         assert!(matches!(e, E::UnsupportedDtype { .. }));
-        assert!(
-            e.to_string()
-                .contains("unsupported dtype F6_E2M3 in tensor \"w\""),
-            "{e}"
-        );
+        assert!(e.to_string().contains("unsupported dtype F6_E2M3 in tensor \"w\""), "{e}");
         // Sub-byte count that does not fill whole bytes.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#,
-            &[0; 2],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, &[0; 2]));
         assert!(matches!(e, E::NotWholeBytes { elements: 3, .. }));
         // Shape overflow.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"U64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#,
-            &[],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"U64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#, &[]));
         assert!(matches!(e, E::ShapeOverflow { .. }), "{e}");
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"U64","shape":[2305843009213693952],"data_offsets":[0,0]}}"#,
-            &[],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"U64","shape":[2305843009213693952],"data_offsets":[0,0]}}"#, &[]));
         assert!(matches!(e, E::ShapeOverflow { .. }), "{e}");
         // Malformed entries and metadata.
-        let e = err(raw_file(
-            r#"{"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
-            &[0],
-        ));
+        let e = err(raw_file(r#"{"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#, &[0]));
         assert!(matches!(e, E::BadEntry { .. }));
         let e = err(raw_file(r#"{"w":{"dtype":"U8","shape":[1]}}"#, &[0]));
         assert!(matches!(e, E::BadEntry { .. }));
-        assert!(matches!(
-            err(raw_file(r#"{"__metadata__":{"a":1}}"#, &[])),
-            E::BadMetadata { .. }
-        ));
-        assert!(matches!(
-            err(raw_file(r#"{"__metadata__":[]}"#, &[])),
-            E::BadMetadata { .. }
-        ));
+        assert!(matches!(err(raw_file(r#"{"__metadata__":{"a":1}}"#, &[])), E::BadMetadata { .. }));
+        assert!(matches!(err(raw_file(r#"{"__metadata__":[]}"#, &[])), E::BadMetadata { .. }));
         // Duplicate keys.
         let e = err(raw_file(
             r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
@@ -711,19 +541,7 @@ pub(crate) mod tests {
         );
         let opts = ReadOptions { allow_gaps: true };
         let f = SafetensorsFile::from_bytes("t", Bytes::from(file), &opts).unwrap();
-        assert_eq!(
-            f.gaps(),
-            &[
-                Gap {
-                    begin: start + 2,
-                    end: start + 4
-                },
-                Gap {
-                    begin: start + 6,
-                    end: start + 7
-                }
-            ]
-        );
+        assert_eq!(f.gaps(), &[Gap { begin: start + 2, end: start + 4 }, Gap { begin: start + 6, end: start + 7 }]);
         assert_eq!(f.tensor("b").unwrap().to_vec::<u8>().unwrap(), vec![3, 4]);
         // Trailing bytes after the last tensor are a hole too.
         let e = err(raw_file("{}", &[0]));
@@ -740,10 +558,7 @@ pub(crate) mod tests {
     fn open_reports_io_and_tiny_files() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.safetensors");
-        assert!(matches!(
-            SafetensorsFile::open(&missing),
-            Err(SafetensorsError::Io { .. })
-        ));
+        assert!(matches!(SafetensorsFile::open(&missing), Err(SafetensorsError::Io { .. })));
         let empty = dir.path().join("empty.safetensors");
         std::fs::write(&empty, b"").unwrap();
         let e = SafetensorsFile::open(&empty).unwrap_err();

@@ -39,15 +39,10 @@ struct RawIndex {
 impl ShardIndex {
     /// Parse index JSON; `path` labels errors.
     pub fn parse(path: &Path, text: &str) -> Result<ShardIndex, SafetensorsError> {
-        let bad = |message: String| SafetensorsError::IndexJson {
-            path: path.to_path_buf(),
-            message,
-        };
+        let bad = |message: String| SafetensorsError::IndexJson { path: path.to_path_buf(), message };
         let raw: RawIndex = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if let Some(tensor) = raw.weight_map.duplicate {
-            return Err(bad(format!(
-                "tensor {tensor:?} is listed more than once in weight_map"
-            )));
+            return Err(bad(format!("tensor {tensor:?} is listed more than once in weight_map")));
         }
         Ok(ShardIndex {
             metadata: raw.metadata.unwrap_or_default(),
@@ -58,13 +53,8 @@ impl ShardIndex {
 
 /// Check that a shard path from an index stays inside the index's folder.
 fn check_shard_path(index_path: &Path, shard: &str) -> Result<(), SafetensorsError> {
-    let reject = |reason| {
-        Err(SafetensorsError::ShardPath {
-            path: index_path.to_path_buf(),
-            shard: shard.to_string(),
-            reason,
-        })
-    };
+    let reject =
+        |reason| Err(SafetensorsError::ShardPath { path: index_path.to_path_buf(), shard: shard.to_string(), reason });
     if shard.is_empty() {
         return reject("it is empty");
     }
@@ -125,10 +115,7 @@ impl ShardedCheckpoint {
         let dir = index_path.parent().unwrap_or(Path::new(""));
         let mut shards = Vec::with_capacity(names.len());
         for shard in names {
-            shards.push((
-                shard.to_string(),
-                SafetensorsFile::open_with(dir.join(shard), options)?,
-            ));
+            shards.push((shard.to_string(), SafetensorsFile::open_with(dir.join(shard), options)?));
         }
         let mut location = HashMap::with_capacity(index.weight_map.len());
         for (i, (shard, file)) in shards.iter().enumerate() {
@@ -155,23 +142,14 @@ impl ShardedCheckpoint {
                 }
             }
         }
-        if let Some((tensor, shard)) = index
-            .weight_map
-            .iter()
-            .find(|(t, _)| !location.contains_key(*t))
-        {
+        if let Some((tensor, shard)) = index.weight_map.iter().find(|(t, _)| !location.contains_key(*t)) {
             return Err(SafetensorsError::MissingInShard {
                 path: index_path.to_path_buf(),
                 tensor: tensor.clone(),
                 shard: shard.clone(),
             });
         }
-        Ok(ShardedCheckpoint {
-            index_path: index_path.to_path_buf(),
-            index,
-            shards,
-            location,
-        })
+        Ok(ShardedCheckpoint { index_path: index_path.to_path_buf(), index, shards, location })
     }
 
     pub fn index_path(&self) -> &Path {
@@ -227,15 +205,9 @@ impl Checkpoint {
         Checkpoint::open_with(path, &ReadOptions::default())
     }
 
-    pub fn open_with(
-        path: impl AsRef<Path>,
-        options: &ReadOptions,
-    ) -> Result<Checkpoint, SafetensorsError> {
+    pub fn open_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<Checkpoint, SafetensorsError> {
         let path = path.as_ref();
-        let is_index = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".index.json"));
+        let is_index = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json"));
         Ok(if is_index {
             Checkpoint::Sharded(ShardedCheckpoint::open_with(path, options)?)
         } else {
@@ -316,28 +288,16 @@ pub fn write_sharded(
 ) -> Result<ShardedWrite, SafetensorsError> {
     let dir = dir.as_ref();
     let index_path = dir.join(format!("{base_name}{INDEX_SUFFIX}"));
-    let bad = |message: String| SafetensorsError::BadShardRequest {
-        path: index_path.clone(),
-        message,
-    };
-    if base_name.is_empty()
-        || base_name.contains(['/', '\\', '\0'])
-        || base_name == "."
-        || base_name == ".."
-    {
-        return Err(bad(format!(
-            "base name {base_name:?} must be a plain file name"
-        )));
+    let bad = |message: String| SafetensorsError::BadShardRequest { path: index_path.clone(), message };
+    if base_name.is_empty() || base_name.contains(['/', '\\', '\0']) || base_name == "." || base_name == ".." {
+        return Err(bad(format!("base name {base_name:?} must be a plain file name")));
     }
     if max_shard_bytes == 0 {
         return Err(bad("the maximum shard size must be positive".to_string()));
     }
     let mut seen = BTreeSet::new();
     if let Some(&(dup, _)) = tensors.iter().find(|(n, _)| !seen.insert(*n)) {
-        return Err(SafetensorsError::DuplicateTensor {
-            path: index_path,
-            tensor: dup.to_string(),
-        });
+        return Err(SafetensorsError::DuplicateTensor { path: index_path, tensor: dup.to_string() });
     }
 
     let mut groups: Vec<Vec<(&str, &Tensor)>> = vec![Vec::new()];
@@ -357,9 +317,7 @@ pub fn write_sharded(
     }
 
     let count = groups.len();
-    let names: Vec<String> = (1..=count)
-        .map(|i| format!("{base_name}-{i:05}-of-{count:05}.safetensors"))
-        .collect();
+    let names: Vec<String> = (1..=count).map(|i| format!("{base_name}-{i:05}-of-{count:05}.safetensors")).collect();
     // Check every shard before writing any.
     for (group, name) in groups.iter().zip(&names) {
         plan(&dir.join(name), group, metadata)?;
@@ -371,20 +329,12 @@ pub fn write_sharded(
         for w in &written {
             weight_map.insert(w.name.clone(), name.clone());
         }
-        shards.push(WrittenShard {
-            file_name: name.clone(),
-            tensors: written,
-        });
+        shards.push(WrittenShard { file_name: name.clone(), tensors: written });
     }
-    let mut index_meta: BTreeMap<String, serde_json::Value> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
+    let mut index_meta: BTreeMap<String, serde_json::Value> =
+        metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
     index_meta.insert("total_size".to_string(), serde_json::Value::from(total));
-    let index = ShardIndex {
-        metadata: index_meta,
-        weight_map,
-    };
+    let index = ShardIndex { metadata: index_meta, weight_map };
     let mut json = serde_json::to_vec_pretty(&index).map_err(|e| bad(e.to_string()))?;
     json.push(b'\n');
     write_atomically(&index_path, |w| std::io::Write::write_all(w, &json))?;
@@ -401,9 +351,7 @@ mod tests {
     fn tensors() -> Vec<(String, Tensor)> {
         (0..5)
             .map(|i| {
-                let t =
-                    Tensor::from_slice(vec![i + 1], &(0..=i).map(|v| v as f32).collect::<Vec<_>>())
-                        .unwrap();
+                let t = Tensor::from_slice(vec![i + 1], &(0..=i).map(|v| v as f32).collect::<Vec<_>>()).unwrap();
                 (format!("layer.{i}.weight"), t)
             })
             .collect()
@@ -422,50 +370,31 @@ mod tests {
         let w = write_sharded(dir.path(), "model", &refs(&ts), &meta, 20).unwrap();
         let files: Vec<_> = w.shards.iter().map(|s| s.file_name.as_str()).collect();
         assert_eq!(files[0], "model-00001-of-00004.safetensors");
-        assert_eq!(
-            w.shards.iter().map(|s| s.tensors.len()).collect::<Vec<_>>(),
-            [2, 1, 1, 1]
-        );
-        assert_eq!(
-            w.index_path,
-            dir.path().join("model.safetensors.index.json")
-        );
+        assert_eq!(w.shards.iter().map(|s| s.tensors.len()).collect::<Vec<_>>(), [2, 1, 1, 1]);
+        assert_eq!(w.index_path, dir.path().join("model.safetensors.index.json"));
 
         let c = Checkpoint::open(&w.index_path).unwrap();
         assert_eq!(c.len(), 5);
-        let Checkpoint::Sharded(s) = &c else {
-            panic!("not sharded")
-        };
+        let Checkpoint::Sharded(s) = &c else { panic!("not sharded") };
         assert_eq!(s.index().metadata["total_size"], serde_json::json!(60));
         assert_eq!(s.index().metadata["format"], serde_json::json!("pt"));
-        assert_eq!(
-            s.index().weight_map["layer.2.weight"],
-            "model-00002-of-00004.safetensors"
-        );
+        assert_eq!(s.index().weight_map["layer.2.weight"], "model-00002-of-00004.safetensors");
         for (name, t) in &ts {
             assert_eq!(&c.tensor(name).unwrap(), t);
             let e = c.entry(name).unwrap();
             let f = c.file_of(name).unwrap();
             assert_eq!(f.range(e.offset, e.length).unwrap(), t.bytes().unwrap());
         }
-        assert_eq!(
-            c.names(),
-            ts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
-        );
+        assert_eq!(c.names(), ts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
 
         // Deterministic.
-        let first: Vec<Vec<u8>> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-            .collect();
+        let first: Vec<Vec<u8>> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
         let dir2 = tempfile::tempdir().unwrap();
         write_sharded(dir2.path(), "model", &refs(&ts), &meta, 20).unwrap();
         for e in std::fs::read_dir(dir.path()).unwrap() {
             let e = e.unwrap();
-            assert_eq!(
-                std::fs::read(e.path()).unwrap(),
-                std::fs::read(dir2.path().join(e.file_name())).unwrap()
-            );
+            assert_eq!(std::fs::read(e.path()).unwrap(), std::fs::read(dir2.path().join(e.file_name())).unwrap());
         }
         assert_eq!(first.len(), 5);
 
@@ -495,13 +424,7 @@ mod tests {
         assert!(matches!(e, SafetensorsError::DuplicateTensor { .. }));
         let s = Tensor::from_strings(vec![1], vec![Bytes::from_static(b"a")]).unwrap();
         let e = write_sharded(dir.path(), "m", &[("x", t), ("s", &s)], &m, 1).unwrap_err();
-        assert!(matches!(
-            e,
-            SafetensorsError::UnwritableDtype {
-                dtype: DataType::String,
-                ..
-            }
-        ));
+        assert!(matches!(e, SafetensorsError::UnwritableDtype { dtype: DataType::String, .. }));
         // Nothing was written for the rejected requests.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -510,18 +433,8 @@ mod tests {
     fn with_index(index: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let t = Tensor::scalar(1i32);
-        write_safetensors(
-            dir.path().join("a.safetensors"),
-            &[("x", &t)],
-            &BTreeMap::new(),
-        )
-        .unwrap();
-        write_safetensors(
-            dir.path().join("b.safetensors"),
-            &[("y", &t)],
-            &BTreeMap::new(),
-        )
-        .unwrap();
+        write_safetensors(dir.path().join("a.safetensors"), &[("x", &t)], &BTreeMap::new()).unwrap();
+        write_safetensors(dir.path().join("b.safetensors"), &[("y", &t)], &BTreeMap::new()).unwrap();
         let p = dir.path().join("m.safetensors.index.json");
         std::fs::write(&p, index).unwrap();
         (dir, p)
@@ -535,9 +448,7 @@ mod tests {
     #[test]
     fn bad_indexes_are_rejected() {
         use SafetensorsError as E;
-        let (_d, p) = with_index(
-            r#"{"metadata":null,"weight_map":{"x":"a.safetensors","y":"./b.safetensors"}}"#,
-        );
+        let (_d, p) = with_index(r#"{"metadata":null,"weight_map":{"x":"a.safetensors","y":"./b.safetensors"}}"#);
         let s = ShardedCheckpoint::open(&p).unwrap();
         assert_eq!(s.tensor("y").unwrap(), Tensor::scalar(1i32));
         assert_eq!(s.shards().count(), 2);
@@ -550,47 +461,25 @@ mod tests {
             ("", "empty"),
             (".", "names no file"),
         ] {
-            let e = open_err(&format!(
-                r#"{{"weight_map":{{"x":"a.safetensors","y":"{shard}"}}}}"#
-            ));
+            let e = open_err(&format!(r#"{{"weight_map":{{"x":"a.safetensors","y":"{shard}"}}}}"#));
             assert!(matches!(e, E::ShardPath { .. }), "{shard}: {e}");
             assert!(e.to_string().contains(why), "{shard}: {e}");
         }
         let e = open_err(r#"{"weight_map":{"x":"b.safetensors","y":"b.safetensors"}}"#);
-        assert!(
-            matches!(e, E::MissingInShard { ref tensor, .. } if tensor == "x"),
-            "{e}"
-        );
-        let e = open_err(
-            r#"{"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}}"#,
-        );
+        assert!(matches!(e, E::MissingInShard { ref tensor, .. } if tensor == "x"), "{e}");
+        let e = open_err(r#"{"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}}"#);
         assert!(
             matches!(e, E::WrongShard { ref tensor, ref expected, ref found, .. } if tensor == "y" && expected == "a.safetensors" && found == "b.safetensors"),
             "{e}"
         );
         let e = open_err(r#"{"weight_map":{"x":"a.safetensors","z":"b.safetensors"}}"#);
-        assert!(
-            matches!(e, E::UnlistedTensor { ref tensor, .. } if tensor == "y"),
-            "{e}"
-        );
+        assert!(matches!(e, E::UnlistedTensor { ref tensor, .. } if tensor == "y"), "{e}");
         let e = open_err(r#"{"weight_map":{"x":"a.safetensors","x":"b.safetensors"}}"#);
-        assert!(
-            matches!(e, E::IndexJson { .. }) && e.to_string().contains("more than once"),
-            "{e}"
-        );
+        assert!(matches!(e, E::IndexJson { .. }) && e.to_string().contains("more than once"), "{e}");
         let e = open_err(r#"{"weight_map":{"x":"a.safetensors","y":"c.safetensors"}}"#);
-        assert!(
-            matches!(e, E::Io { ref path, .. } if path.ends_with("c.safetensors")),
-            "{e}"
-        );
-        assert!(matches!(
-            open_err(r#"{"weight_map":[]}"#),
-            E::IndexJson { .. }
-        ));
-        assert!(matches!(
-            open_err(r#"{"metadata":{}}"#),
-            E::IndexJson { .. }
-        ));
+        assert!(matches!(e, E::Io { ref path, .. } if path.ends_with("c.safetensors")), "{e}");
+        assert!(matches!(open_err(r#"{"weight_map":[]}"#), E::IndexJson { .. }));
+        assert!(matches!(open_err(r#"{"metadata":{}}"#), E::IndexJson { .. }));
         assert!(matches!(open_err("not json"), E::IndexJson { .. }));
     }
 }

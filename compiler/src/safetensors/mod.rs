@@ -28,14 +28,9 @@ use std::path::PathBuf;
 
 use crate::dtype::DataType;
 
-pub use bind::{
-    BindOptions, BindReport, BindSummary, DtypePolicy, Mismatch, PrefixRule, TargetSpec, bind,
-};
+pub use bind::{BindOptions, BindReport, BindSummary, DtypePolicy, Mismatch, PrefixRule, TargetSpec, bind};
 pub use format::{Gap, MAX_HEADER_LEN, ReadOptions, SafetensorsFile, TensorEntry};
-pub use index::{
-    Checkpoint, INDEX_SUFFIX, ShardIndex, ShardedCheckpoint, ShardedWrite, WrittenShard,
-    write_sharded,
-};
+pub use index::{Checkpoint, INDEX_SUFFIX, ShardIndex, ShardedCheckpoint, ShardedWrite, WrittenShard, write_sharded};
 pub use write::{WrittenTensor, write_safetensors};
 
 /// A safetensors dtype: every tag the specification defines, in the specification's order
@@ -177,10 +172,7 @@ impl StDtype {
     /// The safetensors dtype of a Kiln type, or `None` where the format has none
     /// (string, c128, 4- and 2-bit integers, undefined).
     pub fn from_data_type(dtype: DataType) -> Option<StDtype> {
-        StDtype::ALL
-            .iter()
-            .copied()
-            .find(|d| d.to_data_type() == Some(dtype))
+        StDtype::ALL.iter().copied().find(|d| d.to_data_type() == Some(dtype))
     }
 }
 
@@ -204,14 +196,8 @@ pub enum SafetensorsError {
     TooSmall { path: PathBuf, size: u64 },
     #[error("{path}: header length {len} exceeds the limit of {cap} bytes")]
     HeaderTooLarge { path: PathBuf, len: u64, cap: u64 },
-    #[error(
-        "{path}: header length {len} runs past the end of the file ({available} bytes follow the length)"
-    )]
-    HeaderPastEnd {
-        path: PathBuf,
-        len: u64,
-        available: u64,
-    },
+    #[error("{path}: header length {len} runs past the end of the file ({available} bytes follow the length)")]
+    HeaderPastEnd { path: PathBuf, len: u64, available: u64 },
     #[error("{path}: header is not valid UTF-8 (invalid byte at header offset {valid_up_to})")]
     HeaderNotUtf8 { path: PathBuf, valid_up_to: usize },
     #[error("{path}: header does not start with '{{'")]
@@ -223,142 +209,52 @@ pub enum SafetensorsError {
     #[error("{path}: invalid __metadata__: {message}")]
     BadMetadata { path: PathBuf, message: String },
     #[error("{path}: invalid header entry for tensor {tensor:?}: {message}")]
-    BadEntry {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    BadEntry { path: PathBuf, tensor: String, message: String },
     #[error("{path}: unknown dtype {dtype:?} in tensor {tensor:?}")]
-    UnknownDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
+    UnknownDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: unsupported dtype {dtype} in tensor {tensor:?}: {reason}")]
-    UnsupportedDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-        reason: &'static str,
-    },
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String, reason: &'static str },
     #[error("{path}: tensor {tensor:?} has shape {shape:?} whose size overflows")]
-    ShapeOverflow {
-        path: PathBuf,
-        tensor: String,
-        shape: Vec<u64>,
-    },
-    #[error(
-        "{path}: tensor {tensor:?} of dtype {dtype} has {elements} elements, which do not fill whole bytes"
-    )]
-    NotWholeBytes {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-        elements: u64,
-    },
+    ShapeOverflow { path: PathBuf, tensor: String, shape: Vec<u64> },
+    #[error("{path}: tensor {tensor:?} of dtype {dtype} has {elements} elements, which do not fill whole bytes")]
+    NotWholeBytes { path: PathBuf, tensor: String, dtype: String, elements: u64 },
     #[error(
         "{path}: tensor {tensor:?} of dtype {dtype} and shape {shape:?} needs {expected} bytes but its offsets span {actual}"
     )]
-    SizeMismatch {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-        shape: Vec<u64>,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { path: PathBuf, tensor: String, dtype: String, shape: Vec<u64>, expected: u64, actual: u64 },
     #[error("{path}: tensor {tensor:?} has data_offsets [{begin}, {end}] with end before begin")]
-    OffsetsReversed {
-        path: PathBuf,
-        tensor: String,
-        begin: u64,
-        end: u64,
-    },
-    #[error(
-        "{path}: tensor {tensor:?} ends at buffer offset {end}, past the {buffer_len}-byte buffer"
-    )]
-    OffsetPastEnd {
-        path: PathBuf,
-        tensor: String,
-        end: u64,
-        buffer_len: u64,
-    },
-    #[error(
-        "{path}: tensors {tensor:?} and {other:?} overlap (buffer offsets {begin} < {other_end})"
-    )]
-    Overlap {
-        path: PathBuf,
-        tensor: String,
-        other: String,
-        begin: u64,
-        other_end: u64,
-    },
+    OffsetsReversed { path: PathBuf, tensor: String, begin: u64, end: u64 },
+    #[error("{path}: tensor {tensor:?} ends at buffer offset {end}, past the {buffer_len}-byte buffer")]
+    OffsetPastEnd { path: PathBuf, tensor: String, end: u64, buffer_len: u64 },
+    #[error("{path}: tensors {tensor:?} and {other:?} overlap (buffer offsets {begin} < {other_end})")]
+    Overlap { path: PathBuf, tensor: String, other: String, begin: u64, other_end: u64 },
     #[error("{path}: buffer bytes [{begin}, {end}) belong to no tensor{}", after.as_ref().map(|a| format!(" (after tensor {a:?})")).unwrap_or_default())]
-    Gap {
-        path: PathBuf,
-        begin: u64,
-        end: u64,
-        after: Option<String>,
-    },
+    Gap { path: PathBuf, begin: u64, end: u64, after: Option<String> },
     #[error("{path}: tensor {tensor:?} appears more than once")]
     DuplicateTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor name {tensor:?} is reserved or empty")]
     ReservedName { path: PathBuf, tensor: String },
     #[error("{path}: tensor {tensor:?} has type {dtype}, which safetensors cannot store")]
-    UnwritableDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: DataType,
-    },
+    UnwritableDtype { path: PathBuf, tensor: String, dtype: DataType },
     #[error("{path}: tensor {tensor:?}: {message}")]
-    BadTensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    BadTensor { path: PathBuf, tensor: String, message: String },
     #[error("{path}: invalid shard index: {message}")]
     IndexJson { path: PathBuf, message: String },
     #[error("{path}: shard path {shard:?} is not allowed: {reason}")]
-    ShardPath {
-        path: PathBuf,
-        shard: String,
-        reason: &'static str,
-    },
-    #[error(
-        "{path}: tensor {tensor:?} is mapped to shard {shard:?} but that shard does not contain it"
-    )]
-    MissingInShard {
-        path: PathBuf,
-        tensor: String,
-        shard: String,
-    },
-    #[error(
-        "{path}: tensor {tensor:?} is mapped to shard {expected:?} but found in shard {found:?}"
-    )]
-    WrongShard {
-        path: PathBuf,
-        tensor: String,
-        expected: String,
-        found: String,
-    },
+    ShardPath { path: PathBuf, shard: String, reason: &'static str },
+    #[error("{path}: tensor {tensor:?} is mapped to shard {shard:?} but that shard does not contain it")]
+    MissingInShard { path: PathBuf, tensor: String, shard: String },
+    #[error("{path}: tensor {tensor:?} is mapped to shard {expected:?} but found in shard {found:?}")]
+    WrongShard { path: PathBuf, tensor: String, expected: String, found: String },
     #[error("{path}: tensor {tensor:?} of shard {shard:?} is not listed in the weight map")]
-    UnlistedTensor {
-        path: PathBuf,
-        tensor: String,
-        shard: String,
-    },
+    UnlistedTensor { path: PathBuf, tensor: String, shard: String },
     #[error("{path}: invalid sharding request: {message}")]
     BadShardRequest { path: PathBuf, message: String },
 }
 
 impl SafetensorsError {
-    pub(crate) fn io(
-        path: &std::path::Path,
-    ) -> impl FnOnce(std::io::Error) -> SafetensorsError + '_ {
-        move |source| SafetensorsError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SafetensorsError + '_ {
+        move |source| SafetensorsError::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -378,14 +274,7 @@ mod tests {
         }
         assert_eq!(StDtype::from_tag("F8_E4M3FN"), None);
         assert_eq!(StDtype::F6E2M3.to_data_type(), None);
-        for d in [
-            DataType::String,
-            DataType::C128,
-            DataType::I4,
-            DataType::U4,
-            DataType::I2,
-            DataType::U2,
-        ] {
+        for d in [DataType::String, DataType::C128, DataType::I4, DataType::U4, DataType::I2, DataType::U2] {
             assert_eq!(StDtype::from_data_type(d), None, "{d}");
         }
         assert_eq!(StDtype::F4.storage_bytes(3), None);

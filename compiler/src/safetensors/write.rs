@@ -72,23 +72,15 @@ pub(crate) fn plan<'a>(
     let mut items = Vec::with_capacity(tensors.len());
     for &(name, tensor) in tensors {
         if name.is_empty() || name == "__metadata__" {
-            return Err(SafetensorsError::ReservedName {
-                path: p(),
-                tensor: name.to_string(),
-            });
+            return Err(SafetensorsError::ReservedName { path: p(), tensor: name.to_string() });
         }
         if !seen.insert(name) {
-            return Err(SafetensorsError::DuplicateTensor {
-                path: p(),
-                tensor: name.to_string(),
-            });
+            return Err(SafetensorsError::DuplicateTensor { path: p(), tensor: name.to_string() });
         }
-        let st = StDtype::from_data_type(tensor.dtype()).ok_or_else(|| {
-            SafetensorsError::UnwritableDtype {
-                path: p(),
-                tensor: name.to_string(),
-                dtype: tensor.dtype(),
-            }
+        let st = StDtype::from_data_type(tensor.dtype()).ok_or_else(|| SafetensorsError::UnwritableDtype {
+            path: p(),
+            tensor: name.to_string(),
+            dtype: tensor.dtype(),
         })?;
         let length = tensor.bytes().map_or(0, |b| b.len() as u64);
         // Kiln pads an odd count of 4-bit elements to a whole byte; safetensors cannot say so.
@@ -135,24 +127,13 @@ pub(crate) fn plan<'a>(
     header.resize(header.len().next_multiple_of(8), b' ');
     let header_len = header.len() as u64;
     if header_len > MAX_HEADER_LEN {
-        return Err(SafetensorsError::HeaderTooLarge {
-            path: p(),
-            len: header_len,
-            cap: MAX_HEADER_LEN,
-        });
+        return Err(SafetensorsError::HeaderTooLarge { path: p(), len: header_len, cap: MAX_HEADER_LEN });
     }
     let data_start = 8 + header_len;
     let tensors = placed
         .into_iter()
         .map(|(t, name, begin, length)| {
-            (
-                t,
-                WrittenTensor {
-                    name: name.to_string(),
-                    offset: data_start + begin,
-                    length,
-                },
-            )
+            (t, WrittenTensor { name: name.to_string(), offset: data_start + begin, length })
         })
         .collect();
     Ok(Layout { header, tensors })
@@ -176,11 +157,7 @@ pub(crate) fn write_atomically(
     };
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".kiln-tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    tmp_name.push(format!(".kiln-tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -219,10 +196,7 @@ mod tests {
             .map(|(i, (st, d))| {
                 let n = st.storage_bytes(count as u64).unwrap() as usize;
                 let data: Vec<u8> = (0..n).map(|k| ((i * 16 + k) % 256) as u8).collect();
-                (
-                    format!("t_{}", st.tag()),
-                    Tensor::new(d, vec![count], Bytes::from(data)).unwrap(),
-                )
+                (format!("t_{}", st.tag()), Tensor::new(d, vec![count], Bytes::from(data)).unwrap())
             })
             .collect()
     }
@@ -237,10 +211,7 @@ mod tests {
         let p = dir.path().join("all.safetensors");
         let tensors = every_dtype(6);
         assert_eq!(tensors.len(), 20);
-        let meta = BTreeMap::from([
-            ("format".to_string(), "pt".to_string()),
-            ("a\"b".to_string(), "c\n".to_string()),
-        ]);
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("a\"b".to_string(), "c\n".to_string())]);
         let written = write_safetensors(&p, &refs(&tensors), &meta).unwrap();
         let f = SafetensorsFile::open(&p).unwrap();
         assert_eq!(f.metadata(), &meta);
@@ -259,10 +230,7 @@ mod tests {
         }
         // File order is the returned order.
         let order: Vec<_> = f.entries().map(|e| e.name.clone()).collect();
-        assert_eq!(
-            order,
-            written.iter().map(|w| w.name.clone()).collect::<Vec<_>>()
-        );
+        assert_eq!(order, written.iter().map(|w| w.name.clone()).collect::<Vec<_>>());
         assert_eq!(order[0], "t_U64");
     }
 
@@ -323,10 +291,7 @@ mod tests {
             .map(|(i, &(name, d, size))| {
                 let data: Vec<u8> = (0..size * 3).map(|k| ((i * 16 + k) % 256) as u8).collect();
                 let dims = if d == D::F4E2M1 { vec![1, 6] } else { vec![3] };
-                (
-                    format!("t_{name}"),
-                    Tensor::new(d, dims, Bytes::from(data)).unwrap(),
-                )
+                (format!("t_{name}"), Tensor::new(d, dims, Bytes::from(data)).unwrap())
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
@@ -341,9 +306,7 @@ mod tests {
         );
         // And the reference writer's small file, read and written again.
         let tiny = crate::safetensors::format::tests::python_tiny();
-        let f =
-            SafetensorsFile::from_bytes("tiny", Bytes::from(tiny.clone()), &ReadOptions::default())
-                .unwrap();
+        let f = SafetensorsFile::from_bytes("tiny", Bytes::from(tiny.clone()), &ReadOptions::default()).unwrap();
         let back: Vec<(String, Tensor)> = f.tensors().map(|(n, t)| (n.to_string(), t)).collect();
         let p = dir.path().join("tiny.safetensors");
         write_safetensors(&p, &refs(&back), f.metadata()).unwrap();
@@ -357,46 +320,23 @@ mod tests {
         let meta = BTreeMap::new();
         let s = Tensor::from_strings(vec![1], vec![Bytes::from_static(b"a")]).unwrap();
         let e = write_safetensors(&p, &[("s", &s)], &meta).unwrap_err();
-        assert!(matches!(
-            e,
-            SafetensorsError::UnwritableDtype {
-                dtype: DataType::String,
-                ..
-            }
-        ));
-        for d in [
-            DataType::I4,
-            DataType::U4,
-            DataType::I2,
-            DataType::U2,
-            DataType::C128,
-        ] {
+        assert!(matches!(e, SafetensorsError::UnwritableDtype { dtype: DataType::String, .. }));
+        for d in [DataType::I4, DataType::U4, DataType::I2, DataType::U2, DataType::C128] {
             let n = d.storage_bytes(4).unwrap() as usize;
             let t = Tensor::new(d, vec![4], Bytes::from(vec![0u8; n])).unwrap();
             let e = write_safetensors(&p, &[("w", &t)], &meta).unwrap_err();
-            assert!(
-                e.to_string().contains(&format!("\"w\" has type {d}")),
-                "{e}"
-            );
+            assert!(e.to_string().contains(&format!("\"w\" has type {d}")), "{e}");
         }
         let odd = Tensor::new(DataType::F4E2M1, vec![3], Bytes::from(vec![0u8; 2])).unwrap();
         let e = write_safetensors(&p, &[("w", &odd)], &meta).unwrap_err();
-        assert!(matches!(
-            e,
-            SafetensorsError::NotWholeBytes { elements: 3, .. }
-        ));
+        assert!(matches!(e, SafetensorsError::NotWholeBytes { elements: 3, .. }));
         let t = Tensor::scalar(1.0f32);
         let e = write_safetensors(&p, &[("a", &t), ("a", &t)], &meta).unwrap_err();
         assert!(matches!(e, SafetensorsError::DuplicateTensor { .. }));
         let e = write_safetensors(&p, &[("__metadata__", &t)], &meta).unwrap_err();
         assert!(matches!(e, SafetensorsError::ReservedName { .. }));
         assert!(!p.exists());
-        let e = write_safetensors(
-            dir.path().join("no/such/dir/x.safetensors"),
-            &[("a", &t)],
-            &meta,
-        )
-        .unwrap_err();
+        let e = write_safetensors(dir.path().join("no/such/dir/x.safetensors"), &[("a", &t)], &meta).unwrap_err();
         assert!(matches!(e, SafetensorsError::Io { .. }));
     }
 

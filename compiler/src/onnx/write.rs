@@ -1,0 +1,176 @@
+//! Atomic, streaming file output: a temporary file in the target's folder, renamed into
+//! place on commit. Protobuf messages and tensor data are streamed, never assembled in memory.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use bytes::BufMut;
+use bytes::buf::UninitSlice;
+use prost::Message;
+
+use super::error::OnnxError;
+use crate::tensor::Tensor;
+
+const CHUNK: usize = 1 << 20;
+
+/// A file that appears at its path only when committed.
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    out: BufWriter<File>,
+    pos: u64,
+}
+
+impl AtomicFile {
+    /// Starts writing `target` (a temporary file in the same folder until committed).
+    pub fn create(target: &Path) -> Result<AtomicFile, OnnxError> {
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp =
+            tempfile::Builder::new().prefix(".kiln-tmp-").tempfile_in(dir).map_err(|e| OnnxError::io(target, e))?;
+        let out = BufWriter::with_capacity(CHUNK, tmp.reopen().map_err(|e| OnnxError::io(target, e))?);
+        Ok(AtomicFile { target: target.to_path_buf(), tmp, out, pos: 0 })
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), OnnxError> {
+        self.out.write_all(bytes).map_err(|e| OnnxError::io(&self.target, e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes zeros up to `offset`.
+    pub fn pad_to(&mut self, offset: u64) -> Result<(), OnnxError> {
+        let zeros = [0u8; 4096];
+        while self.pos < offset {
+            let n = (offset - self.pos).min(zeros.len() as u64) as usize;
+            self.write_all(&zeros[..n])?;
+        }
+        Ok(())
+    }
+
+    /// Streams a protobuf message into the file.
+    pub fn write_message<M: Message>(&mut self, m: &M) -> Result<(), OnnxError> {
+        let mut sink = StreamBuf { out: &mut self.out, buf: Vec::with_capacity(CHUNK), error: None, written: 0 };
+        let encoded = m.encode(&mut sink);
+        sink.flush();
+        let written = sink.written;
+        if let Some(e) = sink.error.take() {
+            return Err(OnnxError::io(&self.target, e));
+        }
+        encoded.map_err(|e| OnnxError::Other { path: self.target.clone(), message: e.to_string() })?;
+        self.pos += written;
+        Ok(())
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(self) -> Result<(), OnnxError> {
+        let AtomicFile { target, tmp, out, .. } = self;
+        let file = out.into_inner().map_err(|e| OnnxError::io(&target, e.into_error()))?;
+        file.sync_all().map_err(|e| OnnxError::io(&target, e))?;
+        tmp.persist(&target).map_err(|e| OnnxError::io(&target, e.error))?;
+        Ok(())
+    }
+}
+
+/// Writes a tensor's bytes; bytes mapped from a file are copied from the file with reads,
+/// so the mapping's pages never become resident in this process.
+pub fn write_tensor_bytes(f: &mut AtomicFile, t: &Tensor) -> Result<(), OnnxError> {
+    if let Some(region) = t.source() {
+        let mut src = File::open(&region.path).map_err(|e| OnnxError::io(&region.path, e))?;
+        src.seek(SeekFrom::Start(region.offset)).map_err(|e| OnnxError::io(&region.path, e))?;
+        let mut take = src.take(region.length);
+        let mut buf = vec![0u8; CHUNK];
+        let mut copied = 0u64;
+        loop {
+            let n = take.read(&mut buf).map_err(|e| OnnxError::io(&region.path, e))?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&buf[..n])?;
+            copied += n as u64;
+        }
+        if copied != region.length {
+            return Err(OnnxError::Other {
+                path: region.path.clone(),
+                message: format!("the file changed while reading: expected {} bytes, read {copied}", region.length),
+            });
+        }
+        return Ok(());
+    }
+    match t.bytes() {
+        Some(b) => f.write_all(b),
+        None => Err(OnnxError::Other {
+            path: f.target.clone(),
+            message: "string tensors cannot be written as raw data".into(),
+        }),
+    }
+}
+
+/// A `BufMut` that streams to a writer through a fixed buffer and remembers the first error.
+struct StreamBuf<'a, W: Write> {
+    out: &'a mut W,
+    buf: Vec<u8>,
+    error: Option<std::io::Error>,
+    written: u64,
+}
+
+impl<W: Write> StreamBuf<'_, W> {
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            if self.error.is_none()
+                && let Err(e) = self.out.write_all(&self.buf)
+            {
+                self.error = Some(e);
+            }
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the vector's spare capacity, and `advance_mut` only extends
+// the length over bytes the caller has initialized, as `BufMut` requires.
+unsafe impl<W: Write> BufMut for StreamBuf<'_, W> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX / 2
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len();
+        // SAFETY: the caller initialized `cnt` bytes of the spare capacity.
+        unsafe { self.buf.set_len(len + cnt) };
+        if self.buf.len() == self.buf.capacity() {
+            self.flush();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush();
+        }
+        let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
+        UninitSlice::uninit(spare)
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= CHUNK {
+            self.flush();
+            if self.error.is_none()
+                && let Err(e) = self.out.write_all(src)
+            {
+                self.error = Some(e);
+            }
+            self.written += src.len() as u64;
+        } else {
+            if self.buf.len() + src.len() > self.buf.capacity() {
+                self.flush();
+            }
+            self.buf.extend_from_slice(src);
+        }
+    }
+}
