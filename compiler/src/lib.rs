@@ -8,6 +8,7 @@ pub mod dump;
 pub mod inspect;
 pub mod ir;
 pub mod onnx;
+pub mod pass;
 pub mod safetensors;
 pub mod tensor;
 pub mod verify;
