@@ -12,6 +12,7 @@ pub mod pass;
 pub mod safetensors;
 pub mod tensor;
 pub mod verify;
+pub mod weights;
 
 pub use dtype::DataType;
 pub use tensor::{Element, Tensor, TensorData, TensorError};

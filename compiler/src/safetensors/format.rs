@@ -89,7 +89,14 @@ impl SafetensorsFile {
         // is not truncated or rewritten while mapped (Kiln's own writer replaces files by
         // rename, which leaves existing maps intact).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(SafetensorsError::io(path))?;
-        SafetensorsFile::from_bytes(path, Bytes::from_owner(map), options)
+        let mut st = SafetensorsFile::from_bytes(path, Bytes::from_owner(map), options)?;
+        // Writers copy these tensors from the file rather than through the map (small RSS).
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        for (e, t) in &mut st.entries {
+            let region = crate::tensor::FileRegion { path: real.clone(), offset: e.offset, length: e.length };
+            *t = t.clone().with_source(region);
+        }
+        Ok(st)
     }
 
     /// Validate a whole file already in memory; `path` only labels errors.

@@ -1,0 +1,115 @@
+//! `optimize`: the command-line shell over the Kiln library.
+
+mod convert;
+mod inspect;
+mod run;
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln::exit::{EXIT_CODES_HELP, ExitStatus};
+
+#[derive(Parser)]
+#[command(name = "optimize", version, about = "Kiln: ahead-of-time ONNX model optimization", after_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// Print only errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summarize a model: opsets, inputs/outputs, op histogram, parameters, external files, subgraphs.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inspect(inspect::Args),
+    /// Re-serialize a model: to or from external data or safetensors, optionally binding weights.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Convert(convert::Args),
+    /// Run a model on inputs from .npy/.npz files and write or summarize its outputs.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(run::Args),
+}
+
+/// A failure with the exit code it maps to. The message is printed as one `error:` line
+/// (details, when there are several problems, on the lines after it).
+pub struct Failure {
+    pub status: ExitStatus,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn bad_input(message: impl Display) -> Failure {
+        Failure { status: ExitStatus::BadInput, message: message.to_string() }
+    }
+
+    pub fn runtime(message: impl Display) -> Failure {
+        Failure { status: ExitStatus::Runtime, message: message.to_string() }
+    }
+}
+
+impl From<kiln::compiler::onnx::OnnxError> for Failure {
+    fn from(e: kiln::compiler::onnx::OnnxError) -> Failure {
+        Failure { status: ExitStatus::of_onnx(&e), message: e.to_string() }
+    }
+}
+
+impl From<kiln::compiler::runtime::RuntimeError> for Failure {
+    fn from(e: kiln::compiler::runtime::RuntimeError) -> Failure {
+        Failure { status: ExitStatus::of_runtime(&e), message: e.to_string() }
+    }
+}
+
+/// Output shared by the commands: quiet mode, JSON.
+pub struct Ui {
+    pub quiet: bool,
+}
+
+impl Ui {
+    pub fn say(&self, line: impl Display) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+
+    pub fn warn(&self, line: impl Display) {
+        eprintln!("warning: {line}");
+    }
+}
+
+/// Writes a JSON report atomically.
+pub fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(Failure::runtime)?;
+    let mut f = kiln::compiler::onnx::AtomicFile::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.commit()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are successes; every other parse error is bad usage.
+            return if e.use_stderr() { ExitCode::from(ExitStatus::BadInput.code()) } else { ExitCode::SUCCESS };
+        }
+    };
+    let ui = Ui { quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a, &ui),
+        Command::Convert(a) => convert::run(a, &ui),
+        Command::Run(a) => run::run(a, &ui),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.status.code())
+        }
+    }
+}
