@@ -4,6 +4,8 @@
 //! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] and [`runtime`] convert at the edge.
 
 pub mod dtype;
+pub mod npy;
+pub mod runtime;
 pub mod tensor;
 
 pub use dtype::DataType;
