@@ -12,6 +12,8 @@ use crate::tensor::Tensor;
 
 pub mod discovery;
 pub mod ort;
+#[cfg(test)]
+pub(crate) mod testutil;
 #[cfg(feature = "tract")]
 pub mod tract;
 
