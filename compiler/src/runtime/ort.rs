@@ -108,9 +108,11 @@ fn configure(
         OptLevel::Extended => GraphOptimizationLevel::Level2,
         OptLevel::All => GraphOptimizationLevel::All,
     };
-    let mut builder = builder
+    let builder = builder
         .with_optimization_level(level)
-        .and_then(|b| b.with_deterministic_compute(config.deterministic))
+        .map_err(|e| config_err(e.message()))?;
+    let mut builder = builder
+        .with_deterministic_compute(config.deterministic)
         .map_err(|e| config_err(e.message()))?;
     if let Some(n) = config.intra_threads {
         builder = builder

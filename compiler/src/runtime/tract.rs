@@ -334,3 +334,96 @@ fn tensor_from_tract(name: &str, v: &TValue) -> Result<Tensor, RuntimeError> {
     )
     .map_err(run_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ErrorKind;
+    use crate::runtime::testutil::*;
+
+    fn run_case(name: &str) {
+        let (model, data) = read_case(name);
+        let mut session = TractExecutor
+            .load(ModelSource::from_bytes(&model), &SessionConfig::default())
+            .unwrap();
+        let inputs = read_values(&data, "input", session.inputs());
+        let expected = read_values(&data, "output", session.outputs());
+        let got = session
+            .run(&inputs, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for ((gn, g), (_, w)) in got.iter().zip(&expected) {
+            assert_close(&format!("{name}/{gn}"), g, w);
+        }
+    }
+
+    #[test]
+    fn conformance_cases_match() {
+        for name in [
+            "test_add",
+            "test_conv_with_strides_padding",
+            "test_gru_defaults",
+            "test_argmax_default_axis_example",
+        ] {
+            run_case(name);
+        }
+    }
+
+    #[test]
+    fn dynamic_shapes_external_data_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = [2.0f32, 3.0];
+        std::fs::write(
+            dir.path().join("w.bin"),
+            w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let model = binary_model("Mul", &w, Some("w.bin"));
+        let mut s = TractExecutor
+            .load(
+                ModelSource {
+                    bytes: &model,
+                    base_dir: Some(dir.path()),
+                },
+                &SessionConfig::default(),
+            )
+            .unwrap();
+        assert_eq!(s.inputs()[0].name, "x");
+        let x = Tensor::from_slice(vec![2], &[1.0f32, 2.0]).unwrap();
+        let out = s.run(&[("x".into(), x.clone().into())], None).unwrap();
+        assert_eq!(out[0].0, "y");
+        assert_eq!(
+            out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(),
+            vec![2.0, 6.0]
+        );
+        // The cached plan is reused; a new shape gets its own (and fails cleanly on broadcast).
+        assert_eq!(s.run(&[("x".into(), x.into())], None).unwrap(), out);
+        let bad = Tensor::from_slice(vec![3], &[1.0f32; 3]).unwrap();
+        let err = s.run(&[("x".into(), bad.into())], None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Runtime, "{err}");
+        let err = s.run(&[], None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
+
+        let err = TractExecutor
+            .load(
+                ModelSource::from_bytes(b"garbage"),
+                &SessionConfig::default(),
+            )
+            .err()
+            .unwrap();
+        assert!(matches!(err, RuntimeError::ModelRejected { .. }), "{err}");
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        let err =
+            guarded("testing", || -> Result<(), RuntimeError> { panic!("boom") }).unwrap_err();
+        assert_eq!(
+            err,
+            RuntimeError::Panic {
+                executor: NAME,
+                during: "testing".into(),
+                message: "boom".into()
+            }
+        );
+    }
+}
