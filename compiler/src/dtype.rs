@@ -3,9 +3,7 @@
 use std::fmt;
 
 /// An ONNX element type. The discriminant is the ONNX `TensorProto.DataType` code.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(i32)]
 pub enum DataType {
@@ -87,9 +85,7 @@ impl DataType {
 
     /// The type with this ONNX code, if Kiln knows it.
     pub fn from_onnx(code: i32) -> Option<DataType> {
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| DataType::ALL.get(i).copied())
+        usize::try_from(code).ok().and_then(|i| DataType::ALL.get(i).copied())
     }
 
     pub fn element_size(self) -> ElementSize {
@@ -97,9 +93,7 @@ impl DataType {
         match self {
             Undefined => ElementSize::Bytes(0),
             String => ElementSize::Variable,
-            U8 | I8 | Bool | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F8E8M0 => {
-                ElementSize::Bytes(1)
-            }
+            U8 | I8 | Bool | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F8E8M0 => ElementSize::Bytes(1),
             U16 | I16 | F16 | BF16 => ElementSize::Bytes(2),
             F32 | I32 | U32 => ElementSize::Bytes(4),
             F64 | I64 | U64 | C64 => ElementSize::Bytes(8),
@@ -131,10 +125,7 @@ impl DataType {
 
     pub fn is_integer(self) -> bool {
         use DataType::*;
-        matches!(
-            self,
-            U8 | I8 | U16 | I16 | I32 | I64 | U32 | U64 | U4 | I4 | U2 | I2
-        )
+        matches!(self, U8 | I8 | U16 | I16 | I32 | I64 | U32 | U64 | U4 | I4 | U2 | I2)
     }
 
     pub fn is_signed_integer(self) -> bool {

@@ -11,28 +11,14 @@ use crate::dtype::DataType;
 /// Why a tensor could not be built or read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TensorError {
-    #[error(
-        "tensor of type {dtype} and shape {dims:?} needs {expected} bytes but {actual} were given"
-    )]
-    ByteLength {
-        dtype: DataType,
-        dims: Vec<usize>,
-        expected: u64,
-        actual: u64,
-    },
+    #[error("tensor of type {dtype} and shape {dims:?} needs {expected} bytes but {actual} were given")]
+    ByteLength { dtype: DataType, dims: Vec<usize>, expected: u64, actual: u64 },
     #[error("tensor of shape {dims:?} has too many elements")]
     TooLarge { dims: Vec<usize> },
     #[error("tensor of shape {dims:?} needs {expected} strings but {actual} were given")]
-    StringCount {
-        dims: Vec<usize>,
-        expected: u64,
-        actual: u64,
-    },
+    StringCount { dims: Vec<usize>, expected: u64, actual: u64 },
     #[error("tensor has type {actual}, not {expected}")]
-    WrongType {
-        expected: DataType,
-        actual: DataType,
-    },
+    WrongType { expected: DataType, actual: DataType },
     #[error("type {0} cannot hold packed bytes (strings) or has no size (undefined)")]
     NotPacked(DataType),
 }
@@ -73,9 +59,7 @@ pub enum TensorEncoding {
     /// No data field at all (an empty tensor written without data).
     Absent,
     /// In an external file; `entries` are the `external_data` key/value pairs in order.
-    External {
-        entries: Vec<(Option<String>, Option<String>)>,
-    },
+    External { entries: Vec<(Option<String>, Option<String>)> },
 }
 
 /// An immutable, cheaply clonable tensor.
@@ -96,47 +80,28 @@ impl std::fmt::Debug for Tensor {
 
 /// The number of elements of a shape, checked for overflow.
 pub fn element_count(dims: &[usize]) -> Option<u64> {
-    dims.iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
 }
 
 impl Tensor {
     /// A tensor over packed little-endian bytes; the length must match the shape exactly.
     pub fn new(dtype: DataType, dims: Vec<usize>, bytes: Bytes) -> Result<Tensor, TensorError> {
-        let count =
-            element_count(&dims).ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?;
+        let count = element_count(&dims).ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?;
         let expected = match dtype {
             DataType::String | DataType::Undefined => return Err(TensorError::NotPacked(dtype)),
-            _ => dtype
-                .storage_bytes(count)
-                .ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?,
+            _ => dtype.storage_bytes(count).ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?,
         };
         if expected != bytes.len() as u64 {
-            return Err(TensorError::ByteLength {
-                dtype,
-                dims,
-                expected,
-                actual: bytes.len() as u64,
-            });
+            return Err(TensorError::ByteLength { dtype, dims, expected, actual: bytes.len() as u64 });
         }
-        Ok(Tensor {
-            dtype,
-            dims,
-            data: TensorData::Packed(bytes),
-            hints: StorageHints::default(),
-        })
+        Ok(Tensor { dtype, dims, data: TensorData::Packed(bytes), hints: StorageHints::default() })
     }
 
     /// A string tensor.
     pub fn from_strings(dims: Vec<usize>, strings: Vec<Bytes>) -> Result<Tensor, TensorError> {
-        let count =
-            element_count(&dims).ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?;
+        let count = element_count(&dims).ok_or_else(|| TensorError::TooLarge { dims: dims.clone() })?;
         if count != strings.len() as u64 {
-            return Err(TensorError::StringCount {
-                dims,
-                expected: count,
-                actual: strings.len() as u64,
-            });
+            return Err(TensorError::StringCount { dims, expected: count, actual: strings.len() as u64 });
         }
         Ok(Tensor {
             dtype: DataType::String,
@@ -218,10 +183,7 @@ impl Tensor {
     /// The elements as a vector of `T`, which must be this tensor's type.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, TensorError> {
         if self.dtype != T::DTYPE {
-            return Err(TensorError::WrongType {
-                expected: T::DTYPE,
-                actual: self.dtype,
-            });
+            return Err(TensorError::WrongType { expected: T::DTYPE, actual: self.dtype });
         }
         let bytes = self.bytes().ok_or(TensorError::NotPacked(self.dtype))?;
         Ok(bytes.chunks_exact(T::SIZE).map(T::read_le).collect())
@@ -241,27 +203,10 @@ impl Tensor {
             D::U16 => self.to_vec::<u16>()?.into_iter().map(f64::from).collect(),
             D::I32 => self.to_vec::<i32>()?.into_iter().map(f64::from).collect(),
             D::U32 => self.to_vec::<u32>()?.into_iter().map(f64::from).collect(),
-            D::I64 => self
-                .to_vec::<i64>()?
-                .into_iter()
-                .map(|v| v as f64)
-                .collect(),
-            D::U64 => self
-                .to_vec::<u64>()?
-                .into_iter()
-                .map(|v| v as f64)
-                .collect(),
-            D::Bool => self
-                .to_vec::<bool>()?
-                .into_iter()
-                .map(|v| if v { 1.0 } else { 0.0 })
-                .collect(),
-            other => {
-                return Err(TensorError::WrongType {
-                    expected: D::F64,
-                    actual: other,
-                });
-            }
+            D::I64 => self.to_vec::<i64>()?.into_iter().map(|v| v as f64).collect(),
+            D::U64 => self.to_vec::<u64>()?.into_iter().map(|v| v as f64).collect(),
+            D::Bool => self.to_vec::<bool>()?.into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect(),
+            other => return Err(TensorError::WrongType { expected: D::F64, actual: other }),
         })
     }
 
@@ -337,14 +282,7 @@ mod tests {
     #[test]
     fn length_is_checked() {
         let err = Tensor::new(DataType::F32, vec![2, 3], Bytes::from(vec![0u8; 20])).unwrap_err();
-        assert!(matches!(
-            err,
-            TensorError::ByteLength {
-                expected: 24,
-                actual: 20,
-                ..
-            }
-        ));
+        assert!(matches!(err, TensorError::ByteLength { expected: 24, actual: 20, .. }));
         assert!(Tensor::new(DataType::I4, vec![3], Bytes::from(vec![0u8; 2])).is_ok());
         assert!(Tensor::new(DataType::F32, vec![usize::MAX, 4], Bytes::new()).is_err());
     }
