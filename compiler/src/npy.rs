@@ -31,9 +31,7 @@ pub enum NpyError {
     Version { file: String, major: u8, minor: u8 },
     #[error("{file}: malformed .npy header: {reason}")]
     Header { file: String, reason: String },
-    #[error(
-        "{file}: Fortran-order arrays are not supported; save a C-order array (np.ascontiguousarray)"
-    )]
+    #[error("{file}: Fortran-order arrays are not supported; save a C-order array (np.ascontiguousarray)")]
     FortranOrder { file: String },
     #[error(
         "{file}: big-endian dtype '{descr}' is not supported; save little-endian data (arr.astype(arr.dtype.newbyteorder('<')))"
@@ -41,19 +39,9 @@ pub enum NpyError {
     BigEndian { file: String, descr: String },
     #[error("{file}: unsupported dtype '{descr}' (supported: f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1)")]
     Dtype { file: String, descr: String },
-    #[error(
-        "{file}: shape {dims:?} of '{descr}' needs {expected} data bytes but the file has {actual}"
-    )]
-    Size {
-        file: String,
-        descr: String,
-        dims: Vec<usize>,
-        expected: u64,
-        actual: u64,
-    },
-    #[error(
-        "{file}: cannot write a {dtype} tensor: .npy has no {dtype} dtype (convert it, e.g. to f32)"
-    )]
+    #[error("{file}: shape {dims:?} of '{descr}' needs {expected} data bytes but the file has {actual}")]
+    Size { file: String, descr: String, dims: Vec<usize>, expected: u64, actual: u64 },
+    #[error("{file}: cannot write a {dtype} tensor: .npy has no {dtype} dtype (convert it, e.g. to f32)")]
     Unwritable { file: String, dtype: DataType },
     #[error("{file}: {source}")]
     Tensor { file: String, source: TensorError },
@@ -102,19 +90,13 @@ fn dtype_of(file: &str, descr: &str) -> Result<DataType, NpyError> {
         "u8" | "Q" => D::U64,
         "b1" | "?" => D::Bool,
         _ => {
-            return Err(NpyError::Dtype {
-                file: file.to_string(),
-                descr: descr.to_string(),
-            });
+            return Err(NpyError::Dtype { file: file.to_string(), descr: descr.to_string() });
         }
     };
     let single_byte = matches!(dtype, D::I8 | D::U8 | D::Bool);
     let big = order == '>' || (order == '=' && cfg!(target_endian = "big"));
     if big && !single_byte {
-        return Err(NpyError::BigEndian {
-            file: file.to_string(),
-            descr: descr.to_string(),
-        });
+        return Err(NpyError::BigEndian { file: file.to_string(), descr: descr.to_string() });
     }
     Ok(dtype)
 }
@@ -174,9 +156,7 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
                 if let Some(&(_, 'L')) = chars.peek() {
                     chars.next();
                 }
-                let n = text[i..end]
-                    .parse::<u64>()
-                    .map_err(|_| format!("number {} too large", &text[i..end]))?;
+                let n = text[i..end].parse::<u64>().map_err(|_| format!("number {} too large", &text[i..end]))?;
                 toks.push(Tok::Int(n));
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
@@ -224,9 +204,7 @@ fn parse_header(text: &str) -> Result<Header, String> {
                         Some(Tok::Ident(b)) if b == "True" => fortran = Some(true),
                         Some(Tok::Ident(b)) if b == "False" => fortran = Some(false),
                         other => {
-                            return Err(format!(
-                                "fortran_order must be True or False, found {other:?}"
-                            ));
+                            return Err(format!("fortran_order must be True or False, found {other:?}"));
                         }
                     },
                     "shape" => {
@@ -236,17 +214,12 @@ fn parse_header(text: &str) -> Result<Header, String> {
                             match it.next() {
                                 Some(Tok::Punct(')')) => break,
                                 Some(Tok::Int(n)) => {
-                                    dims.push(
-                                        usize::try_from(n)
-                                            .map_err(|_| format!("dimension {n} too large"))?,
-                                    );
+                                    dims.push(usize::try_from(n).map_err(|_| format!("dimension {n} too large"))?);
                                     match it.next() {
                                         Some(Tok::Punct(',')) => {}
                                         Some(Tok::Punct(')')) => break,
                                         other => {
-                                            return Err(format!(
-                                                "expected ',' or ')' in shape, found {other:?}"
-                                            ));
+                                            return Err(format!("expected ',' or ')' in shape, found {other:?}"));
                                         }
                                     }
                                 }
@@ -279,25 +252,16 @@ fn parse_header(text: &str) -> Result<Header, String> {
 /// Split a `.npy` image into its header and the offset of its data.
 fn read_preamble(file: &str, bytes: &[u8]) -> Result<(Header, usize), NpyError> {
     if bytes.len() < 8 || &bytes[..6] != MAGIC {
-        return Err(NpyError::BadMagic {
-            file: file.to_string(),
-        });
+        return Err(NpyError::BadMagic { file: file.to_string() });
     }
     let (major, minor) = (bytes[6], bytes[7]);
-    let header_err = |reason: String| NpyError::Header {
-        file: file.to_string(),
-        reason,
-    };
+    let header_err = |reason: String| NpyError::Header { file: file.to_string(), reason };
     let (len_size, utf8) = match (major, minor) {
         (1, 0) => (2, false),
         (2, 0) => (4, false),
         (3, 0) => (4, true),
         _ => {
-            return Err(NpyError::Version {
-                file: file.to_string(),
-                major,
-                minor,
-            });
+            return Err(NpyError::Version { file: file.to_string(), major, minor });
         }
     };
     let start = 8 + len_size;
@@ -312,16 +276,10 @@ fn read_preamble(file: &str, bytes: &[u8]) -> Result<(Header, usize), NpyError> 
     let end = start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| {
-            header_err(format!(
-                "header length {header_len} runs past the end of the file"
-            ))
-        })?;
+        .ok_or_else(|| header_err(format!("header length {header_len} runs past the end of the file")))?;
     let raw = &bytes[start..end];
     let text = if utf8 {
-        std::str::from_utf8(raw)
-            .map_err(|_| header_err("header is not UTF-8".into()))?
-            .to_string()
+        std::str::from_utf8(raw).map_err(|_| header_err("header is not UTF-8".into()))?.to_string()
     } else {
         raw.iter().map(|&b| b as char).collect()
     };
@@ -334,9 +292,7 @@ pub fn decode_npy(file: &str, bytes: Bytes) -> Result<Tensor, NpyError> {
     let (header, offset) = read_preamble(file, &bytes)?;
     let dtype = dtype_of(file, &header.descr)?;
     if header.fortran_order && header.dims.iter().filter(|&&d| d > 1).count() > 1 {
-        return Err(NpyError::FortranOrder {
-            file: file.to_string(),
-        });
+        return Err(NpyError::FortranOrder { file: file.to_string() });
     }
     let actual = (bytes.len() - offset) as u64;
     let expected = element_count(&header.dims).and_then(|n| dtype.storage_bytes(n));
@@ -349,19 +305,14 @@ pub fn decode_npy(file: &str, bytes: Bytes) -> Result<Tensor, NpyError> {
             actual,
         });
     }
-    Tensor::new(dtype, header.dims, bytes.slice(offset..)).map_err(|source| NpyError::Tensor {
-        file: file.to_string(),
-        source,
-    })
+    Tensor::new(dtype, header.dims, bytes.slice(offset..))
+        .map_err(|source| NpyError::Tensor { file: file.to_string(), source })
 }
 
 /// Read a `.npy` file (memory-mapped, no copy).
 pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     let file = path.display().to_string();
-    let io_err = |source| NpyError::Io {
-        file: file.clone(),
-        source,
-    };
+    let io_err = |source| NpyError::Io { file: file.clone(), source };
     let f = File::open(path).map_err(io_err)?;
     let len = f.metadata().map_err(io_err)?.len();
     let bytes = if len == 0 {
@@ -377,23 +328,14 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
 
 /// Encode a tensor as a version 1.0 `.npy` image (2.0 when the header needs it).
 pub fn encode_npy(file: &str, tensor: &Tensor) -> Result<Vec<u8>, NpyError> {
-    let unwritable = || NpyError::Unwritable {
-        file: file.to_string(),
-        dtype: tensor.dtype(),
-    };
+    let unwritable = || NpyError::Unwritable { file: file.to_string(), dtype: tensor.dtype() };
     let descr = descr_of(tensor.dtype()).ok_or_else(unwritable)?;
     let TensorData::Packed(data) = tensor.data() else {
         return Err(unwritable());
     };
     let shape = match tensor.dims() {
         [d] => format!("({d},)"),
-        dims => format!(
-            "({})",
-            dims.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Pad with spaces so that the data starts on a 64-byte boundary; end with a newline.
@@ -427,10 +369,7 @@ pub fn encode_npy(file: &str, tensor: &Tensor) -> Result<Vec<u8>, NpyError> {
 pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<(), NpyError> {
     let file = path.display().to_string();
     let bytes = encode_npy(&file, tensor)?;
-    let io_err = |source| NpyError::Io {
-        file: file.clone(),
-        source,
-    };
+    let io_err = |source| NpyError::Io { file: file.clone(), source };
     let mut f = File::create(path).map_err(io_err)?;
     f.write_all(&bytes).map_err(io_err)?;
     f.flush().map_err(io_err)
@@ -439,14 +378,8 @@ pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<(), NpyError> {
 /// Read every array of a `.npz` archive, in archive order. Names lose their `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
     let file = path.display().to_string();
-    let f = File::open(path).map_err(|source| NpyError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let zip_err = |e: zip::result::ZipError| NpyError::Zip {
-        file: file.clone(),
-        reason: e.to_string(),
-    };
+    let f = File::open(path).map_err(|source| NpyError::Io { file: file.clone(), source })?;
+    let zip_err = |e: zip::result::ZipError| NpyError::Zip { file: file.clone(), reason: e.to_string() };
     let mut archive = zip::ZipArchive::new(io::BufReader::new(f)).map_err(zip_err)?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
@@ -462,17 +395,11 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpyError> {
         (&mut entry)
             .take(declared.saturating_add(1))
             .read_to_end(&mut data)
-            .map_err(|source| NpyError::Io {
-                file: member.clone(),
-                source,
-            })?;
+            .map_err(|source| NpyError::Io { file: member.clone(), source })?;
         if data.len() as u64 != declared {
             return Err(NpyError::Zip {
                 file: file.clone(),
-                reason: format!(
-                    "member {name} holds {} bytes but declares {declared}",
-                    data.len()
-                ),
+                reason: format!("member {name} holds {} bytes but declares {declared}", data.len()),
             });
         }
         let tensor = decode_npy(&member, Bytes::from(data))?;
@@ -489,28 +416,16 @@ mod tests {
 
     fn round_trip(t: &Tensor) -> Tensor {
         let bytes = encode_npy("t.npy", t).unwrap();
-        assert_eq!(
-            bytes.len() % 64,
-            t.byte_size() as usize % 64,
-            "data starts on a 64-byte boundary"
-        );
+        assert_eq!(bytes.len() % 64, t.byte_size() as usize % 64, "data starts on a 64-byte boundary");
         decode_npy("t.npy", Bytes::from(bytes)).unwrap()
     }
 
     #[test]
     fn every_dtype_round_trips() {
         let cases = vec![
-            Tensor::from_slice(
-                vec![2, 3],
-                &[1.5f32, -2.0, 0.0, 3.25, f32::MAX, f32::MIN_POSITIVE],
-            )
-            .unwrap(),
+            Tensor::from_slice(vec![2, 3], &[1.5f32, -2.0, 0.0, 3.25, f32::MAX, f32::MIN_POSITIVE]).unwrap(),
             Tensor::from_slice(vec![2], &[1.5f64, -1e300]).unwrap(),
-            Tensor::from_slice(
-                vec![3],
-                &[f16::from_f32(1.0), f16::from_f32(-0.5), f16::INFINITY],
-            )
-            .unwrap(),
+            Tensor::from_slice(vec![3], &[f16::from_f32(1.0), f16::from_f32(-0.5), f16::INFINITY]).unwrap(),
             Tensor::from_slice(vec![2], &[-128i8, 127]).unwrap(),
             Tensor::from_slice(vec![2], &[-3i16, 300]).unwrap(),
             Tensor::from_slice(vec![1, 2], &[-3i32, 70000]).unwrap(),
@@ -540,9 +455,7 @@ mod tests {
     #[test]
     fn reads_what_numpy_writes() {
         // np.save of np.arange(3, dtype='<i2'): the exact header numpy 1.x/2.x writes.
-        let mut b =
-            b"\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (3,), }"
-                .to_vec();
+        let mut b = b"\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (3,), }".to_vec();
         b.resize(127, b' ');
         b.push(b'\n');
         b.extend_from_slice(&[0, 0, 1, 0, 2, 0]);
@@ -580,112 +493,33 @@ mod tests {
             assert!(text.contains(want), "{text} should contain {want}");
         };
         check(Bytes::from_static(b"PK\x03\x04"), "magic");
-        check(
-            Bytes::from_static(b"\x93NUMPY\x04\x00\x00\x00"),
-            "version 4.0",
-        );
-        check(
-            Bytes::from_static(b"\x93NUMPY\x01\x00\xff\x00{}"),
-            "runs past the end",
-        );
-        check(
-            Bytes::from_static(b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}"),
-            "runs past the end",
-        );
+        check(Bytes::from_static(b"\x93NUMPY\x04\x00\x00\x00"), "version 4.0");
+        check(Bytes::from_static(b"\x93NUMPY\x01\x00\xff\x00{}"), "runs past the end");
+        check(Bytes::from_static(b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}"), "runs past the end");
         check(Bytes::from_static(b"\x93NUMPY\x01\x00"), "header length");
-        check(
-            with_header(1, "{'descr': '<f4', 'shape': (1,)}", &[0; 4]),
-            "missing 'fortran_order'",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (2,3}",
-                &[],
-            ),
-            "shape",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': Maybe, 'shape': ()}",
-                &[0; 4],
-            ),
-            "True or False",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2)}",
-                &[0; 16],
-            ),
-            "Fortran",
-        );
-        check(
-            with_header(
-                2,
-                "{'descr': '>f4', 'fortran_order': False, 'shape': (1,)}",
-                &[0; 4],
-            ),
-            "big-endian",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': '<U3', 'fortran_order': False, 'shape': (1,)}",
-                &[0; 12],
-            ),
-            "dtype '<U3'",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}",
-                &[],
-            ),
-            "structured",
-        );
-        check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
-                &[0; 20],
-            ),
-            "needs 24",
-        );
+        check(with_header(1, "{'descr': '<f4', 'shape': (1,)}", &[0; 4]), "missing 'fortran_order'");
+        check(with_header(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,3}", &[]), "shape");
+        check(with_header(1, "{'descr': '<f4', 'fortran_order': Maybe, 'shape': ()}", &[0; 4]), "True or False");
+        check(with_header(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2)}", &[0; 16]), "Fortran");
+        check(with_header(2, "{'descr': '>f4', 'fortran_order': False, 'shape': (1,)}", &[0; 4]), "big-endian");
+        check(with_header(1, "{'descr': '<U3', 'fortran_order': False, 'shape': (1,)}", &[0; 12]), "dtype '<U3'");
+        check(with_header(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", &[]), "structured");
+        check(with_header(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &[0; 20]), "needs 24");
         // A huge shape is caught before anything is allocated.
         let huge = "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }";
         check(with_header(1, huge, &[0; 8]), "needs");
         check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,)}",
-                &[],
-            ),
+            with_header(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,)}", &[]),
             "too large",
         );
-        check(
-            with_header(
-                1,
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} x",
-                &[0; 4],
-            ),
-            "unexpected",
-        );
+        check(with_header(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} x", &[0; 4]), "unexpected");
     }
 
     #[test]
     fn single_byte_and_fortran_edge_cases_are_accepted() {
         // '>' on a single-byte type has no meaning; Fortran order of a vector is C order.
-        let t = decode_npy(
-            "a.npy",
-            with_header(
-                1,
-                "{'descr': '>u1', 'fortran_order': True, 'shape': (2,)}",
-                &[1, 2],
-            ),
-        )
-        .unwrap();
+        let t = decode_npy("a.npy", with_header(1, "{'descr': '>u1', 'fortran_order': True, 'shape': (2,)}", &[1, 2]))
+            .unwrap();
         assert_eq!(t.to_vec::<u8>().unwrap(), vec![1, 2]);
     }
 
@@ -693,10 +527,7 @@ mod tests {
     fn types_without_a_npy_dtype_are_refused() {
         let bf = Tensor::from_slice(vec![1], &[half::bf16::from_f32(1.0)]).unwrap();
         let err = encode_npy("w.npy", &bf).unwrap_err();
-        assert!(
-            err.to_string().contains("w.npy") && err.to_string().contains("bf16"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("w.npy") && err.to_string().contains("bf16"), "{err}");
         let s = Tensor::from_strings(vec![1], vec![Bytes::from_static(b"x")]).unwrap();
         assert!(encode_npy("w.npy", &s).is_err());
     }
@@ -710,10 +541,8 @@ mod tests {
         let b = Tensor::from_slice(vec![1, 3], &[1i64, 2, 3]).unwrap();
         {
             let mut w = zip::ZipWriter::new(File::create(&path).unwrap());
-            let stored =
-                SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-            let deflated =
-                SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            let deflated = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
             w.start_file("zeta.npy", stored).unwrap();
             w.write_all(&encode_npy("", &a).unwrap()).unwrap();
             w.start_file("alpha.npy", deflated).unwrap();

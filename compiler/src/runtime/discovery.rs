@@ -37,9 +37,7 @@ impl SearchEnv {
         SearchEnv {
             kiln_ort_lib: non_empty("KILN_ORT_LIB"),
             ort_dylib_path: non_empty("ORT_DYLIB_PATH"),
-            cache_dir: non_empty("KILN_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(default_cache_dir),
+            cache_dir: non_empty("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(default_cache_dir),
         }
     }
 }
@@ -63,15 +61,9 @@ pub fn find_ort_library() -> Result<PathBuf, RuntimeError> {
 
 /// The search itself. `python_dir` is asked only when the earlier places fail; it returns the
 /// folder of the `onnxruntime` Python package, if one is installed.
-pub fn search(
-    env: &SearchEnv,
-    python_dir: impl FnOnce() -> Option<PathBuf>,
-) -> Result<PathBuf, RuntimeError> {
+pub fn search(env: &SearchEnv, python_dir: impl FnOnce() -> Option<PathBuf>) -> Result<PathBuf, RuntimeError> {
     let mut tried = Vec::new();
-    for (var, value) in [
-        ("KILN_ORT_LIB", &env.kiln_ort_lib),
-        ("ORT_DYLIB_PATH", &env.ort_dylib_path),
-    ] {
+    for (var, value) in [("KILN_ORT_LIB", &env.kiln_ort_lib), ("ORT_DYLIB_PATH", &env.ort_dylib_path)] {
         let Some(value) = value else {
             tried.push(format!("{var} (not set)"));
             continue;
@@ -82,18 +74,12 @@ pub fn search(
             if file.is_file() {
                 return Ok(file);
             }
-            return Err(RuntimeError::LibraryEnvMissing {
-                var: var.to_string(),
-                path: file,
-            });
+            return Err(RuntimeError::LibraryEnvMissing { var: var.to_string(), path: file });
         }
         if path.exists() {
             return Ok(path);
         }
-        return Err(RuntimeError::LibraryEnvMissing {
-            var: var.to_string(),
-            path,
-        });
+        return Err(RuntimeError::LibraryEnvMissing { var: var.to_string(), path });
     }
 
     let setup = setup_dir(&env.cache_dir).join(ORT_LIB_NAME);
@@ -112,19 +98,13 @@ pub fn search(
         }
         None => tried.push("Python package onnxruntime (python3 could not import it)".to_string()),
     }
-    Err(RuntimeError::LibraryNotFound {
-        file: ORT_LIB_NAME.to_string(),
-        tried,
-    })
+    Err(RuntimeError::LibraryNotFound { file: ORT_LIB_NAME.to_string(), tried })
 }
 
 /// The folder of the `onnxruntime` Python package, if `python3` can import it.
 pub fn python_onnxruntime_dir() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args([
-            "-c",
-            "import onnxruntime,os;print(os.path.dirname(onnxruntime.__file__))",
-        ])
+        .args(["-c", "import onnxruntime,os;print(os.path.dirname(onnxruntime.__file__))"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -160,18 +140,12 @@ pub fn loaded_ort_library() -> Option<&'static Path> {
 }
 
 pub(crate) fn runtime() -> Result<&'static OrtRuntime, RuntimeError> {
-    ORT_RUNTIME
-        .get_or_init(load_runtime)
-        .as_ref()
-        .map_err(Clone::clone)
+    ORT_RUNTIME.get_or_init(load_runtime).as_ref().map_err(Clone::clone)
 }
 
 fn load_runtime() -> Result<OrtRuntime, RuntimeError> {
     let library = find_ort_library()?;
-    let load_err = |message: String| RuntimeError::LibraryLoad {
-        path: library.clone(),
-        message,
-    };
+    let load_err = |message: String| RuntimeError::LibraryLoad { path: library.clone(), message };
     // ort asserts on a malformed library rather than returning an error; keep that a `Result`.
     let built = catch_unwind(AssertUnwindSafe(|| {
         let builder = ort::init_from(&library).map_err(|e| e.to_string())?;
@@ -200,31 +174,18 @@ mod tests {
     #[test]
     fn nothing_found_lists_every_place() {
         let dir = tempfile::tempdir().unwrap();
-        let env = SearchEnv {
-            kiln_ort_lib: None,
-            ort_dylib_path: None,
-            cache_dir: dir.path().join("cache"),
-        };
+        let env = SearchEnv { kiln_ort_lib: None, ort_dylib_path: None, cache_dir: dir.path().join("cache") };
         let err = search(&env, || Some(dir.path().join("py/onnxruntime"))).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Runtime);
         let text = err.to_string();
         assert!(text.contains("KILN_ORT_LIB (not set)"), "{text}");
         assert!(text.contains("ORT_DYLIB_PATH (not set)"), "{text}");
-        assert!(
-            text.contains("cache/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("py/onnxruntime/capi/libonnxruntime.so.1.31.1"),
-            "{text}"
-        );
+        assert!(text.contains("cache/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"), "{text}");
+        assert!(text.contains("py/onnxruntime/capi/libonnxruntime.so.1.31.1"), "{text}");
         assert!(text.contains("cargo xtask setup"), "{text}");
 
         let err = search(&env, || None).unwrap_err();
-        assert!(
-            err.to_string().contains("python3 could not import it"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("python3 could not import it"), "{err}");
     }
 
     #[test]
@@ -237,13 +198,7 @@ mod tests {
             cache_dir: dir.path().to_path_buf(),
         };
         let err = search(&env, || panic!("must not probe python")).unwrap_err();
-        assert_eq!(
-            err,
-            RuntimeError::LibraryEnvMissing {
-                var: "ORT_DYLIB_PATH".into(),
-                path: missing
-            }
-        );
+        assert_eq!(err, RuntimeError::LibraryEnvMissing { var: "ORT_DYLIB_PATH".into(), path: missing });
     }
 
     #[test]
@@ -258,20 +213,10 @@ mod tests {
         let explicit = dir.path().join("explicit.so");
         std::fs::write(&explicit, b"").unwrap();
 
-        let mut env = SearchEnv {
-            kiln_ort_lib: None,
-            ort_dylib_path: None,
-            cache_dir: dir.path().join("cache"),
-        };
-        assert_eq!(
-            search(&env, || Some(py.clone())).unwrap(),
-            setup.join(ORT_LIB_NAME)
-        );
+        let mut env = SearchEnv { kiln_ort_lib: None, ort_dylib_path: None, cache_dir: dir.path().join("cache") };
+        assert_eq!(search(&env, || Some(py.clone())).unwrap(), setup.join(ORT_LIB_NAME));
         env.cache_dir = dir.path().join("elsewhere");
-        assert_eq!(
-            search(&env, || Some(py.clone())).unwrap(),
-            py.join("capi").join(ORT_LIB_NAME)
-        );
+        assert_eq!(search(&env, || Some(py.clone())).unwrap(), py.join("capi").join(ORT_LIB_NAME));
         env.ort_dylib_path = Some(explicit.clone().into());
         assert_eq!(search(&env, || None).unwrap(), explicit);
         // A folder given by KILN_ORT_LIB is searched for the versioned name.

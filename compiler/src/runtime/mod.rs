@@ -70,10 +70,7 @@ pub struct ModelSource<'a> {
 impl<'a> ModelSource<'a> {
     /// A self-contained model (no external data).
     pub fn from_bytes(bytes: &'a [u8]) -> ModelSource<'a> {
-        ModelSource {
-            bytes,
-            base_dir: None,
-        }
+        ModelSource { bytes, base_dir: None }
     }
 }
 
@@ -222,15 +219,9 @@ pub enum RuntimeError {
     #[error("could not load the ONNX Runtime library {}: {message}", .path.display())]
     LibraryLoad { path: PathBuf, message: String },
     #[error("{executor} rejected the model: {message}")]
-    ModelRejected {
-        executor: &'static str,
-        message: String,
-    },
+    ModelRejected { executor: &'static str, message: String },
     #[error("could not configure the {executor} session: {message}")]
-    Config {
-        executor: &'static str,
-        message: String,
-    },
+    Config { executor: &'static str, message: String },
     #[error("execution provider {provider} is not available: {message}")]
     ProviderUnavailable { provider: String, message: String },
     #[error("missing input `{name}` (expected {expected})")]
@@ -242,40 +233,17 @@ pub enum RuntimeError {
     #[error("unknown output `{name}`; the model's outputs are: {}", .known.join(", "))]
     UnknownOutput { name: String, known: Vec<String> },
     #[error("input `{name}` has type {actual}, the model expects {expected}")]
-    WrongDtype {
-        name: String,
-        expected: String,
-        actual: String,
-    },
+    WrongDtype { name: String, expected: String, actual: String },
     #[error("input `{name}` has shape {actual:?}, the model expects {expected}")]
-    WrongShape {
-        name: String,
-        expected: String,
-        actual: Vec<usize>,
-    },
+    WrongShape { name: String, expected: String, actual: Vec<usize> },
     #[error("input `{name}` is a {actual}, the model expects {expected}")]
-    WrongKind {
-        name: String,
-        expected: String,
-        actual: String,
-    },
+    WrongKind { name: String, expected: String, actual: String },
     #[error("{executor} does not support {what} (value `{name}`)")]
-    Unsupported {
-        executor: &'static str,
-        what: String,
-        name: String,
-    },
+    Unsupported { executor: &'static str, what: String, name: String },
     #[error("{executor} failed to run the model: {message}")]
-    Run {
-        executor: &'static str,
-        message: String,
-    },
+    Run { executor: &'static str, message: String },
     #[error("{executor} panicked while {during}: {message}")]
-    Panic {
-        executor: &'static str,
-        during: String,
-        message: String,
-    },
+    Panic { executor: &'static str, during: String, message: String },
 }
 
 impl RuntimeError {
@@ -307,11 +275,7 @@ impl RuntimeError {
 pub trait Executor: Send + Sync {
     /// Short name used in reports and errors (`onnxruntime`, `tract`).
     fn name(&self) -> &'static str;
-    fn load(
-        &self,
-        model: ModelSource<'_>,
-        config: &SessionConfig,
-    ) -> Result<Box<dyn Session>, RuntimeError>;
+    fn load(&self, model: ModelSource<'_>, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError>;
 }
 
 /// A loaded model. `run` takes `&mut self` because ONNX Runtime's `Run` is not safe to call
@@ -330,10 +294,7 @@ pub trait Session: Send {
 
 /// Check inputs against the model's declared inputs before the runtime sees them, so errors name
 /// the input. Optional-typed inputs may be left out.
-pub(crate) fn check_inputs(
-    declared: &[IoInfo],
-    inputs: &[(String, Value)],
-) -> Result<(), RuntimeError> {
+pub(crate) fn check_inputs(declared: &[IoInfo], inputs: &[(String, Value)]) -> Result<(), RuntimeError> {
     for (i, (name, value)) in inputs.iter().enumerate() {
         if inputs[..i].iter().any(|(n, _)| n == name) {
             return Err(RuntimeError::DuplicateInput { name: name.clone() });
@@ -351,21 +312,15 @@ pub(crate) fn check_inputs(
             continue;
         }
         if !inputs.iter().any(|(n, _)| n == &info.name) {
-            return Err(RuntimeError::MissingInput {
-                name: info.name.clone(),
-                expected: info.ty.to_string(),
-            });
+            return Err(RuntimeError::MissingInput { name: info.name.clone(), expected: info.ty.to_string() });
         }
     }
     Ok(())
 }
 
 fn check_value(name: &str, expected: &ValueType, value: &Value) -> Result<(), RuntimeError> {
-    let wrong_kind = || RuntimeError::WrongKind {
-        name: name.to_string(),
-        expected: expected.to_string(),
-        actual: value.describe(),
-    };
+    let wrong_kind =
+        || RuntimeError::WrongKind { name: name.to_string(), expected: expected.to_string(), actual: value.describe() };
     match (expected, value) {
         (ValueType::Unknown, _) => Ok(()),
         (ValueType::Tensor { dtype, dims }, Value::Tensor(t)) => {
@@ -378,10 +333,7 @@ fn check_value(name: &str, expected: &ValueType, value: &Value) -> Result<(), Ru
             }
             let fits = dims.is_empty() && t.rank() == 0
                 || dims.len() == t.rank()
-                    && dims
-                        .iter()
-                        .zip(t.dims())
-                        .all(|(d, &a)| d.is_none_or(|d| d < 0 || d as u64 == a as u64));
+                    && dims.iter().zip(t.dims()).all(|(d, &a)| d.is_none_or(|d| d < 0 || d as u64 == a as u64));
             // A declared rank of 0 with no dims may also mean "unknown rank" for some runtimes;
             // only a declared non-empty shape is enforced on rank.
             if !fits && !dims.is_empty() {
@@ -407,10 +359,7 @@ fn check_value(name: &str, expected: &ValueType, value: &Value) -> Result<(), Ru
 }
 
 /// The outputs to return: all declared ones, or the requested ones (each must exist).
-pub(crate) fn select_outputs(
-    declared: &[IoInfo],
-    requested: Option<&[String]>,
-) -> Result<Vec<String>, RuntimeError> {
+pub(crate) fn select_outputs(declared: &[IoInfo], requested: Option<&[String]>) -> Result<Vec<String>, RuntimeError> {
     match requested {
         None => Ok(declared.iter().map(|d| d.name.clone()).collect()),
         Some(names) => {
@@ -443,29 +392,14 @@ mod tests {
     use super::*;
 
     fn info(name: &str, ty: ValueType) -> IoInfo {
-        IoInfo {
-            name: name.to_string(),
-            ty,
-        }
+        IoInfo { name: name.to_string(), ty }
     }
 
     #[test]
     fn input_checks_name_the_input() {
         let declared = vec![
-            info(
-                "x",
-                ValueType::Tensor {
-                    dtype: DataType::F32,
-                    dims: vec![None, Some(3)],
-                },
-            ),
-            info(
-                "o",
-                ValueType::Optional(Box::new(ValueType::Tensor {
-                    dtype: DataType::I64,
-                    dims: vec![],
-                })),
-            ),
+            info("x", ValueType::Tensor { dtype: DataType::F32, dims: vec![None, Some(3)] }),
+            info("o", ValueType::Optional(Box::new(ValueType::Tensor { dtype: DataType::I64, dims: vec![] }))),
         ];
         let good = Tensor::from_slice(vec![2, 3], &[0f32; 6]).unwrap();
         assert!(check_inputs(&declared, &[("x".into(), good.clone().into())]).is_ok());
@@ -489,24 +423,15 @@ mod tests {
         let err = check_inputs(&declared, &[("x".into(), Value::Sequence(vec![]))]).unwrap_err();
         assert!(matches!(err, RuntimeError::WrongKind { .. }), "{err}");
 
-        let dup = [
-            ("x".to_string(), Value::from(good.clone())),
-            ("x".to_string(), Value::from(good)),
-        ];
-        assert!(matches!(
-            check_inputs(&declared, &dup),
-            Err(RuntimeError::DuplicateInput { .. })
-        ));
+        let dup = [("x".to_string(), Value::from(good.clone())), ("x".to_string(), Value::from(good))];
+        assert!(matches!(check_inputs(&declared, &dup), Err(RuntimeError::DuplicateInput { .. })));
     }
 
     #[test]
     fn output_selection() {
         let declared = vec![info("a", ValueType::Unknown), info("b", ValueType::Unknown)];
         assert_eq!(select_outputs(&declared, None).unwrap(), vec!["a", "b"]);
-        assert_eq!(
-            select_outputs(&declared, Some(&["b".to_string()])).unwrap(),
-            vec!["b"]
-        );
+        assert_eq!(select_outputs(&declared, Some(&["b".to_string()])).unwrap(), vec!["b"]);
         let err = select_outputs(&declared, Some(&["c".to_string()])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadInput);
     }

@@ -13,14 +13,14 @@ use ::ort::memory::Allocator;
 use ::ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ::ort::session::{OutputSelector, RunOptions, SessionInputValue};
 use ::ort::value::{
-    DynTensor, DynTensorValueType, DynValue, DynValueTypeMarker, Sequence, TensorElementType,
-    Utf8Data, ValueType as OrtValueType,
+    DynTensor, DynTensorValueType, DynValue, DynValueTypeMarker, Sequence, TensorElementType, Utf8Data,
+    ValueType as OrtValueType,
 };
 use bytes::Bytes;
 
 use super::{
-    ExecutionProvider, Executor, IoInfo, ModelSource, OptLevel, RuntimeError, Session,
-    SessionConfig, Value, ValueType, check_inputs, discovery, panic_message, select_outputs,
+    ExecutionProvider, Executor, IoInfo, ModelSource, OptLevel, RuntimeError, Session, SessionConfig, Value, ValueType,
+    check_inputs, discovery, panic_message, select_outputs,
 };
 use crate::dtype::DataType;
 use crate::tensor::{Tensor, TensorData, element_count};
@@ -47,37 +47,17 @@ impl Executor for OrtExecutor {
         NAME
     }
 
-    fn load(
-        &self,
-        model: ModelSource<'_>,
-        config: &SessionConfig,
-    ) -> Result<Box<dyn Session>, RuntimeError> {
+    fn load(&self, model: ModelSource<'_>, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
         let runtime = discovery::runtime()?;
         let built = catch_unwind(AssertUnwindSafe(|| -> Result<OrtSession, RuntimeError> {
-            let builder = ::ort::session::Session::builder(&runtime.env)
-                .map_err(|e| config_err(e.message()))?;
+            let builder = ::ort::session::Session::builder(&runtime.env).map_err(|e| config_err(e.message()))?;
             let mut builder = configure(builder, model, config)?;
-            let session = builder.commit_from_memory(model.bytes).map_err(|e| {
-                RuntimeError::ModelRejected {
-                    executor: NAME,
-                    message: e.message().to_string(),
-                }
-            })?;
-            let inputs = session
-                .inputs()
-                .iter()
-                .map(|o| io_info(o.name(), o.dtype()))
-                .collect();
-            let outputs = session
-                .outputs()
-                .iter()
-                .map(|o| io_info(o.name(), o.dtype()))
-                .collect();
-            Ok(OrtSession {
-                session,
-                inputs,
-                outputs,
-            })
+            let session = builder
+                .commit_from_memory(model.bytes)
+                .map_err(|e| RuntimeError::ModelRejected { executor: NAME, message: e.message().to_string() })?;
+            let inputs = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+            let outputs = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+            Ok(OrtSession { session, inputs, outputs })
         }));
         match built {
             Ok(session) => Ok(Box::new(session?)),
@@ -91,10 +71,7 @@ impl Executor for OrtExecutor {
 }
 
 fn config_err(message: &str) -> RuntimeError {
-    RuntimeError::Config {
-        executor: NAME,
-        message: message.to_string(),
-    }
+    RuntimeError::Config { executor: NAME, message: message.to_string() }
 }
 
 fn configure(
@@ -108,47 +85,27 @@ fn configure(
         OptLevel::Extended => GraphOptimizationLevel::Level2,
         OptLevel::All => GraphOptimizationLevel::All,
     };
-    let builder = builder
-        .with_optimization_level(level)
-        .map_err(|e| config_err(e.message()))?;
-    let mut builder = builder
-        .with_deterministic_compute(config.deterministic)
-        .map_err(|e| config_err(e.message()))?;
+    let builder = builder.with_optimization_level(level).map_err(|e| config_err(e.message()))?;
+    let mut builder = builder.with_deterministic_compute(config.deterministic).map_err(|e| config_err(e.message()))?;
     if let Some(n) = config.intra_threads {
-        builder = builder
-            .with_intra_threads(n)
-            .map_err(|e| config_err(e.message()))?;
+        builder = builder.with_intra_threads(n).map_err(|e| config_err(e.message()))?;
     }
     if let Some(dir) = model.base_dir {
-        let dir = dir.to_str().ok_or_else(|| {
-            config_err(&format!(
-                "external data folder {} is not valid UTF-8",
-                dir.display()
-            ))
-        })?;
-        builder = builder
-            .with_config_entry(EXTERNAL_FOLDER_KEY, dir)
-            .map_err(|e| config_err(e.message()))?;
+        let dir = dir
+            .to_str()
+            .ok_or_else(|| config_err(&format!("external data folder {} is not valid UTF-8", dir.display())))?;
+        builder = builder.with_config_entry(EXTERNAL_FOLDER_KEY, dir).map_err(|e| config_err(e.message()))?;
     }
     register_provider(builder, config.provider)
 }
 
-fn register_provider(
-    builder: SessionBuilder,
-    provider: ExecutionProvider,
-) -> Result<SessionBuilder, RuntimeError> {
-    let unavailable = |message: String| RuntimeError::ProviderUnavailable {
-        provider: provider.to_string(),
-        message,
-    };
+fn register_provider(builder: SessionBuilder, provider: ExecutionProvider) -> Result<SessionBuilder, RuntimeError> {
+    let unavailable = |message: String| RuntimeError::ProviderUnavailable { provider: provider.to_string(), message };
     match provider {
         ExecutionProvider::Cpu => Ok(builder),
         #[cfg(feature = "cuda")]
         ExecutionProvider::Cuda { device_id } => builder
-            .with_execution_providers([::ort::ep::CUDA::default()
-                .with_device_id(device_id)
-                .build()
-                .error_on_failure()])
+            .with_execution_providers([::ort::ep::CUDA::default().with_device_id(device_id).build().error_on_failure()])
             .map_err(|e| unavailable(e.message().to_string())),
         #[cfg(feature = "tensorrt")]
         ExecutionProvider::TensorRt { device_id } => builder
@@ -160,11 +117,7 @@ fn register_provider(
         #[allow(unreachable_patterns)]
         _ => Err(unavailable(format!(
             "Kiln was built without the `{}` cargo feature",
-            if matches!(provider, ExecutionProvider::Cuda { .. }) {
-                "cuda"
-            } else {
-                "tensorrt"
-            }
+            if matches!(provider, ExecutionProvider::Cuda { .. }) { "cuda" } else { "tensorrt" }
         ))),
     }
 }
@@ -194,57 +147,40 @@ impl Session for OrtSession {
         let wanted = select_outputs(&self.outputs, output_names)?;
         let declared: Vec<ValueType> = wanted
             .iter()
-            .map(|n| {
-                self.outputs
-                    .iter()
-                    .find(|o| &o.name == n)
-                    .map_or(ValueType::Unknown, |o| o.ty.clone())
-            })
+            .map(|n| self.outputs.iter().find(|o| &o.name == n).map_or(ValueType::Unknown, |o| o.ty.clone()))
             .collect();
         let session = &mut self.session;
-        let result = catch_unwind(AssertUnwindSafe(
-            move || -> Result<Vec<(String, Value)>, RuntimeError> {
-                let mut feeds: Vec<(String, SessionInputValue<'static>)> =
-                    Vec::with_capacity(inputs.len());
-                for (name, value) in inputs {
-                    // An absent optional is passed by leaving the input out.
-                    if let Some(v) = value_to_ort(name, value)? {
-                        feeds.push((name.clone(), SessionInputValue::Owned(v)));
-                    }
+        let result = catch_unwind(AssertUnwindSafe(move || -> Result<Vec<(String, Value)>, RuntimeError> {
+            let mut feeds: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+            for (name, value) in inputs {
+                // An absent optional is passed by leaving the input out.
+                if let Some(v) = value_to_ort(name, value)? {
+                    feeds.push((name.clone(), SessionInputValue::Owned(v)));
                 }
-                let selector = wanted
-                    .iter()
-                    .fold(OutputSelector::no_default(), |s, n| s.with(n.clone()));
-                let options = RunOptions::new()
-                    .map_err(|e| RuntimeError::Run {
+            }
+            let selector = wanted.iter().fold(OutputSelector::no_default(), |s, n| s.with(n.clone()));
+            let options = RunOptions::new()
+                .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?
+                .with_outputs(selector);
+            let outputs = session
+                .run_with_options(feeds, &options)
+                .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?;
+            wanted
+                .iter()
+                .zip(&declared)
+                .map(|(name, ty)| {
+                    let value = outputs.get(name).ok_or_else(|| RuntimeError::Run {
                         executor: NAME,
-                        message: e.message().to_string(),
-                    })?
-                    .with_outputs(selector);
-                let outputs =
-                    session
-                        .run_with_options(feeds, &options)
-                        .map_err(|e| RuntimeError::Run {
-                            executor: NAME,
-                            message: e.message().to_string(),
-                        })?;
-                wanted
-                    .iter()
-                    .zip(&declared)
-                    .map(|(name, ty)| {
-                        let value = outputs.get(name).ok_or_else(|| RuntimeError::Run {
-                            executor: NAME,
-                            message: format!("output `{name}` was not returned"),
-                        })?;
-                        let mut v = value_from_ort(name, value)?;
-                        if matches!(ty, ValueType::Optional(_)) {
-                            v = Value::Optional(Some(Box::new(v)));
-                        }
-                        Ok((name.clone(), v))
-                    })
-                    .collect()
-            },
-        ));
+                        message: format!("output `{name}` was not returned"),
+                    })?;
+                    let mut v = value_from_ort(name, value)?;
+                    if matches!(ty, ValueType::Optional(_)) {
+                        v = Value::Optional(Some(Box::new(v)));
+                    }
+                    Ok((name.clone(), v))
+                })
+                .collect()
+        }));
         match result {
             Ok(r) => r,
             Err(payload) => Err(RuntimeError::Panic {
@@ -329,10 +265,7 @@ pub fn dtype_to_ort(d: DataType) -> Option<TensorElementType> {
 fn value_type(t: &OrtValueType) -> ValueType {
     match t {
         OrtValueType::Tensor { ty, shape, .. } => match dtype_from_ort(*ty) {
-            Some(dtype) => ValueType::Tensor {
-                dtype,
-                dims: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
-            },
+            Some(dtype) => ValueType::Tensor { dtype, dims: shape.iter().map(|&d| (d >= 0).then_some(d)).collect() },
             None => ValueType::Unknown,
         },
         OrtValueType::Sequence(inner) => ValueType::Sequence(Box::new(value_type(inner))),
@@ -345,10 +278,7 @@ fn value_type(t: &OrtValueType) -> ValueType {
 }
 
 fn io_info(name: &str, t: &OrtValueType) -> IoInfo {
-    IoInfo {
-        name: name.to_string(),
-        ty: value_type(t),
-    }
+    IoInfo { name: name.to_string(), ty: value_type(t) }
 }
 
 /// One ONNX string element, passed to ORT as raw bytes (ONNX strings need not be UTF-8).
@@ -362,18 +292,11 @@ impl Utf8Data for OnnxString {
 }
 
 fn unsupported(name: &str, what: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unsupported {
-        executor: NAME,
-        what: what.into(),
-        name: name.to_string(),
-    }
+    RuntimeError::Unsupported { executor: NAME, what: what.into(), name: name.to_string() }
 }
 
 fn ort_err(name: &str, e: ::ort::Error) -> RuntimeError {
-    RuntimeError::Run {
-        executor: NAME,
-        message: format!("value `{name}`: {}", e.message()),
-    }
+    RuntimeError::Run { executor: NAME, message: format!("value `{name}`: {}", e.message()) }
 }
 
 /// Convert an input; `None` for an absent optional (left out of the feed).
@@ -382,20 +305,14 @@ fn value_to_ort(name: &str, value: &Value) -> Result<Option<DynValue>, RuntimeEr
         Value::Tensor(t) => Ok(Some(tensor_to_ort(name, t)?.into_dyn())),
         Value::Sequence(items) => {
             if items.is_empty() {
-                return Err(unsupported(
-                    name,
-                    "empty sequences as inputs (the C API needs an element to type them)",
-                ));
+                return Err(unsupported(name, "empty sequences as inputs (the C API needs an element to type them)"));
             }
             let mut tensors = Vec::with_capacity(items.len());
             for item in items {
                 match item {
                     Value::Tensor(t) => tensors.push(tensor_to_ort(name, t)?),
                     other => {
-                        return Err(unsupported(
-                            name,
-                            format!("a sequence holding a {}", other.describe()),
-                        ));
+                        return Err(unsupported(name, format!("a sequence holding a {}", other.describe())));
                     }
                 }
             }
@@ -408,8 +325,7 @@ fn value_to_ort(name: &str, value: &Value) -> Result<Option<DynValue>, RuntimeEr
 }
 
 fn tensor_to_ort(name: &str, t: &Tensor) -> Result<DynTensor, RuntimeError> {
-    let ty = dtype_to_ort(t.dtype())
-        .ok_or_else(|| unsupported(name, format!("element type {}", t.dtype())))?;
+    let ty = dtype_to_ort(t.dtype()).ok_or_else(|| unsupported(name, format!("element type {}", t.dtype())))?;
     let shape: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
     match t.data() {
         TensorData::Strings(strings) => {
@@ -417,23 +333,17 @@ fn tensor_to_ort(name: &str, t: &Tensor) -> Result<DynTensor, RuntimeError> {
                 return Err(unsupported(name, "strings containing NUL bytes"));
             }
             let items: Vec<OnnxString> = strings.iter().cloned().map(OnnxString).collect();
-            let tensor = ::ort::value::Tensor::from_string_array((shape, &items[..]))
-                .map_err(|e| ort_err(name, e))?;
+            let tensor = ::ort::value::Tensor::from_string_array((shape, &items[..])).map_err(|e| ort_err(name, e))?;
             Ok(tensor.upcast())
         }
         TensorData::Packed(bytes) => {
-            let mut tensor =
-                DynTensor::new(&Allocator::default(), ty, shape).map_err(|e| ort_err(name, e))?;
+            let mut tensor = DynTensor::new(&Allocator::default(), ty, shape).map_err(|e| ort_err(name, e))?;
             if !bytes.is_empty() {
                 let size = tensor.size();
                 if size != Some(bytes.len()) {
                     return Err(unsupported(
                         name,
-                        format!(
-                            "{} tensors of {} bytes (ONNX Runtime allocated {size:?})",
-                            t.dtype(),
-                            bytes.len()
-                        ),
+                        format!("{} tensors of {} bytes (ONNX Runtime allocated {size:?})", t.dtype(), bytes.len()),
                     ));
                 }
                 let dst = tensor.data_ptr_mut().cast::<u8>();
@@ -453,14 +363,8 @@ fn value_from_ort(name: &str, value: &DynValue) -> Result<Value, RuntimeError> {
     match value.dtype() {
         OrtValueType::Tensor { .. } => Ok(Value::Tensor(tensor_from_ort(name, value)?)),
         OrtValueType::Sequence(_) => {
-            let items = value
-                .try_extract_sequence::<DynValueTypeMarker>()
-                .map_err(|e| ort_err(name, e))?;
-            items
-                .iter()
-                .map(|v| value_from_ort(name, v))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Value::Sequence)
+            let items = value.try_extract_sequence::<DynValueTypeMarker>().map_err(|e| ort_err(name, e))?;
+            items.iter().map(|v| value_from_ort(name, v)).collect::<Result<Vec<_>, _>>().map(Value::Sequence)
         }
         OrtValueType::Map { .. } => Err(unsupported(name, "map values")),
         OrtValueType::Optional(_) => Err(unsupported(name, "nested optional values")),
@@ -471,40 +375,25 @@ fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError>
     let OrtValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(unsupported(name, "a non-tensor value"));
     };
-    let dtype =
-        dtype_from_ort(*ty).ok_or_else(|| unsupported(name, format!("element type {ty}")))?;
-    let dims = shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| RuntimeError::Run {
-            executor: NAME,
-            message: format!("output `{name}` has shape {shape:?}"),
+    let dtype = dtype_from_ort(*ty).ok_or_else(|| unsupported(name, format!("element type {ty}")))?;
+    let dims =
+        shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<usize>, _>>().map_err(|_| {
+            RuntimeError::Run { executor: NAME, message: format!("output `{name}` has shape {shape:?}") }
         })?;
-    let bad_tensor = |e: crate::tensor::TensorError| RuntimeError::Run {
-        executor: NAME,
-        message: format!("output `{name}`: {e}"),
-    };
+    let bad_tensor =
+        |e: crate::tensor::TensorError| RuntimeError::Run { executor: NAME, message: format!("output `{name}`: {e}") };
     if dtype == DataType::String {
         let strings = extract_strings(name, value, &dims)?;
         return Tensor::from_strings(dims, strings).map_err(bad_tensor);
     }
-    let tensor = value
-        .view()
-        .downcast::<DynTensorValueType>()
-        .map_err(|e| ort_err(name, e))?;
-    let count = element_count(&dims)
-        .ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
-    let expected = dtype
-        .storage_bytes(count)
-        .and_then(|n| usize::try_from(n).ok());
+    let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| ort_err(name, e))?;
+    let count = element_count(&dims).ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
+    let expected = dtype.storage_bytes(count).and_then(|n| usize::try_from(n).ok());
     let size = tensor.size();
     let Some(len) = expected.filter(|&n| size == Some(n)) else {
         return Err(RuntimeError::Run {
             executor: NAME,
-            message: format!(
-                "output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"
-            ),
+            message: format!("output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"),
         });
     };
     let mut out = vec![0u8; len];
@@ -523,11 +412,7 @@ fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError>
 }
 
 /// String elements as raw bytes (ort's own extraction insists on UTF-8).
-fn extract_strings(
-    name: &str,
-    value: &DynValue,
-    dims: &[usize],
-) -> Result<Vec<Bytes>, RuntimeError> {
+fn extract_strings(name: &str, value: &DynValue, dims: &[usize]) -> Result<Vec<Bytes>, RuntimeError> {
     let count = element_count(dims)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| unsupported(name, format!("a string tensor of shape {dims:?}")))?;
@@ -544,13 +429,7 @@ fn extract_strings(
     if count > 0 {
         // SAFETY: buffers have exactly the sizes passed; ORT fills them.
         status_err(unsafe {
-            (api.GetStringTensorContent)(
-                value.ptr(),
-                data.as_mut_ptr().cast(),
-                total,
-                offsets.as_mut_ptr(),
-                count,
-            )
+            (api.GetStringTensorContent)(value.ptr(), data.as_mut_ptr().cast(), total, offsets.as_mut_ptr(), count)
         })?;
     }
     let data = Bytes::from(data);
@@ -559,10 +438,7 @@ fn extract_strings(
         let start = offsets[i];
         let end = offsets.get(i + 1).copied().unwrap_or(total);
         if start > end || end > total {
-            return Err(RuntimeError::Run {
-                executor: NAME,
-                message: format!("output `{name}`: bad string offsets"),
-            });
+            return Err(RuntimeError::Run { executor: NAME, message: format!("output `{name}`: bad string offsets") });
         }
         out.push(data.slice(start..end));
     }
@@ -584,16 +460,13 @@ mod tests {
 
     fn load_with(bytes: &[u8], config: &SessionConfig) -> Box<dyn Session> {
         require_ort();
-        OrtExecutor
-            .load(ModelSource::from_bytes(bytes), config)
-            .unwrap_or_else(|e| panic!("{e}"))
+        OrtExecutor.load(ModelSource::from_bytes(bytes), config).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Run the first data set of a conformance case and compare; `Err` carries the runtime's error.
     fn run_case(name: &str) -> Result<(), RuntimeError> {
         let (model, data) = read_case(name);
-        let mut session =
-            OrtExecutor.load(ModelSource::from_bytes(&model), &SessionConfig::default())?;
+        let mut session = OrtExecutor.load(ModelSource::from_bytes(&model), &SessionConfig::default())?;
         let inputs = read_values(&data, "input", session.inputs());
         let expected = read_values(&data, "output", session.outputs());
         let got = session.run(&inputs, None)?;
@@ -659,11 +532,7 @@ mod tests {
                 Err(_) => failed.push(n.clone()),
             }
         }
-        assert!(
-            ok >= 1525,
-            "{ok} of {} cases pass; failing: {failed:?}",
-            names.len()
-        );
+        assert!(ok >= 1525, "{ok} of {} cases pass; failing: {failed:?}", names.len());
     }
 
     #[test]
@@ -679,11 +548,7 @@ mod tests {
         assert_eq!(session.inputs()[0].dims(), Some(&[None][..]));
         let (model, _) = read_case("test_sequence_insert_at_back");
         let session = load_with(&model, &SessionConfig::default());
-        assert!(
-            matches!(session.inputs()[0].ty, ValueType::Sequence(_)),
-            "{:?}",
-            session.inputs()
-        );
+        assert!(matches!(session.inputs()[0].ty, ValueType::Sequence(_)), "{:?}", session.inputs());
     }
 
     #[test]
@@ -691,69 +556,38 @@ mod tests {
         let model = binary_model("Add", &[1.0, 2.0], None);
         let mut session = load_with(&model, &SessionConfig::default());
         let x = Tensor::from_slice(vec![2], &[1.0f32, 1.0]).unwrap();
-        let err = session
-            .run(&[("nope".into(), x.clone().into())], None)
-            .unwrap_err();
+        let err = session.run(&[("nope".into(), x.clone().into())], None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadInput);
-        assert!(
-            err.to_string().contains("`nope`") && err.to_string().contains("x"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("`nope`") && err.to_string().contains("x"), "{err}");
 
         let err = session.run(&[], None).unwrap_err();
-        assert!(
-            matches!(&err, RuntimeError::MissingInput { name, .. } if name == "x"),
-            "{err}"
-        );
+        assert!(matches!(&err, RuntimeError::MissingInput { name, .. } if name == "x"), "{err}");
 
         let ints = Tensor::from_slice(vec![2], &[1i64, 1]).unwrap();
         let err = session.run(&[("x".into(), ints.into())], None).unwrap_err();
-        assert!(
-            matches!(&err, RuntimeError::WrongDtype { name, .. } if name == "x"),
-            "{err}"
-        );
+        assert!(matches!(&err, RuntimeError::WrongDtype { name, .. } if name == "x"), "{err}");
 
-        let err = session
-            .run(&[("x".into(), x.clone().into())], Some(&["z".to_string()]))
-            .unwrap_err();
-        assert!(
-            matches!(&err, RuntimeError::UnknownOutput { name, .. } if name == "z"),
-            "{err}"
-        );
+        let err = session.run(&[("x".into(), x.clone().into())], Some(&["z".to_string()])).unwrap_err();
+        assert!(matches!(&err, RuntimeError::UnknownOutput { name, .. } if name == "z"), "{err}");
 
         // A shape the model accepts by declaration but the kernel refuses is the runtime's error.
         let three = Tensor::from_slice(vec![3], &[1.0f32, 1.0, 1.0]).unwrap();
-        let err = session
-            .run(&[("x".into(), three.into())], None)
-            .unwrap_err();
+        let err = session.run(&[("x".into(), three.into())], None).unwrap_err();
         assert!(matches!(err, RuntimeError::Run { .. }), "{err}");
         assert_eq!(err.kind(), ErrorKind::Runtime);
 
         let out = session.run(&[("x".into(), x.into())], None).unwrap();
-        assert_eq!(
-            out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(),
-            vec![2.0, 3.0]
-        );
+        assert_eq!(out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(), vec![2.0, 3.0]);
     }
 
     #[test]
     fn garbage_model_is_rejected_with_orts_message() {
         require_ort();
-        let err = OrtExecutor
-            .load(
-                ModelSource::from_bytes(b"this is not a model"),
-                &SessionConfig::default(),
-            )
-            .err()
-            .unwrap();
+        let err =
+            OrtExecutor.load(ModelSource::from_bytes(b"this is not a model"), &SessionConfig::default()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Runtime);
-        let RuntimeError::ModelRejected { message, .. } = &err else {
-            panic!("{err}")
-        };
-        assert!(
-            message.contains("protobuf") || message.contains("parse"),
-            "{message}"
-        );
+        let RuntimeError::ModelRejected { message, .. } = &err else { panic!("{err}") };
+        assert!(message.contains("protobuf") || message.contains("parse"), "{message}");
     }
 
     #[test]
@@ -761,10 +595,7 @@ mod tests {
         let (model, data) = read_case("test_gru_defaults");
         let mut outs = Vec::new();
         for threads in [1, 2] {
-            let config = SessionConfig {
-                intra_threads: Some(threads),
-                ..SessionConfig::default()
-            };
+            let config = SessionConfig { intra_threads: Some(threads), ..SessionConfig::default() };
             let mut session = load_with(&model, &config);
             let inputs = read_values(&data, "input", session.inputs());
             outs.push(session.run(&inputs, None).unwrap());
@@ -780,17 +611,8 @@ mod tests {
             let inputs = read_values(&data, "input", s.inputs());
             s.run(&inputs, None).unwrap()
         };
-        for optimization in [
-            OptLevel::Disabled,
-            OptLevel::Basic,
-            OptLevel::Extended,
-            OptLevel::All,
-        ] {
-            let config = SessionConfig {
-                optimization,
-                deterministic: false,
-                ..SessionConfig::default()
-            };
+        for optimization in [OptLevel::Disabled, OptLevel::Basic, OptLevel::Extended, OptLevel::All] {
+            let config = SessionConfig { optimization, deterministic: false, ..SessionConfig::default() };
             let mut s = load_with(&model, &config);
             let inputs = read_values(&data, "input", s.inputs());
             let got = s.run(&inputs, None).unwrap();
@@ -803,34 +625,18 @@ mod tests {
         require_ort();
         let dir = tempfile::tempdir().unwrap();
         let w = [10.0f32, 20.0, 30.0];
-        std::fs::write(
-            dir.path().join("w.bin"),
-            w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("w.bin"), w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let model = binary_model("Mul", &w, Some("w.bin"));
-        let source = ModelSource {
-            bytes: &model,
-            base_dir: Some(dir.path()),
-        };
+        let source = ModelSource { bytes: &model, base_dir: Some(dir.path()) };
         let mut session = OrtExecutor.load(source, &SessionConfig::default()).unwrap();
         let x = Tensor::from_slice(vec![3], &[1.0f32, 2.0, 3.0]).unwrap();
         let out = session.run(&[("x".into(), x.into())], None).unwrap();
-        assert_eq!(
-            out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(),
-            vec![10.0, 40.0, 90.0]
-        );
+        assert_eq!(out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(), vec![10.0, 40.0, 90.0]);
 
         // Without the folder the data cannot be found, and ORT says so.
         let other = tempfile::tempdir().unwrap();
-        let source = ModelSource {
-            bytes: &model,
-            base_dir: Some(other.path()),
-        };
-        let err = OrtExecutor
-            .load(source, &SessionConfig::default())
-            .err()
-            .unwrap();
+        let source = ModelSource { bytes: &model, base_dir: Some(other.path()) };
+        let err = OrtExecutor.load(source, &SessionConfig::default()).err().unwrap();
         assert!(matches!(err, RuntimeError::ModelRejected { .. }), "{err}");
     }
 
@@ -840,41 +646,17 @@ mod tests {
         let (model, _) = read_case("test_string_concat");
         let mut session = load_with(&model, &SessionConfig::default());
         let names: Vec<String> = session.inputs().iter().map(|i| i.name.clone()).collect();
-        let dims: Vec<usize> = session.inputs()[0]
-            .dims()
-            .unwrap()
-            .iter()
-            .map(|d| d.unwrap() as usize)
-            .collect();
+        let dims: Vec<usize> = session.inputs()[0].dims().unwrap().iter().map(|d| d.unwrap() as usize).collect();
         let count = dims.iter().product::<usize>();
-        let a: Vec<Bytes> = (0..count)
-            .map(|i| Bytes::from(vec![0xff, b'a' + i as u8]))
-            .collect();
-        let b: Vec<Bytes> = (0..count)
-            .map(|i| {
-                if i == 0 {
-                    Bytes::new()
-                } else {
-                    Bytes::from_static(b"\xc3\xa9")
-                }
-            })
-            .collect();
+        let a: Vec<Bytes> = (0..count).map(|i| Bytes::from(vec![0xff, b'a' + i as u8])).collect();
+        let b: Vec<Bytes> =
+            (0..count).map(|i| if i == 0 { Bytes::new() } else { Bytes::from_static(b"\xc3\xa9") }).collect();
         let inputs = [
-            (
-                names[0].clone(),
-                Value::from(Tensor::from_strings(dims.clone(), a.clone()).unwrap()),
-            ),
-            (
-                names[1].clone(),
-                Value::from(Tensor::from_strings(dims.clone(), b.clone()).unwrap()),
-            ),
+            (names[0].clone(), Value::from(Tensor::from_strings(dims.clone(), a.clone()).unwrap())),
+            (names[1].clone(), Value::from(Tensor::from_strings(dims.clone(), b.clone()).unwrap())),
         ];
         let out = session.run(&inputs, None).unwrap();
-        let want: Vec<Bytes> = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| Bytes::from([&x[..], &y[..]].concat()))
-            .collect();
+        let want: Vec<Bytes> = a.iter().zip(&b).map(|(x, y)| Bytes::from([&x[..], &y[..]].concat())).collect();
         assert_eq!(out[0].1.as_tensor().unwrap().strings().unwrap(), &want[..]);
 
         let mut with_nul = a;
@@ -889,22 +671,10 @@ mod tests {
     fn gpu_providers_fail_loudly_without_the_feature_or_device() {
         let model = binary_model("Add", &[1.0], None);
         require_ort();
-        for provider in [
-            ExecutionProvider::Cuda { device_id: 0 },
-            ExecutionProvider::TensorRt { device_id: 0 },
-        ] {
-            let config = SessionConfig {
-                provider,
-                ..SessionConfig::default()
-            };
-            let err = OrtExecutor
-                .load(ModelSource::from_bytes(&model), &config)
-                .err()
-                .unwrap();
-            assert!(
-                matches!(err, RuntimeError::ProviderUnavailable { .. }),
-                "{err}"
-            );
+        for provider in [ExecutionProvider::Cuda { device_id: 0 }, ExecutionProvider::TensorRt { device_id: 0 }] {
+            let config = SessionConfig { provider, ..SessionConfig::default() };
+            let err = OrtExecutor.load(ModelSource::from_bytes(&model), &config).err().unwrap();
+            assert!(matches!(err, RuntimeError::ProviderUnavailable { .. }), "{err}");
         }
     }
 }

@@ -129,9 +129,7 @@ pub fn decode_tensor(buf: &[u8]) -> Tensor {
             ElementSize::Bytes(n) => n,
             _ => 1,
         };
-        ints.iter()
-            .flat_map(|&v| v.to_le_bytes()[..size].to_vec())
-            .collect()
+        ints.iter().flat_map(|&v| v.to_le_bytes()[..size].to_vec()).collect()
     };
     Tensor::new(dtype, dims, Bytes::from(bytes)).unwrap()
 }
@@ -199,18 +197,11 @@ pub fn assert_close(name: &str, got: &Value, want: &Value) {
             if w.dtype().is_float() && w.dtype().element_size() != ElementSize::Bytes(1) {
                 let (g, w) = (g.to_f64_vec().unwrap(), w.to_f64_vec().unwrap());
                 for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-                    let ok = (a.is_nan() && b.is_nan())
-                        || (a - b).abs() <= 1e-7 + 1e-3 * b.abs()
-                        || a == b;
+                    let ok = (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-7 + 1e-3 * b.abs() || a == b;
                     assert!(ok, "{name}[{i}]: got {a}, want {b}");
                 }
             } else {
-                assert!(
-                    g.data() == w.data(),
-                    "{name}: data differ: got {:?} want {:?}",
-                    g.bytes().or(None),
-                    w.bytes()
-                );
+                assert!(g.data() == w.data(), "{name}: data differ: got {:?} want {:?}", g.bytes().or(None), w.bytes());
                 if let (Some(a), Some(b)) = (g.strings(), w.strings()) {
                     assert_eq!(a, b, "{name}: strings");
                 }
@@ -277,12 +268,8 @@ pub fn value_info(name: &str, dims: &[Option<i64>]) -> Pb {
             },
         );
     }
-    let tensor_type = Pb::default()
-        .int(1, DataType::F32.onnx_code() as i64)
-        .msg(2, shape);
-    Pb::default()
-        .str(1, name)
-        .msg(2, Pb::default().msg(1, tensor_type))
+    let tensor_type = Pb::default().int(1, DataType::F32.onnx_code() as i64).msg(2, shape);
+    Pb::default().str(1, name).msg(2, Pb::default().msg(1, tensor_type))
 }
 
 /// A model `y = x <op> w` over f32 `[n]`, with `w` as an initializer whose data is either
@@ -290,38 +277,21 @@ pub fn value_info(name: &str, dims: &[Option<i64>]) -> Pb {
 pub fn binary_model(op: &str, w: &[f32], external: Option<&str>) -> Vec<u8> {
     let n = w.len() as i64;
     let raw: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut init = Pb::default()
-        .int(1, n)
-        .int(2, DataType::F32.onnx_code() as i64)
-        .str(8, "w");
+    let mut init = Pb::default().int(1, n).int(2, DataType::F32.onnx_code() as i64).str(8, "w");
     init = match external {
         None => init.bytes(9, &raw),
         Some(file) => init
             .msg(13, Pb::default().str(1, "location").str(2, file))
             .msg(13, Pb::default().str(1, "offset").str(2, "0"))
-            .msg(
-                13,
-                Pb::default()
-                    .str(1, "length")
-                    .str(2, &raw.len().to_string()),
-            )
+            .msg(13, Pb::default().str(1, "length").str(2, &raw.len().to_string()))
             .int(14, 1),
     };
-    let node = Pb::default()
-        .str(1, "x")
-        .str(1, "w")
-        .str(2, "y")
-        .str(3, "n0")
-        .str(4, op);
+    let node = Pb::default().str(1, "x").str(1, "w").str(2, "y").str(3, "n0").str(4, op);
     let graph = Pb::default()
         .msg(1, node)
         .str(2, "g")
         .msg(5, init)
         .msg(11, value_info("x", &[None]))
         .msg(12, value_info("y", &[None]));
-    Pb::default()
-        .int(1, 8)
-        .msg(8, Pb::default().str(1, "").int(2, 17))
-        .msg(7, graph)
-        .0
+    Pb::default().int(1, 8).msg(8, Pb::default().str(1, "").int(2, 17)).msg(7, graph).0
 }

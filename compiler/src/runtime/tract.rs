@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, OutletId,
-    TValue, TVec, TypedModel, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, OutletId, TValue, TVec,
+    TypedModel, TypedRunnableModel,
 };
 use tract_onnx::tract_core::model::IntoRunnable;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{
-    Executor, IoInfo, ModelSource, RuntimeError, Session, SessionConfig, Value, ValueType,
-    check_inputs, panic_message, select_outputs,
+    Executor, IoInfo, ModelSource, RuntimeError, Session, SessionConfig, Value, ValueType, check_inputs, panic_message,
+    select_outputs,
 };
 use crate::dtype::DataType;
 use crate::tensor::{Tensor, TensorData};
@@ -38,10 +38,7 @@ impl TractExecutor {
     }
 }
 
-fn guarded<T>(
-    during: &str,
-    f: impl FnOnce() -> Result<T, RuntimeError>,
-) -> Result<T, RuntimeError> {
+fn guarded<T>(during: &str, f: impl FnOnce() -> Result<T, RuntimeError>) -> Result<T, RuntimeError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => Err(RuntimeError::Panic {
@@ -53,17 +50,11 @@ fn guarded<T>(
 }
 
 fn rejected(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::ModelRejected {
-        executor: NAME,
-        message: format!("{e:#}"),
-    }
+    RuntimeError::ModelRejected { executor: NAME, message: format!("{e:#}") }
 }
 
 fn run_err(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Run {
-        executor: NAME,
-        message: format!("{e:#}"),
-    }
+    RuntimeError::Run { executor: NAME, message: format!("{e:#}") }
 }
 
 impl Executor for TractExecutor {
@@ -71,31 +62,20 @@ impl Executor for TractExecutor {
         NAME
     }
 
-    fn load(
-        &self,
-        model: ModelSource<'_>,
-        _config: &SessionConfig,
-    ) -> Result<Box<dyn Session>, RuntimeError> {
+    fn load(&self, model: ModelSource<'_>, _config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
         guarded("loading the model", || {
             let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-            let proto = onnx
-                .proto_model_for_read(&mut &model.bytes[..])
-                .map_err(rejected)?;
+            let proto = onnx.proto_model_for_read(&mut &model.bytes[..]).map_err(rejected)?;
             let dir = match model.base_dir {
-                Some(d) => Some(d.to_str().ok_or_else(|| {
-                    rejected(format!(
-                        "external data folder {} is not valid UTF-8",
-                        d.display()
-                    ))
-                })?),
+                Some(d) => Some(
+                    d.to_str()
+                        .ok_or_else(|| rejected(format!("external data folder {} is not valid UTF-8", d.display())))?,
+                ),
                 None => None,
             };
             let parsed = onnx.parse(&proto, dir).map_err(rejected)?;
             if !parsed.unresolved_inputs.is_empty() {
-                return Err(rejected(format!(
-                    "unresolved inputs: {:?}",
-                    parsed.unresolved_inputs
-                )));
+                return Err(rejected(format!("unresolved inputs: {:?}", parsed.unresolved_inputs)));
             }
             let model = parsed.model;
             let inputs = model
@@ -114,22 +94,11 @@ impl Executor for TractExecutor {
                 .map_err(rejected)?
                 .iter()
                 .map(|&o| {
-                    let name = model
-                        .outlet_label(o)
-                        .unwrap_or(&model.node(o.node).name)
-                        .to_string();
-                    Ok(IoInfo {
-                        name,
-                        ty: fact_type(model.outlet_fact(o).map_err(rejected)?),
-                    })
+                    let name = model.outlet_label(o).unwrap_or(&model.node(o.node).name).to_string();
+                    Ok(IoInfo { name, ty: fact_type(model.outlet_fact(o).map_err(rejected)?) })
                 })
                 .collect::<Result<Vec<_>, RuntimeError>>()?;
-            Ok(Box::new(TractSession {
-                model,
-                inputs,
-                outputs,
-                plans: HashMap::new(),
-            }) as Box<dyn Session>)
+            Ok(Box::new(TractSession { model, inputs, outputs, plans: HashMap::new() }) as Box<dyn Session>)
         })
     }
 }
@@ -138,17 +107,10 @@ fn fact_type(fact: &InferenceFact) -> ValueType {
     let Some(dtype) = fact.datum_type.concretize().and_then(dtype_from_tract) else {
         return ValueType::Unknown;
     };
-    let dims = fact
-        .shape
-        .dims()
-        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
-        .collect();
+    let dims = fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect();
     // An open shape has an unknown rank: describe it by its element type only.
     if fact.shape.is_open() {
-        return ValueType::Tensor {
-            dtype,
-            dims: Vec::new(),
-        };
+        return ValueType::Tensor { dtype, dims: Vec::new() };
     }
     ValueType::Tensor { dtype, dims }
 }
@@ -203,18 +165,8 @@ pub struct TractSession {
 }
 
 impl TractSession {
-    fn plan(
-        &mut self,
-        tensors: &[&Tensor],
-        wanted: &[String],
-    ) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
-        let key: PlanKey = (
-            tensors
-                .iter()
-                .map(|t| (t.dtype(), t.dims().to_vec()))
-                .collect(),
-            wanted.to_vec(),
-        );
+    fn plan(&mut self, tensors: &[&Tensor], wanted: &[String]) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
+        let key: PlanKey = (tensors.iter().map(|t| (t.dtype(), t.dims().to_vec())).collect(), wanted.to_vec());
         if let Some(plan) = self.plans.get(&key) {
             return Ok(plan.clone());
         }
@@ -225,25 +177,15 @@ impl TractSession {
                 what: format!("element type {}", t.dtype()),
                 name: self.inputs[ix].name.clone(),
             })?;
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, t.dims()))
-                .map_err(run_err)?;
+            model.set_input_fact(ix, InferenceFact::dt_shape(dt, t.dims())).map_err(run_err)?;
         }
         let outlets = wanted
             .iter()
             .map(|name| {
                 model
                     .find_outlet_label(name)
-                    .or_else(|| {
-                        model
-                            .node_by_name(name)
-                            .ok()
-                            .map(|n| OutletId::new(n.id, 0))
-                    })
-                    .ok_or_else(|| RuntimeError::UnknownOutput {
-                        name: name.clone(),
-                        known: vec![],
-                    })
+                    .or_else(|| model.node_by_name(name).ok().map(|n| OutletId::new(n.id, 0)))
+                    .ok_or_else(|| RuntimeError::UnknownOutput { name: name.clone(), known: vec![] })
             })
             .collect::<Result<Vec<_>, _>>()?;
         model.select_output_outlets(&outlets).map_err(run_err)?;
@@ -302,11 +244,8 @@ impl Session for TractSession {
 }
 
 fn tensor_to_tract(name: &str, t: &Tensor) -> Result<TValue, RuntimeError> {
-    let unsupported = || RuntimeError::Unsupported {
-        executor: NAME,
-        what: format!("element type {}", t.dtype()),
-        name: name.into(),
-    };
+    let unsupported =
+        || RuntimeError::Unsupported { executor: NAME, what: format!("element type {}", t.dtype()), name: name.into() };
     let dt = dtype_to_tract(t.dtype()).ok_or_else(unsupported)?;
     let TensorData::Packed(bytes) = t.data() else {
         return Err(unsupported());
@@ -314,25 +253,19 @@ fn tensor_to_tract(name: &str, t: &Tensor) -> Result<TValue, RuntimeError> {
     // SAFETY: `bytes` holds exactly the packed little-endian elements of `dt` for this shape
     // (guaranteed by `Tensor::new`), which is tract's in-memory layout on little-endian targets;
     // tract checks the length again before copying. Bool bytes are 0 or 1 as ONNX requires.
-    let tensor = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, t.dims(), bytes) }
-        .map_err(run_err)?;
+    let tensor = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, t.dims(), bytes) }.map_err(run_err)?;
     Ok(tensor.into_tvalue())
 }
 
 fn tensor_from_tract(name: &str, v: &TValue) -> Result<Tensor, RuntimeError> {
-    let dtype = dtype_from_tract(v.datum_type())
-        .filter(|d| *d != DataType::String)
-        .ok_or_else(|| RuntimeError::Unsupported {
+    let dtype = dtype_from_tract(v.datum_type()).filter(|d| *d != DataType::String).ok_or_else(|| {
+        RuntimeError::Unsupported {
             executor: NAME,
             what: format!("output element type {:?}", v.datum_type()),
             name: name.into(),
-        })?;
-    Tensor::new(
-        dtype,
-        v.shape().to_vec(),
-        Bytes::copy_from_slice(v.as_bytes()),
-    )
-    .map_err(run_err)
+        }
+    })?;
+    Tensor::new(dtype, v.shape().to_vec(), Bytes::copy_from_slice(v.as_bytes())).map_err(run_err)
 }
 
 #[cfg(test)]
@@ -343,14 +276,10 @@ mod tests {
 
     fn run_case(name: &str) {
         let (model, data) = read_case(name);
-        let mut session = TractExecutor
-            .load(ModelSource::from_bytes(&model), &SessionConfig::default())
-            .unwrap();
+        let mut session = TractExecutor.load(ModelSource::from_bytes(&model), &SessionConfig::default()).unwrap();
         let inputs = read_values(&data, "input", session.inputs());
         let expected = read_values(&data, "output", session.outputs());
-        let got = session
-            .run(&inputs, None)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = session.run(&inputs, None).unwrap_or_else(|e| panic!("{name}: {e}"));
         for ((gn, g), (_, w)) in got.iter().zip(&expected) {
             assert_close(&format!("{name}/{gn}"), g, w);
         }
@@ -358,12 +287,9 @@ mod tests {
 
     #[test]
     fn conformance_cases_match() {
-        for name in [
-            "test_add",
-            "test_conv_with_strides_padding",
-            "test_gru_defaults",
-            "test_argmax_default_axis_example",
-        ] {
+        for name in
+            ["test_add", "test_conv_with_strides_padding", "test_gru_defaults", "test_argmax_default_axis_example"]
+        {
             run_case(name);
         }
     }
@@ -372,29 +298,16 @@ mod tests {
     fn dynamic_shapes_external_data_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let w = [2.0f32, 3.0];
-        std::fs::write(
-            dir.path().join("w.bin"),
-            w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("w.bin"), w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let model = binary_model("Mul", &w, Some("w.bin"));
         let mut s = TractExecutor
-            .load(
-                ModelSource {
-                    bytes: &model,
-                    base_dir: Some(dir.path()),
-                },
-                &SessionConfig::default(),
-            )
+            .load(ModelSource { bytes: &model, base_dir: Some(dir.path()) }, &SessionConfig::default())
             .unwrap();
         assert_eq!(s.inputs()[0].name, "x");
         let x = Tensor::from_slice(vec![2], &[1.0f32, 2.0]).unwrap();
         let out = s.run(&[("x".into(), x.clone().into())], None).unwrap();
         assert_eq!(out[0].0, "y");
-        assert_eq!(
-            out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(),
-            vec![2.0, 6.0]
-        );
+        assert_eq!(out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(), vec![2.0, 6.0]);
         // The cached plan is reused; a new shape gets its own (and fails cleanly on broadcast).
         assert_eq!(s.run(&[("x".into(), x.into())], None).unwrap(), out);
         let bad = Tensor::from_slice(vec![3], &[1.0f32; 3]).unwrap();
@@ -403,27 +316,13 @@ mod tests {
         let err = s.run(&[], None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
 
-        let err = TractExecutor
-            .load(
-                ModelSource::from_bytes(b"garbage"),
-                &SessionConfig::default(),
-            )
-            .err()
-            .unwrap();
+        let err = TractExecutor.load(ModelSource::from_bytes(b"garbage"), &SessionConfig::default()).err().unwrap();
         assert!(matches!(err, RuntimeError::ModelRejected { .. }), "{err}");
     }
 
     #[test]
     fn panics_become_errors() {
-        let err =
-            guarded("testing", || -> Result<(), RuntimeError> { panic!("boom") }).unwrap_err();
-        assert_eq!(
-            err,
-            RuntimeError::Panic {
-                executor: NAME,
-                during: "testing".into(),
-                message: "boom".into()
-            }
-        );
+        let err = guarded("testing", || -> Result<(), RuntimeError> { panic!("boom") }).unwrap_err();
+        assert_eq!(err, RuntimeError::Panic { executor: NAME, during: "testing".into(), message: "boom".into() });
     }
 }
