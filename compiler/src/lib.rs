@@ -1,14 +1,17 @@
 //! Kiln's compiler core: the IR, ONNX and safetensors import/export, the verifier,
 //! the pass manager and the executors.
 //!
-//! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] converts at the edge.
+//! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] and [`runtime`] convert at the edge.
 
 pub mod dtype;
 pub mod dump;
+pub mod execute;
 pub mod inspect;
 pub mod ir;
+pub mod npy;
 pub mod onnx;
 pub mod pass;
+pub mod runtime;
 pub mod safetensors;
 pub mod tensor;
 pub mod verify;
