@@ -71,8 +71,9 @@ pub enum TensorEncoding {
     External { entries: Vec<(Option<String>, Option<String>)> },
 }
 
-/// An immutable, cheaply clonable tensor.
-#[derive(Clone, PartialEq)]
+/// An immutable, cheaply clonable tensor. Equality compares type, shape and elements only
+/// (not where the bytes came from or how they were serialized).
+#[derive(Clone)]
 pub struct Tensor {
     dtype: DataType,
     dims: Vec<usize>,
@@ -80,6 +81,12 @@ pub struct Tensor {
     /// Serialization details of the original, for lossless round trips.
     pub hints: StorageHints,
     source: Option<std::sync::Arc<FileRegion>>,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.dtype == other.dtype && self.dims == other.dims && self.data == other.data
+    }
 }
 
 impl std::fmt::Debug for Tensor {

@@ -5,16 +5,13 @@ use std::path::PathBuf;
 use kiln_compiler::onnx::{encode_model, load_model};
 use kiln_compiler::verify::{Severity, verify_model};
 
-fn node_tests_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_ONNX_NODE_TESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/wheels/onnx/onnx/backend/test/data/node"));
-    dir.is_dir().then_some(dir)
+fn node_tests_dir() -> PathBuf {
+    kiln_fixtures::conformance_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn conformance_models_round_trip_byte_identical() {
-    let Some(dir) = node_tests_dir() else { panic!("conformance data missing") };
+    let dir = node_tests_dir();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     cases.sort();
     let mut failures = Vec::new();

@@ -1,8 +1,7 @@
 //! Every file of the ONNX node conformance suite must decode with Kiln's schema and
 //! re-encode to identical bytes.
 //!
-//! The suite's location is `$KILN_ONNX_NODE_TESTS` (default: the unpacked onnx 1.20.1 wheel
-//! under /tmp/wheels); without it the test says so and passes.
+//! The suite is installed by `cargo xtask fixtures`; without it the test fails and says so.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +12,6 @@ use kiln_compiler::onnx::proto::{
     type_proto,
 };
 use prost::Message;
-
-const DEFAULT_NODE_TESTS: &str = "/tmp/wheels/onnx/onnx/backend/test/data/node";
 
 /// Which message a test-data `.pb` file holds, read off the model's declared value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,7 +48,7 @@ impl Kind {
 }
 
 fn node_tests_dir() -> PathBuf {
-    std::env::var_os("KILN_ONNX_NODE_TESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_TESTS))
+    kiln_fixtures::conformance_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
@@ -77,10 +74,6 @@ fn parse_data_name(name: &str) -> Option<(bool, usize)> {
 #[test]
 fn node_suite_round_trips_byte_identical() {
     let root = node_tests_dir();
-    if !root.is_dir() {
-        println!("ONNX node test data missing at {} (set KILN_ONNX_NODE_TESTS); skipping", root.display());
-        return;
-    }
 
     let mut models = 0usize;
     let mut data_files: BTreeMap<Kind, usize> = BTreeMap::new();

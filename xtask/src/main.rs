@@ -31,14 +31,13 @@ commands:
   test [--no-tract]
                   setup + fixtures, then cargo test (also with the `tract` feature unless --no-tract)
   demo            setup + fixtures, then run `optimize` on a real model
-  ci              cargo fmt --check, cargo clippy -D warnings, then test (what .ci/run calls)
+  lint            cargo fmt --check and cargo clippy -D warnings
+  ci              lint, then test (what .ci/run does)
 
 environment:
   KILN_CACHE_DIR  where downloads go (default: <repo>/.kiln-cache)
   KILN_ORT_LIB    an ONNX Runtime library to use instead of the one setup installs
   KILN_PYTHON     the Python that runs pip (default: python3)
-  KILN_ONNX_NODE_TESTS
-                  set by `test` for its children to the installed conformance folder
 ";
 
 /// One step of `cargo xtask demo`: what it shows and the arguments to `optimize`.
@@ -67,7 +66,8 @@ fn main() -> ExitCode {
         ("test", []) => test(true),
         ("test", ["--no-tract"]) => test(false),
         ("demo", []) => demo(),
-        ("ci", []) => ci(),
+        ("lint", []) => lint(),
+        ("ci", []) => lint().and_then(|()| test(true)),
         ("help" | "-h" | "--help", _) => {
             print!("{USAGE}");
             Ok(())
@@ -148,17 +148,15 @@ fn fixtures() -> Result<PathBuf> {
 
 /// `cargo xtask test`.
 fn test(with_tract: bool) -> Result<()> {
-    let mut env = vec![("KILN_ORT_LIB", ort_for_children()?)];
-    let conformance = fixtures()?;
-    // Tests that take the suite's folder from the environment find the installed copy.
-    if std::env::var_os("KILN_ONNX_NODE_TESTS").is_none_or(|v| v.is_empty()) {
-        env.push(("KILN_ONNX_NODE_TESTS", conformance.into_os_string()));
-    }
-    cargo(&["test", "--workspace"], &env)?;
+    let env = vec![("KILN_ORT_LIB", ort_for_children()?)];
+    fixtures()?;
+    // One run: with the tract executor when the root package has the feature, so its
+    // cross-check tests run too (clippy lints the same feature set, sharing the build).
     if with_tract && root_has_feature("tract")? {
-        cargo(&["test", "--workspace", "--features", "tract"], &env)?;
+        cargo(&["test", "--workspace", "--features", "tract"], &env)
+    } else {
+        cargo(&["test", "--workspace"], &env)
     }
-    Ok(())
 }
 
 /// `cargo xtask demo`.
@@ -196,16 +194,15 @@ fn demo_args(args: &[&str], m: &Manifest, inst: &Installer, out: &Path) -> Resul
         .collect()
 }
 
-/// `cargo xtask ci`: formatting, lints, then the tests.
-fn ci() -> Result<()> {
+/// `cargo xtask lint`: formatting and clippy.
+fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     let mut clippy = vec!["clippy", "--workspace", "--all-targets"];
     if root_has_feature("tract")? {
         clippy.extend(["--features", "tract"]);
     }
     clippy.extend(["--", "-D", "warnings"]);
-    cargo(&clippy, &[])?;
-    test(true)
+    cargo(&clippy, &[])
 }
 
 /// The ONNX Runtime library children should use: the caller's `KILN_ORT_LIB`, else the one

@@ -12,7 +12,7 @@ use crate::tensor::Tensor;
 
 /// The conformance node tests shipped in the onnx wheel.
 pub fn node_tests_dir() -> PathBuf {
-    PathBuf::from("/tmp/wheels/onnx/onnx/backend/test/data/node")
+    kiln_fixtures::conformance_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One protobuf field: number and payload.

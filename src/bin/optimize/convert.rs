@@ -93,7 +93,12 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
                 .map(|m| format!("{}: tensor '{}': {m:?}", ckpt_path.display(), m.name))
                 .collect();
             lines.extend(summary.ambiguous.iter().map(|a| {
-                format!("{}: initializer '{}' matches several keys: {}", ckpt_path.display(), a.name, a.checkpoint_names.join(", "))
+                format!(
+                    "{}: initializer '{}' matches several keys: {}",
+                    ckpt_path.display(),
+                    a.name,
+                    a.checkpoint_names.join(", ")
+                )
             }));
             return Err(Failure::bad_input(lines.join("\nerror: ")));
         }

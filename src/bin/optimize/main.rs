@@ -5,7 +5,6 @@ mod inspect;
 mod run;
 
 use std::fmt::Display;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -81,7 +80,7 @@ impl Ui {
 }
 
 /// Writes a JSON report atomically.
-pub fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> Result<(), Failure> {
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(Failure::runtime)?;
     let mut f = kiln::compiler::onnx::AtomicFile::create(path)?;
     f.write_all(text.as_bytes())?;

@@ -45,7 +45,9 @@ fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
         #[cfg(feature = "tract")]
         ExecutorChoice::Tract => Ok(Box::new(kiln::compiler::runtime::TractExecutor::new())),
         #[cfg(not(feature = "tract"))]
-        ExecutorChoice::Tract => Err(Failure::bad_input("this build has no tract executor (build with --features tract)")),
+        ExecutorChoice::Tract => {
+            Err(Failure::bad_input("this build has no tract executor (build with --features tract)"))
+        }
     }
 }
 
@@ -70,7 +72,8 @@ fn read_inputs(specs: &[String]) -> Result<Vec<(String, Value)>, Failure> {
 
 /// A file name for an output: path separators and odd characters replaced.
 fn file_name_for(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     if s.is_empty() || s.starts_with('.') { format!("output_{s}") } else { s }
 }
 
@@ -80,7 +83,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", args.model.display())).collect();
         Failure::bad_input(lines.join("\nerror: "))
     })?;
-    expose_values(&mut model, &args.output).map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
+    expose_values(&mut model, &args.output)
+        .map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
     let inputs = read_inputs(&args.input)?;
     let exec = executor(args.executor)?;
     let config = SessionConfig { intra_threads: args.threads, ..SessionConfig::default() };
