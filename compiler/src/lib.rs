@@ -3,6 +3,7 @@
 //!
 //! The IR knows nothing of protobuf or ONNX Runtime: [`onnx`] and [`runtime`] convert at the edge.
 
+pub mod compare;
 pub mod dtype;
 pub mod dump;
 pub mod execute;

@@ -6,9 +6,11 @@ mod export;
 mod import;
 pub mod proto;
 mod tensor_codec;
+mod value;
 mod write;
 
 pub use error::OnnxError;
 pub use export::{ExternalData, PROTOBUF_LIMIT, SaveOptions, SaveReport, encode_model, model_to_proto, save_model};
 pub use import::{decode_model, load_model};
+pub use value::{decode_value, read_value};
 pub use write::{AtomicFile, write_tensor_bytes};

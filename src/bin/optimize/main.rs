@@ -90,6 +90,12 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Resu
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`optimize inspect m.onnx | head`) instead of failing on every later print.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -89,9 +89,14 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let exec = executor(args.executor)?;
     let config = SessionConfig { intra_threads: args.threads, ..SessionConfig::default() };
     let base = args.model.parent().map(Path::to_path_buf);
-    let mut session = load_session(exec.as_ref(), &model, base.as_deref(), &config)?;
+    let in_model = |e: kiln::compiler::runtime::RuntimeError| {
+        let mut f = Failure::from(e);
+        f.message = format!("{}: {}", args.model.display(), f.message);
+        f
+    };
+    let mut session = load_session(exec.as_ref(), &model, base.as_deref(), &config).map_err(in_model)?;
     let wanted = if args.output.is_empty() { None } else { Some(args.output.as_slice()) };
-    let outputs = session.run(&inputs, wanted)?;
+    let outputs = session.run(&inputs, wanted).map_err(in_model)?;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     }
