@@ -50,8 +50,55 @@ struct DemoStep {
 }
 
 /// The demo, in order. Add a step here when `optimize` learns a new subcommand.
-const DEMO_STEPS: &[DemoStep] =
-    &[DemoStep { title: "Inspect a trained MobileNetV3 image classifier", args: &["inspect", "{fixture:cnn}"] }];
+const DEMO_STEPS: &[DemoStep] = &[
+    DemoStep { title: "Inspect a trained MobileNetV3 image classifier", args: &["inspect", "{fixture:cnn}"] },
+    DemoStep {
+        title: "Re-serialize it with its weights in a safetensors file",
+        args: &[
+            "convert",
+            "{fixture:cnn}",
+            "{out}/cnn/model.onnx",
+            "--safetensors",
+            "weights.safetensors",
+            "--threshold",
+            "64",
+        ],
+    },
+    DemoStep {
+        title: "Run the converted model in ONNX Runtime and write its output as .npy",
+        args: &["run", "{out}/cnn/model.onnx", "--input", "x={out}/x.npy", "--output-dir", "{out}/outputs"],
+    },
+    DemoStep {
+        title: "Inspect the voice-activity detector: LSTM inside 25 If subgraphs",
+        args: &["inspect", "{fixture:recurrent}"],
+    },
+];
+
+/// Writes the demo's image input: a seeded f32 [1, 3, 48, 192] `.npy` in [-1, 1).
+fn write_demo_input(path: &Path) -> Result<()> {
+    let shape = [1usize, 3, 48, 192];
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}, {}), }}",
+        shape[0], shape[1], shape[2], shape[3]
+    );
+    // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..shape.iter().product::<usize>() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let v = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -166,10 +213,12 @@ fn demo() -> Result<()> {
     let m = load_manifest()?;
     let inst = Installer::new(cache_dir());
     let out = inst.cache.join("demo");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out.join("cnn")).with_context(|| format!("creating {}", out.display()))?;
+    write_demo_input(&out.join("x.npy"))?;
     for (i, step) in DEMO_STEPS.iter().enumerate() {
         let args = demo_args(step.args, &m, &inst, &out)?;
         eprintln!("\n== demo step {}/{}: {}", i + 1, DEMO_STEPS.len(), step.title);
+        eprintln!("   optimize {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
         let mut full = vec!["run".into(), "--quiet".into(), "--bin".into(), "optimize".into(), "--".into()];
         full.extend(args);
         cargo_os(&full, &env)?;

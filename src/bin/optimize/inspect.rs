@@ -65,9 +65,12 @@ fn print_text(s: &ModelSummary, path: &std::path::Path) {
         }
     }
     if !s.subgraphs.is_empty() {
-        println!("subgraphs");
+        println!("subgraphs  {} (nested as a tree; --json gives full paths)", s.subgraphs.len());
         for sg in &s.subgraphs {
-            println!("  {} ({} nodes)", sg.path, sg.nodes);
+            let depth = sg.path.matches("/'").count();
+            let leaf = sg.path.rsplit("/'").next().unwrap_or(&sg.path);
+            let leaf = if depth > 0 { format!("'{leaf}") } else { leaf.to_string() };
+            println!("  {}{leaf} ({} nodes)", "  ".repeat(depth), sg.nodes);
         }
     }
     if !s.functions.is_empty() {
