@@ -30,6 +30,20 @@ pub(crate) trait ExternalResolver {
     ) -> Result<(Bytes, FileRegion), String>;
 }
 
+/// For tensors read on their own (test data, attribute-free contexts): external data is refused.
+pub(crate) struct NoExternal;
+
+impl ExternalResolver for NoExternal {
+    fn resolve(
+        &mut self,
+        _: &str,
+        _: &[(Option<String>, Option<String>)],
+        _: u64,
+    ) -> Result<(Bytes, FileRegion), String> {
+        Err("external data is not supported in a standalone tensor file".into())
+    }
+}
+
 /// Shape and type of a `TensorProto`, validated.
 fn dims_and_type(tp: &TensorProto) -> Result<(DataType, Vec<usize>, u64), String> {
     let code = tp.data_type.ok_or("has no data_type")?;
@@ -232,18 +246,6 @@ pub(crate) fn tensor_to_proto(t: &Tensor, name: Option<String>, placement: DataP
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct NoExternal;
-    impl ExternalResolver for NoExternal {
-        fn resolve(
-            &mut self,
-            _: &str,
-            _: &[(Option<String>, Option<String>)],
-            _: u64,
-        ) -> Result<(Bytes, FileRegion), String> {
-            Err("no external data here".into())
-        }
-    }
 
     fn round_trip(tp: TensorProto) -> TensorProto {
         let t = tensor_from_proto(&tp, &mut NoExternal).unwrap();

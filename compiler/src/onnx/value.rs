@@ -8,26 +8,13 @@ use prost::Message;
 
 use super::error::OnnxError;
 use super::proto::{OptionalProto, SequenceProto, TensorProto};
-use super::tensor_codec::{ExternalResolver, tensor_from_proto};
+use super::tensor_codec::{NoExternal, tensor_from_proto};
 use crate::ir::{Type, TypeKind};
 use crate::runtime::Value;
-use crate::tensor::{FileRegion, Tensor};
-
-struct Inline;
-
-impl ExternalResolver for Inline {
-    fn resolve(
-        &mut self,
-        _: &str,
-        _: &[(Option<String>, Option<String>)],
-        _: u64,
-    ) -> Result<(Bytes, FileRegion), String> {
-        Err("external data is not supported in a standalone tensor file".into())
-    }
-}
+use crate::tensor::Tensor;
 
 fn tensor(tp: &TensorProto, origin: &Path) -> Result<Tensor, OnnxError> {
-    tensor_from_proto(tp, &mut Inline).map_err(|message| OnnxError::Tensor {
+    tensor_from_proto(tp, &mut NoExternal).map_err(|message| OnnxError::Tensor {
         path: origin.to_path_buf(),
         tensor: tp.name.clone().unwrap_or_default(),
         message,

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use kiln::compiler::onnx::{ExternalData, SaveOptions, load_model, save_model};
+use kiln::compiler::onnx::{ExternalData, SaveOptions, save_model};
 use kiln::compiler::safetensors::{BindOptions, Checkpoint, DtypePolicy, PrefixRule};
-use kiln::compiler::verify::check_model;
 use kiln::compiler::weights::bind_weights;
 
-use crate::{Failure, Ui, write_json};
+use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,11 +49,7 @@ struct Report {
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
-    let mut model = load_model(&args.input)?;
-    check_model(&model).map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", args.input.display())).collect();
-        Failure::bad_input(lines.join("\nerror: "))
-    })?;
+    let mut model = load_verified(&args.input)?;
 
     let mut weights = None;
     if let Some(ckpt_path) = &args.weights {

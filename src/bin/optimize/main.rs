@@ -79,6 +79,16 @@ impl Ui {
     }
 }
 
+/// Loads a model and refuses it, listing every problem, when the verifier finds errors.
+pub fn load_verified(path: &std::path::Path) -> Result<kiln::compiler::ir::Model, Failure> {
+    let model = kiln::compiler::onnx::load_model(path)?;
+    kiln::compiler::verify::check_model(&model).map_err(|e| {
+        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", path.display())).collect();
+        Failure::bad_input(lines.join("\nerror: "))
+    })?;
+    Ok(model)
+}
+
 /// Writes a JSON report atomically.
 pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(Failure::runtime)?;

@@ -4,11 +4,9 @@ use std::path::{Path, PathBuf};
 
 use kiln::compiler::execute::{expose_values, load_session};
 use kiln::compiler::npy::{read_npy, read_npz, write_npy};
-use kiln::compiler::onnx::load_model;
 use kiln::compiler::runtime::{Executor, OrtExecutor, SessionConfig, Value};
-use kiln::compiler::verify::check_model;
 
-use crate::{Failure, Ui};
+use crate::{Failure, Ui, load_verified};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExecutorChoice {
@@ -78,11 +76,7 @@ fn file_name_for(name: &str) -> String {
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
-    let mut model = load_model(&args.model)?;
-    check_model(&model).map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", args.model.display())).collect();
-        Failure::bad_input(lines.join("\nerror: "))
-    })?;
+    let mut model = load_verified(&args.model)?;
     expose_values(&mut model, &args.output)
         .map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
     let inputs = read_inputs(&args.input)?;
