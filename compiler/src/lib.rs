@@ -10,6 +10,7 @@ pub mod ir;
 pub mod onnx;
 pub mod pass;
 pub mod safetensors;
+pub mod shape;
 pub mod tensor;
 pub mod verify;
 
