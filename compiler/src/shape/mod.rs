@@ -208,6 +208,11 @@ impl InferCtx<'_> {
     /// With `write` false the body is left untouched (a trial run on a copy, used to find
     /// loop-carried types before annotating the body with them).
     pub fn infer_subgraph(&mut self, attr: &str, bound: &[Option<Type>], write: bool) -> Option<Vec<Option<Type>>> {
+        self.infer_subgraph_known(attr, bound, write).map(|(t, _)| t)
+    }
+
+    /// Like [`InferCtx::infer_subgraph`], with the known values of the body's outputs.
+    pub fn infer_subgraph_known(&mut self, attr: &str, bound: &[Option<Type>], write: bool) -> Option<BodyOutputs> {
         let label = self.node.op_type.clone();
         let path = format!("{}/{label}.{attr}", self.graph_path);
         let g = self.node.attributes.iter_mut().find(|a| a.name == attr).and_then(|a| match &mut a.value {
@@ -215,16 +220,17 @@ impl InferCtx<'_> {
             _ => None,
         })?;
         if write {
-            let (outs, _) = infer_graph_in(g, bound, &self.scope, self.env, &path);
-            Some(outs)
+            Some(infer_graph_in(g, bound, &self.scope, self.env, &path))
         } else {
             let mut copy = g.clone();
             let mut scratch = Env { opsets: self.env.opsets.clone(), report: InferReport::default() };
-            let (outs, _) = infer_graph_in(&mut copy, bound, &self.scope, &mut scratch, &path);
-            Some(outs)
+            Some(infer_graph_in(&mut copy, bound, &self.scope, &mut scratch, &path))
         }
     }
 }
+
+/// The types and known values of a body's outputs.
+pub type BodyOutputs = (Vec<Option<Type>>, Vec<Option<Known>>);
 
 /// An operand that comes from an attribute or an input, depending on the opset.
 #[derive(Debug, Clone, PartialEq)]
@@ -323,13 +329,7 @@ fn topo_order(g: &Graph) -> Vec<NodeId> {
 /// Infers one graph. `bound` gives types for the graph's inputs by position (subgraph
 /// bodies); `scope` the enclosing values it may capture. Returns the output types and the
 /// output known values.
-fn infer_graph_in(
-    g: &mut Graph,
-    bound: &[Option<Type>],
-    scope: &Scope,
-    env: &mut Env,
-    path: &str,
-) -> (Vec<Option<Type>>, Vec<Option<Known>>) {
+fn infer_graph_in(g: &mut Graph, bound: &[Option<Type>], scope: &Scope, env: &mut Env, path: &str) -> BodyOutputs {
     let n = g.value_count();
     let mut types: Vec<Option<Type>> = vec![None; n];
     let mut knowns: Vec<Option<Known>> = vec![None; n];

@@ -452,6 +452,53 @@ fn loop_widens_carried_shapes_and_stacks_scan_outputs() {
     let body = ln.subgraphs().next().unwrap();
     // The body was annotated with the widened binding, not the first iteration's.
     assert_eq!(body.value(body.outputs()[1]).ty.as_ref().unwrap().to_string(), "f32[?,3]");
+
+    // A for-loop with a known trip count stacks exactly that many scan outputs.
+    let mut b = B::new();
+    let _x = b.input("x", DataType::F32, "2,3");
+    let n = b.ints(vec![], &[5]);
+    let acc0 = b.input("acc", DataType::F32, "0,3");
+    let mut spec = NodeSpec::new("Loop").inputs([n]).input_opt(None).input_opt(Some(acc0));
+    spec.attributes.push(Attribute::new("body", AttrValue::Graph(Box::new(loop_body()))));
+    let outs = b.op_n(spec, 2);
+    let (m, _) = infer(b, 17);
+    assert_eq!(ty(&m, outs[1]), "f32[5,2,3]");
+}
+
+#[test]
+fn known_values_flow_through_if_and_split() {
+    // then: Split([2,3,5,6]) → parts; the If picks the branch from a known condition and its
+    // known outputs feed a Reshape.
+    let mut then_g = Graph::new();
+    let size = then_g.add_outer("size");
+    let id = then_g.add_node(
+        NodeSpec::new("Split")
+            .inputs([size])
+            .outputs(["n", "rest"])
+            .attr(Attribute::int("axis", 0))
+            .attr(Attribute::int("num_outputs", 2)),
+    );
+    let rest = then_g.node(id).output(1).unwrap();
+    then_g.push_output(rest);
+    let mut else_g = Graph::new();
+    let c = else_g.add_initializer("other", Arc::new(Tensor::from_slice(vec![2], &[9i64, 9]).unwrap()));
+    else_g.push_output(c);
+    let mut b = B::new();
+    let size = b.g.add_initializer("size", Arc::new(Tensor::from_slice(vec![4], &[2i64, 3, 5, 6]).unwrap()));
+    let x = b.input("x", DataType::F32, "2,3,5,6");
+    let four = b.ints(vec![], &[4]);
+    let n = b.op("Size", &[size], vec![]);
+    let cond = b.op("Equal", &[n, four], vec![]);
+    let mut spec = NodeSpec::new("If").inputs([cond]);
+    spec.attributes.push(Attribute::new("then_branch", AttrValue::Graph(Box::new(then_g))));
+    spec.attributes.push(Attribute::new("else_branch", AttrValue::Graph(Box::new(else_g))));
+    let hw = b.op_n(spec, 1)[0];
+    let minus = b.ints(vec![1], &[-1]);
+    let shape = b.op("Concat", &[minus, hw], vec![Attribute::int("axis", 0)]);
+    let r = b.op("Reshape", &[x, shape], vec![]);
+    let (m, rep) = infer(b, 18);
+    assert_eq!(ty(&m, r), "f32[6,5,6]");
+    assert!(rep.skipped.is_empty(), "{:?}", rep.skipped);
 }
 
 #[test]

@@ -20,10 +20,22 @@ pub(super) fn register(r: &mut Registry<'_>) {
 fn if_op(cx: &mut InferCtx<'_>) -> InferResult {
     let n = cx.num_outputs();
     let cond = cx.known_ints(0).and_then(|v| v.first().copied());
-    let then_t = cx.infer_subgraph("then_branch", &[], true).unwrap_or_default();
-    let else_t = cx.infer_subgraph("else_branch", &[], true).unwrap_or_default();
+    // With a known condition the other branch is dead: tried on a copy, neither annotated
+    // nor reported (its shapes may well be inconsistent).
+    let (then_t, then_k) = cx.infer_subgraph_known("then_branch", &[], cond.is_none_or(|c| c != 0)).unwrap_or_default();
+    let (else_t, else_k) = cx.infer_subgraph_known("else_branch", &[], cond.is_none_or(|c| c == 0)).unwrap_or_default();
     if then_t.len() != n || else_t.len() != n {
         return Err(format!("If branches have {} and {} outputs for {n}", then_t.len(), else_t.len()));
+    }
+    for i in 0..n {
+        let k = match cond {
+            Some(c) if c != 0 => then_k.get(i).cloned().flatten(),
+            Some(_) => else_k.get(i).cloned().flatten(),
+            None => then_k.get(i).cloned().flatten().filter(|k| else_k.get(i).is_some_and(|e| e.as_ref() == Some(k))),
+        };
+        if let Some(k) = k {
+            cx.set_known(i, k);
+        }
     }
     Ok((0..n)
         .map(|i| match cond {
@@ -89,6 +101,37 @@ fn settle(
     Some((finals, outs))
 }
 
+/// The number of iterations, when it is exactly the trip count: a for-loop (no condition
+/// input), or a true condition the body passes through unchanged.
+fn trip_count(cx: &InferCtx<'_>) -> Option<i64> {
+    let m = cx.known_ints(0)?.first().copied()?.max(0);
+    if !cx.has_input(1) {
+        return Some(m);
+    }
+    if cx.known_ints(1)?.first().copied()? == 0 {
+        return Some(0);
+    }
+    let body = cx.node.attributes.iter().find_map(|a| match (&*a.name, &a.value) {
+        ("body", crate::ir::AttrValue::Graph(g)) => Some(g.as_ref()),
+        _ => None,
+    })?;
+    let cond_in = *body.inputs().get(1)?;
+    let mut v = *body.outputs().first()?;
+    // Follow Identity chains back from the body's condition output.
+    for _ in 0..8 {
+        if v == cond_in {
+            return Some(m);
+        }
+        let p = body.value(v).producer()?;
+        let n = body.node(p);
+        if !n.is_onnx("Identity") {
+            return None;
+        }
+        v = n.input(0)?;
+    }
+    None
+}
+
 fn same_kind(a: Option<&Type>, b: Option<&Type>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => std::mem::discriminant(&a.kind) == std::mem::discriminant(&b.kind),
@@ -122,9 +165,10 @@ fn loop_op(cx: &mut InferCtx<'_>) -> InferResult {
     let carried: Vec<Option<Type>> = (0..n_carried).map(|i| cx.inputs.get(2 + i).cloned().flatten()).collect();
     let fixed = [scalar(DataType::I64), scalar(DataType::Bool)];
     let Some((carried, outs)) = settle(cx, &fixed, carried, 1) else { return Ok(vec![None; nout]) };
+    let trips = trip_count(cx).map_or_else(Dim::unknown, Dim::known);
     let mut result: Vec<Option<Type>> = carried;
     for k in 0..nout.saturating_sub(n_carried) {
-        result.push(stack(outs.get(1 + n_carried + k).and_then(Option::as_ref), 0, Dim::unknown())?);
+        result.push(stack(outs.get(1 + n_carried + k).and_then(Option::as_ref), 0, trips.clone())?);
     }
     result.truncate(nout);
     Ok(result)

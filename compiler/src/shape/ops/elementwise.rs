@@ -105,11 +105,26 @@ pub(super) fn register(r: &mut Registry<'_>) {
 fn unary(cx: &mut InferCtx<'_>) -> InferResult {
     let op = cx.node.op_type.as_str();
     if let Some(k) = cx.known(0) {
-        let out = match op {
-            "Identity" => Some(k.clone()),
-            "Neg" => map_ints(k, |x| x.checked_neg()),
-            "Abs" => map_ints(k, |x| x.checked_abs()),
-            "Not" => map_ints(k, |x| Some(i64::from(x == 0))),
+        let out = match (op, &k.data) {
+            ("Identity", _) => Some(k.clone()),
+            (_, KnownData::Floats(v)) => {
+                let f = |x: f64| match op {
+                    "Neg" => Some(-x),
+                    "Abs" => Some(x.abs()),
+                    "Ceil" => Some(x.ceil()),
+                    "Floor" => Some(x.floor()),
+                    "Round" => Some(x.round_ties_even()),
+                    "Sqrt" => Some(x.sqrt()),
+                    "Reciprocal" => Some(1.0 / x),
+                    "Relu" => Some(x.max(0.0)),
+                    _ => None,
+                };
+                v.iter().map(|&x| f(x)).collect::<Option<Vec<_>>>().and_then(|o| Known::floats(k.dims.clone(), o))
+            }
+            ("Neg", _) => map_ints(k, |x| x.checked_neg()),
+            ("Abs", _) => map_ints(k, |x| x.checked_abs()),
+            ("Relu", _) => map_ints(k, |x| Some(x.max(0))),
+            ("Not", _) => map_ints(k, |x| Some(i64::from(x == 0))),
             _ => None,
         };
         if let Some(o) = out {

@@ -121,7 +121,14 @@ impl Window {
 
 /// `[N, channels, spatial…]` of a conv-like op over input `x`.
 pub(super) fn conv_shape(cx: &InferCtx<'_>, x: usize, w: usize) -> Result<Option<Vec<Dim>>, String> {
-    let Some(xs) = cx.shape(x) else { return Ok(None) };
+    let Some(xs) = cx.shape(x) else {
+        // The weight still gives the rank and the output channels.
+        return Ok(cx.shape(w).filter(|s| s.len() >= 2).map(|s| {
+            let mut out = unknown_dims(s.len());
+            out[1] = bare(&s[0]);
+            out
+        }));
+    };
     if xs.len() < 2 {
         return Err(format!("input of rank {} has no channel axis", xs.len()));
     }

@@ -650,6 +650,24 @@ fn split(cx: &mut InferCtx<'_>) -> InferResult {
             _ => None,
         },
     };
+    // Known values: slice each part along the axis.
+    if let (Some(k), Some(sz)) = (cx.known(0).cloned(), sizes.as_ref().and_then(|v| concrete(v)))
+        && k.dims.len() == input.len()
+    {
+        let mut start = 0usize;
+        for (i, &len) in sz.iter().enumerate() {
+            let idx: Vec<Vec<usize>> = k
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(ax, &d)| if ax == a { (start..start + len).collect() } else { (0..d).collect() })
+                .collect();
+            start += len;
+            if let Some(part) = gather_grid(&k, &idx) {
+                cx.set_known(i, part);
+            }
+        }
+    }
     Ok((0..n)
         .map(|i| {
             let mut s = bare_all(&input);
