@@ -642,3 +642,10 @@ fn hostile_attributes_do_not_panic() {
     let (_, r) = infer(b, 17);
     assert!(!r.skipped.is_empty());
 }
+
+#[test]
+fn table_size() {
+    let n: usize = super::ops::table().values().map(|d| d.len()).sum();
+    eprintln!("op table: {n} entries");
+    assert!(n > 200);
+}
