@@ -14,6 +14,7 @@ pub mod onnx;
 pub mod pass;
 pub mod runtime;
 pub mod safetensors;
+pub mod shape;
 pub mod tensor;
 pub mod verify;
 pub mod weights;
