@@ -7,7 +7,7 @@ use kiln::compiler::safetensors::{BindOptions, Checkpoint, DtypePolicy, PrefixRu
 use kiln::compiler::verify::check_model;
 use kiln::compiler::weights::bind_weights;
 
-use crate::{Failure, Ui, write_json};
+use crate::{Failure, Ui, invalid_model, write_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,10 +51,7 @@ struct Report {
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let mut model = load_model(&args.input)?;
-    check_model(&model).map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", args.input.display())).collect();
-        Failure::bad_input(lines.join("\nerror: "))
-    })?;
+    check_model(&model).map_err(|e| invalid_model(&args.input, &e))?;
 
     let mut weights = None;
     if let Some(ckpt_path) = &args.weights {
@@ -90,7 +87,23 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
             let mut lines: Vec<String> = summary
                 .mismatched
                 .iter()
-                .map(|m| format!("{}: tensor '{}': {m:?}", ckpt_path.display(), m.name))
+                .map(|m| {
+                    let what = match (m.dtype_differs(), m.shape_differs()) {
+                        (true, true) => "type and shape differ",
+                        (true, false) => "type differs",
+                        _ => "shape differs",
+                    };
+                    format!(
+                        "{}: tensor '{}' is {}{:?} but initializer '{}' is {}{:?} ({what})",
+                        ckpt_path.display(),
+                        m.checkpoint_name,
+                        m.found.dtype,
+                        m.found.dims,
+                        m.name,
+                        m.expected.dtype,
+                        m.expected.dims
+                    )
+                })
                 .collect();
             lines.extend(summary.ambiguous.iter().map(|a| {
                 format!(

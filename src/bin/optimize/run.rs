@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use kiln::compiler::execute::{expose_values, load_session};
 use kiln::compiler::npy::{read_npy, read_npz, write_npy};
 use kiln::compiler::onnx::load_model;
-use kiln::compiler::runtime::{Executor, OrtExecutor, SessionConfig, Value};
+use kiln::compiler::runtime::{Executor, OrtExecutor, RuntimeError, SessionConfig, Value};
 use kiln::compiler::verify::check_model;
 
-use crate::{Failure, Ui};
+use kiln::exit::ExitStatus;
+
+use crate::{Failure, Ui, invalid_model};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExecutorChoice {
@@ -51,17 +53,18 @@ fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
     }
 }
 
-fn read_inputs(specs: &[String]) -> Result<Vec<(String, Value)>, Failure> {
+/// The inputs, each with the file it was read from (to name it when the model refuses it).
+fn read_inputs(specs: &[String]) -> Result<Vec<(String, Value, PathBuf)>, Failure> {
     let mut inputs = Vec::new();
     for spec in specs {
         match spec.split_once('=') {
             Some((name, file)) => {
                 let t = read_npy(Path::new(file)).map_err(Failure::bad_input)?;
-                inputs.push((name.to_string(), Value::Tensor(t)));
+                inputs.push((name.to_string(), Value::Tensor(t), PathBuf::from(file)));
             }
             None if spec.ends_with(".npz") => {
                 for (name, t) in read_npz(Path::new(spec)).map_err(Failure::bad_input)? {
-                    inputs.push((name, Value::Tensor(t)));
+                    inputs.push((name, Value::Tensor(t), PathBuf::from(spec)));
                 }
             }
             None => return Err(Failure::bad_input(format!("--input '{spec}': expected NAME=FILE.npy or FILE.npz"))),
@@ -79,19 +82,29 @@ fn file_name_for(name: &str) -> String {
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let mut model = load_model(&args.model)?;
-    check_model(&model).map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", args.model.display())).collect();
-        Failure::bad_input(lines.join("\nerror: "))
-    })?;
+    check_model(&model).map_err(|e| invalid_model(&args.model, &e))?;
     expose_values(&mut model, &args.output)
         .map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
-    let inputs = read_inputs(&args.input)?;
+    let sourced = read_inputs(&args.input)?;
     let exec = executor(args.executor)?;
     let config = SessionConfig { intra_threads: args.threads, ..SessionConfig::default() };
     let base = args.model.parent().map(Path::to_path_buf);
     let mut session = load_session(exec.as_ref(), &model, base.as_deref(), &config)?;
     let wanted = if args.output.is_empty() { None } else { Some(args.output.as_slice()) };
-    let outputs = session.run(&inputs, wanted)?;
+    let (inputs, files): (Vec<(String, Value)>, Vec<(String, PathBuf)>) =
+        sourced.into_iter().map(|(n, v, f)| ((n.clone(), v), (n, f))).unzip();
+    let outputs = session.run(&inputs, wanted).map_err(|e| {
+        // Name the file at fault: the input's file when its value was refused, else the model.
+        let refused = match &e {
+            RuntimeError::WrongDtype { name, .. }
+            | RuntimeError::WrongShape { name, .. }
+            | RuntimeError::WrongKind { name, .. }
+            | RuntimeError::DuplicateInput { name } => Some(name),
+            _ => None,
+        };
+        let file = refused.and_then(|n| files.iter().find(|(m, _)| m == n)).map_or(&args.model, |(_, f)| f);
+        Failure { status: ExitStatus::of_runtime(&e), message: format!("{}: {e}", file.display()) }
+    })?;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     }
