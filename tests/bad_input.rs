@@ -428,3 +428,39 @@ fn convert_in_place() {
         assert!(out.stdout.contains("y: f32[1, 4]"), "{}", out.stdout);
     }
 }
+
+/// Paths without a folder (`model.onnx`, run from the model's folder) and the mode of what
+/// `convert` writes: an ordinary file's, not a private temp file's.
+#[test]
+fn relative_paths_and_output_mode() {
+    let sc = Scratch::new();
+    std::fs::write(sc.input.join("w.bin"), f32_bytes(&w_values())).unwrap();
+    sc.write_model(&model(graph_with(f32_external("W", &[4, 4], "w.bin", Some(0), Some(64)))));
+    let x = sc.x_npy();
+    let cwd = Some(sc.input.as_path());
+    let out = optimize_in(cwd, &["inspect", "model.onnx"], &[]);
+    assert_ok(&out);
+    let out = optimize_in(cwd, &["run", "model.onnx", "--input", &format!("x={}", s(&x))], &[]);
+    assert_ok(&out);
+    let out = optimize_in(
+        cwd,
+        &["convert", "model.onnx", "copy.onnx", "--external-data", "copy.bin", "--threshold", "0"],
+        &[],
+    );
+    assert_ok(&out);
+    let out = optimize_in(cwd, &["convert", "copy.onnx", "../out/back.onnx"], &[]);
+    assert_ok(&out);
+    assert_eq!(listing(&sc.out), vec!["back.onnx".to_string(), "copy.bin".to_string()]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A file made the ordinary way shows what the umask allows.
+        let plain = sc.out.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        for f in ["back.onnx", "copy.bin"] {
+            assert_eq!(mode(&sc.out.join(f)), mode(&plain), "{f}");
+        }
+        assert_eq!(mode(&sc.input.join("copy.onnx")), mode(&plain));
+    }
+}

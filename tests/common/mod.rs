@@ -43,7 +43,15 @@ impl Outcome {
 /// Runs `optimize ARGS` with the test's environment plus `env` (a `None` value removes the
 /// variable), and waits for it, recording its peak memory.
 pub fn optimize_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, Option<&OsStr>)]) -> Outcome {
+    optimize_in(None, args, env)
+}
+
+/// [`optimize_env`] in the working folder `cwd`.
+pub fn optimize_in<S: AsRef<OsStr>>(cwd: Option<&Path>, args: &[S], env: &[(&str, Option<&OsStr>)]) -> Outcome {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_optimize"));
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         match v {

@@ -53,18 +53,20 @@ fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
     }
 }
 
-/// The inputs, each with the file it was read from (to name it when the model refuses it).
-fn read_inputs(specs: &[String]) -> Result<Vec<(String, Value, PathBuf)>, Failure> {
+/// The inputs; `files` gets each input's file (to name it when the model refuses the value).
+fn read_inputs(specs: &[String], files: &mut Vec<(String, PathBuf)>) -> Result<Vec<(String, Value)>, Failure> {
     let mut inputs = Vec::new();
     for spec in specs {
         match spec.split_once('=') {
             Some((name, file)) => {
                 let t = read_npy(Path::new(file)).map_err(Failure::bad_input)?;
-                inputs.push((name.to_string(), Value::Tensor(t), PathBuf::from(file)));
+                inputs.push((name.to_string(), Value::Tensor(t)));
+                files.push((name.to_string(), PathBuf::from(file)));
             }
             None if spec.ends_with(".npz") => {
                 for (name, t) in read_npz(Path::new(spec)).map_err(Failure::bad_input)? {
-                    inputs.push((name, Value::Tensor(t), PathBuf::from(spec)));
+                    files.push((name.clone(), PathBuf::from(spec)));
+                    inputs.push((name, Value::Tensor(t)));
                 }
             }
             None => return Err(Failure::bad_input(format!("--input '{spec}': expected NAME=FILE.npy or FILE.npz"))),
@@ -85,14 +87,13 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     check_model(&model).map_err(|e| invalid_model(&args.model, &e))?;
     expose_values(&mut model, &args.output)
         .map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
-    let sourced = read_inputs(&args.input)?;
+    let mut files = Vec::new();
+    let inputs = read_inputs(&args.input, &mut files)?;
     let exec = executor(args.executor)?;
     let config = SessionConfig { intra_threads: args.threads, ..SessionConfig::default() };
     let base = args.model.parent().map(Path::to_path_buf);
     let mut session = load_session(exec.as_ref(), &model, base.as_deref(), &config)?;
     let wanted = if args.output.is_empty() { None } else { Some(args.output.as_slice()) };
-    let (inputs, files): (Vec<(String, Value)>, Vec<(String, PathBuf)>) =
-        sourced.into_iter().map(|(n, v, f)| ((n.clone(), v), (n, f))).unzip();
     let outputs = session.run(&inputs, wanted).map_err(|e| {
         // Name the file at fault: the input's file when its value was refused, else the model.
         let refused = match &e {
