@@ -38,7 +38,11 @@ pub(crate) fn map_file(path: &Path) -> Result<Bytes, OnnxError> {
 /// Reads a model from a file; external data is resolved next to it.
 pub fn load_model(path: &Path) -> Result<Model, OnnxError> {
     let bytes = map_file(path)?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // `model.onnx` has the parent `""`, which names no folder: its data is in `.`.
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     decode_model(bytes, path, Some(&base))
 }
 

@@ -27,8 +27,20 @@ impl AtomicFile {
     /// Starts writing `target` (a temporary file in the same folder until committed).
     pub fn create(target: &Path) -> Result<AtomicFile, OnnxError> {
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp =
-            tempfile::Builder::new().prefix(".kiln-tmp-").tempfile_in(dir).map_err(|e| OnnxError::io(target, e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".kiln-tmp-");
+        // Temp files are private (0600) by default; the output is an ordinary file, so it
+        // gets an ordinary file's mode (0666 less the umask).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(dir).map_err(|e| {
+            // The OS error names the temp file, which the user never asked for; name the folder.
+            if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+                let message = format!("cannot write here: the folder '{}' does not exist", dir.display());
+                return OnnxError::io(target, std::io::Error::new(std::io::ErrorKind::NotFound, message));
+            }
+            OnnxError::io(target, e)
+        })?;
         let out = BufWriter::with_capacity(CHUNK, tmp.reopen().map_err(|e| OnnxError::io(target, e))?);
         Ok(AtomicFile { target: target.to_path_buf(), tmp, out, pos: 0 })
     }

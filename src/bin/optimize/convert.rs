@@ -85,7 +85,23 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
             let mut lines: Vec<String> = summary
                 .mismatched
                 .iter()
-                .map(|m| format!("{}: tensor '{}': {m:?}", ckpt_path.display(), m.name))
+                .map(|m| {
+                    let what = match (m.dtype_differs(), m.shape_differs()) {
+                        (true, true) => "type and shape differ",
+                        (true, false) => "type differs",
+                        _ => "shape differs",
+                    };
+                    format!(
+                        "{}: tensor '{}' is {}{:?} but initializer '{}' is {}{:?} ({what})",
+                        ckpt_path.display(),
+                        m.checkpoint_name,
+                        m.found.dtype,
+                        m.found.dims,
+                        m.name,
+                        m.expected.dtype,
+                        m.expected.dims
+                    )
+                })
                 .collect();
             lines.extend(summary.ambiguous.iter().map(|a| {
                 format!(

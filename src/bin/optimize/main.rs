@@ -62,6 +62,14 @@ impl From<kiln::compiler::runtime::RuntimeError> for Failure {
     }
 }
 
+/// The verifier's errors as one failure, each problem on its own line naming the file (the
+/// first becomes the `error:` line, the rest follow it).
+pub fn invalid_model(path: &std::path::Path, e: &kiln::compiler::verify::VerifyError) -> Failure {
+    let lines: Vec<String> =
+        e.0.iter().map(|p| format!("{}: {}: {}: {}", path.display(), p.graph, p.location, p.message)).collect();
+    Failure::bad_input(lines.join("\nerror: "))
+}
+
 /// Output shared by the commands: quiet mode, JSON.
 pub struct Ui {
     pub quiet: bool,
@@ -82,10 +90,7 @@ impl Ui {
 /// Loads a model and refuses it, listing every problem, when the verifier finds errors.
 pub fn load_verified(path: &std::path::Path) -> Result<kiln::compiler::ir::Model, Failure> {
     let model = kiln::compiler::onnx::load_model(path)?;
-    kiln::compiler::verify::check_model(&model).map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|p| format!("{}: {p}", path.display())).collect();
-        Failure::bad_input(lines.join("\nerror: "))
-    })?;
+    kiln::compiler::verify::check_model(&model).map_err(|e| invalid_model(path, &e))?;
     Ok(model)
 }
 

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use kiln::compiler::execute::{expose_values, load_session};
 use kiln::compiler::npy::{read_npy, read_npz, write_npy};
-use kiln::compiler::runtime::{Executor, OrtExecutor, SessionConfig, Value};
+use kiln::compiler::runtime::{Executor, OrtExecutor, RuntimeError, SessionConfig, Value};
+use kiln::exit::ExitStatus;
 
 use crate::{Failure, Ui, load_verified};
 
@@ -49,16 +50,19 @@ fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
     }
 }
 
-fn read_inputs(specs: &[String]) -> Result<Vec<(String, Value)>, Failure> {
+/// The inputs; `files` gets each input's file (to name it when the model refuses the value).
+fn read_inputs(specs: &[String], files: &mut Vec<(String, PathBuf)>) -> Result<Vec<(String, Value)>, Failure> {
     let mut inputs = Vec::new();
     for spec in specs {
         match spec.split_once('=') {
             Some((name, file)) => {
                 let t = read_npy(Path::new(file)).map_err(Failure::bad_input)?;
                 inputs.push((name.to_string(), Value::Tensor(t)));
+                files.push((name.to_string(), PathBuf::from(file)));
             }
             None if spec.ends_with(".npz") => {
                 for (name, t) in read_npz(Path::new(spec)).map_err(Failure::bad_input)? {
+                    files.push((name.clone(), PathBuf::from(spec)));
                     inputs.push((name, Value::Tensor(t)));
                 }
             }
@@ -79,7 +83,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let mut model = load_verified(&args.model)?;
     expose_values(&mut model, &args.output)
         .map_err(|e| Failure::bad_input(format!("{}: {e}", args.model.display())))?;
-    let inputs = read_inputs(&args.input)?;
+    let mut files = Vec::new();
+    let inputs = read_inputs(&args.input, &mut files)?;
     let exec = executor(args.executor)?;
     let config = SessionConfig { intra_threads: args.threads, ..SessionConfig::default() };
     let base = args.model.parent().map(Path::to_path_buf);
@@ -90,7 +95,18 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     };
     let mut session = load_session(exec.as_ref(), &model, base.as_deref(), &config).map_err(in_model)?;
     let wanted = if args.output.is_empty() { None } else { Some(args.output.as_slice()) };
-    let outputs = session.run(&inputs, wanted).map_err(in_model)?;
+    let outputs = session.run(&inputs, wanted).map_err(|e| {
+        // Name the file at fault: the input's file when its value was refused, else the model.
+        let refused = match &e {
+            RuntimeError::WrongDtype { name, .. }
+            | RuntimeError::WrongShape { name, .. }
+            | RuntimeError::WrongKind { name, .. }
+            | RuntimeError::DuplicateInput { name } => Some(name),
+            _ => None,
+        };
+        let file = refused.and_then(|n| files.iter().find(|(m, _)| m == n)).map_or(&args.model, |(_, f)| f);
+        Failure { status: ExitStatus::of_runtime(&e), message: format!("{}: {e}", file.display()) }
+    })?;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     }
