@@ -195,3 +195,60 @@ pub fn fixture(name: &str) -> Model {
     let p = kiln_fixtures::model(name).expect("fixture installed (cargo xtask fixtures)");
     kiln_compiler::onnx::load_model(&p).expect("fixture loads")
 }
+
+/// A terse graph builder for rule tests.
+pub struct B {
+    pub g: Graph,
+    pub rng: Rng,
+    n: usize,
+}
+
+impl B {
+    pub fn new(seed: u64) -> B {
+        B { g: Graph::new(), rng: Rng::new(seed), n: 0 }
+    }
+    pub fn input(&mut self, name: &str, dims: &[usize]) -> ValueId {
+        self.g.add_input(name, f32_type(dims))
+    }
+    pub fn input_typed(&mut self, name: &str, dtype: DataType, dims: &[usize]) -> ValueId {
+        self.g.add_input(name, Some(Type::tensor(TensorType::with_dims(dtype, dims))))
+    }
+    /// A random f32 initializer in [lo, hi).
+    pub fn weight(&mut self, name: &str, dims: &[usize], lo: f32, hi: f32) -> ValueId {
+        let t = self.rng.tensor(dims, lo, hi);
+        init(&mut self.g, name, t)
+    }
+    pub fn konst(&mut self, name: &str, t: Tensor) -> ValueId {
+        init(&mut self.g, name, t)
+    }
+    pub fn scalar(&mut self, v: f32) -> ValueId {
+        self.n += 1;
+        let name = format!("c{}", self.n);
+        scalar(&mut self.g, &name, v)
+    }
+    pub fn ints(&mut self, v: &[i64]) -> ValueId {
+        self.n += 1;
+        let name = format!("i{}", self.n);
+        init(&mut self.g, &name, Tensor::from_slice(vec![v.len()], v).unwrap())
+    }
+    /// Adds a node with one output; returns it.
+    pub fn op(&mut self, op: &str, inputs: &[ValueId], attrs: Vec<kiln_compiler::ir::Attribute>) -> ValueId {
+        self.n += 1;
+        let mut spec = kiln_compiler::ir::NodeSpec::new(op).name(format!("{op}_{}", self.n)).inputs(inputs.iter().copied()).outputs([format!("{op}_{}_out", self.n)]);
+        spec.attributes = attrs;
+        let id = self.g.add_node(spec);
+        self.g.node(id).output(0).unwrap()
+    }
+    /// Declares the type of a value (what shape inference would say).
+    pub fn declare(&mut self, v: ValueId, dims: &[usize]) {
+        self.g.value_mut(v).ty = f32_type(dims);
+    }
+    pub fn output(&mut self, v: ValueId) {
+        self.g.push_output(v);
+    }
+    pub fn model(self, opset: i64) -> Model {
+        model(self.g, opset)
+    }
+}
+
+pub use kiln_compiler::ir::Attribute as A;
