@@ -12,7 +12,8 @@ fn report(name: &str, entries: &[kiln_compiler::pass::ReportEntry]) {
     rules.dedup();
     for r in rules {
         let a = entries.iter().filter(|e| e.rule == r && e.kind == "applied").count();
-        let mut reasons: Vec<&str> = entries.iter().filter(|e| e.rule == r && e.kind != "applied").map(|e| e.detail.as_str()).collect();
+        let mut reasons: Vec<&str> =
+            entries.iter().filter(|e| e.rule == r && e.kind != "applied").map(|e| e.detail.as_str()).collect();
         reasons.sort_unstable();
         reasons.dedup();
         eprintln!("{name}: {r}: applied {a}; not matched: {reasons:?}");

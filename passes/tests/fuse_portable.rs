@@ -58,7 +58,11 @@ fn conv_bn_with_a_runtime_scale_stays() {
 }
 
 /// Conv → Mul(k) and/or Add(k) with a constant of `k_dims`, operands in the given order.
-fn conv_affine(op: &str, k_dims: &[usize], const_first: bool) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
+fn conv_affine(
+    op: &str,
+    k_dims: &[usize],
+    const_first: bool,
+) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
     let mut b = B::new(2);
     let x = b.input("x", &[1, 3, 6, 6]);
     let w = b.weight("w", &[4, 3, 1, 1], -0.5, 0.5);
@@ -94,7 +98,10 @@ fn conv_mul_by_a_spatial_constant_stays() {
     assert_same(&before, &after, &feeds, 0.0);
 }
 
-fn matmul_add(a_dims: Option<&[usize]>, feed_dims: &[usize]) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
+fn matmul_add(
+    a_dims: Option<&[usize]>,
+    feed_dims: &[usize],
+) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
     let mut b = B::new(3);
     let a = b.g.add_input("a", a_dims.and_then(f32_type));
     let w = b.weight("w", &[5, 4], -1.0, 1.0);
@@ -134,7 +141,11 @@ fn matmul_add_on_3d_or_unknown_a_stays() {
 }
 
 /// A written-out layer norm over `axis` of x [2, 5, 8], with gamma/beta in swapped orders.
-pub fn decomposed_ln(opset: i64, axis: i64, squared_by_mul: bool) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
+pub fn decomposed_ln(
+    opset: i64,
+    axis: i64,
+    squared_by_mul: bool,
+) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
     let mut b = B::new(4);
     let x = b.input("x", &[2, 5, 8]);
     let axes = |b: &mut B| -> (Vec<kiln_compiler::ir::ValueId>, Vec<A>) {

@@ -234,7 +234,10 @@ impl B {
     /// Adds a node with one output; returns it.
     pub fn op(&mut self, op: &str, inputs: &[ValueId], attrs: Vec<kiln_compiler::ir::Attribute>) -> ValueId {
         self.n += 1;
-        let mut spec = kiln_compiler::ir::NodeSpec::new(op).name(format!("{op}_{}", self.n)).inputs(inputs.iter().copied()).outputs([format!("{op}_{}_out", self.n)]);
+        let mut spec = kiln_compiler::ir::NodeSpec::new(op)
+            .name(format!("{op}_{}", self.n))
+            .inputs(inputs.iter().copied())
+            .outputs([format!("{op}_{}_out", self.n)]);
         spec.attributes = attrs;
         let id = self.g.add_node(spec);
         self.g.node(id).output(0).unwrap()
@@ -251,4 +254,5 @@ impl B {
     }
 }
 
+#[allow(unused_imports)]
 pub use kiln_compiler::ir::Attribute as A;
