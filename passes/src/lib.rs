@@ -1,1 +1,3 @@
 //! kiln-passes: filled by its issue; see ../shared/DESIGN.md.
+
+pub mod fuse;
