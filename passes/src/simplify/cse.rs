@@ -209,3 +209,132 @@ fn hash_tensor(t: &Tensor, h: &mut DefaultHasher) {
         TensorData::Strings(s) => s.hash(h),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_compiler::DataType;
+    use kiln_compiler::ir::NodeSpec;
+
+    use super::*;
+    use crate::testing::*;
+
+    fn pass() -> EliminateCommonSubexpressions {
+        EliminateCommonSubexpressions::new()
+    }
+
+    /// `y = Relu(x) + Relu(x)`, `z = Exp(Relu(x))` twice over, with `op` in place of Relu.
+    fn twin(spec: impl Fn() -> NodeSpec) -> Model {
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[3])));
+        let a = op(&mut g, spec().inputs([x]).outputs(["a"]));
+        let b = op(&mut g, spec().inputs([x]).outputs(["b"]));
+        let ea = op(&mut g, NodeSpec::new("Exp").inputs([a]).outputs(["ea"]));
+        let eb = op(&mut g, NodeSpec::new("Exp").inputs([b]).outputs(["eb"]));
+        let y = op(&mut g, NodeSpec::new("Add").inputs([ea, eb]).outputs(["y"]));
+        output(&mut g, y, tensor_ty(DataType::F32, &[3]));
+        model(g, 17)
+    }
+
+    #[test]
+    fn identical_nodes_merge_and_cascade() {
+        require_ort().unwrap();
+        let leaky = || NodeSpec::new("LeakyRelu").attr(Attribute::float("alpha", 0.2));
+        let before = twin(leaky);
+        let mut after = before.clone();
+        let (changed, report) = apply(&pass(), &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes);
+        assert_eq!(entries(&report, "applied", RULE).len(), 2, "{report:?}");
+        assert_eq!(after.graph.as_ref().unwrap().node_count(), 3);
+        check_same_outputs(&before, &after, 1, Tolerance::EXACT).unwrap();
+    }
+
+    #[test]
+    fn different_attributes_and_random_ops_do_not_merge() {
+        let mut m = twin(|| NodeSpec::new("LeakyRelu").attr(Attribute::float("alpha", 0.2)));
+        let g = m.graph.as_mut().unwrap();
+        let second = g.node_ids()[1];
+        g.node_mut(second).attributes[0] = Attribute::float("alpha", 0.3);
+        assert_eq!(apply(&pass(), &mut m).unwrap().0, Changed::No);
+        let mut m = twin(|| NodeSpec::new("RandomUniformLike"));
+        assert_eq!(apply(&pass(), &mut m).unwrap().0, Changed::No);
+        let mut m = twin(|| NodeSpec::new("Frob").domain("com.example"));
+        assert_eq!(apply(&pass(), &mut m).unwrap().0, Changed::No);
+    }
+
+    #[test]
+    fn duplicate_graph_outputs_keep_their_names() {
+        require_ort().unwrap();
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[3])));
+        let a = op(&mut g, NodeSpec::new("Neg").inputs([x]).outputs(["a"]));
+        let b = op(&mut g, NodeSpec::new("Neg").inputs([x]).outputs(["b"]));
+        let c = op(&mut g, NodeSpec::new("Exp").inputs([a]).outputs(["c"]));
+        output(&mut g, b, tensor_ty(DataType::F32, &[3]));
+        output(&mut g, c, tensor_ty(DataType::F32, &[3]));
+        let before = model(g, 17);
+        let mut after = before.clone();
+        assert_eq!(apply(&pass(), &mut after).unwrap().0, Changed::Yes);
+        let g = after.graph.as_ref().unwrap();
+        assert_eq!(g.node_count(), 2);
+        assert_eq!(g.value(g.outputs()[0]).name, "b");
+        check_same_outputs(&before, &after, 2, Tolerance::EXACT).unwrap();
+
+        // Both duplicates are graph outputs: neither can take the other's name.
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[3])));
+        let a = op(&mut g, NodeSpec::new("Neg").inputs([x]).outputs(["a"]));
+        let b = op(&mut g, NodeSpec::new("Neg").inputs([x]).outputs(["b"]));
+        output(&mut g, a, tensor_ty(DataType::F32, &[3]));
+        output(&mut g, b, tensor_ty(DataType::F32, &[3]));
+        let mut m = model(g, 17);
+        let (changed, report) = apply(&pass(), &mut m).unwrap();
+        assert_eq!(changed, Changed::No);
+        assert_eq!(entries(&report, "missed", RULE).len(), 1);
+    }
+
+    /// `y = x * c1 + x * c2` with the two constants given.
+    fn two_constants(c1: Tensor, c2: Tensor) -> Model {
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[2])));
+        let c1 = constant(&mut g, "c1", c1);
+        let c2 = constant(&mut g, "c2", c2);
+        let a = op(&mut g, NodeSpec::new("Mul").inputs([x, c1]).outputs(["a"]));
+        let b = op(&mut g, NodeSpec::new("Mul").inputs([x, c2]).outputs(["b"]));
+        let y = op(&mut g, NodeSpec::new("Add").inputs([a, b]).outputs(["y"]));
+        output(&mut g, y, tensor_ty(DataType::F32, &[2]));
+        model(g, 17)
+    }
+
+    #[test]
+    fn equal_initializers_merge_then_their_readers() {
+        require_ort().unwrap();
+        let t = || Tensor::from_slice(vec![2], &[1.5f32, -2.0]).unwrap();
+        let before = two_constants(t(), t());
+        let mut after = before.clone();
+        let (changed, report) = apply(&pass(), &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes);
+        assert_eq!(entries(&report, "applied", RULE).len(), 2, "{report:?}");
+        let g = after.graph.as_ref().unwrap();
+        assert_eq!(g.initializers().len(), 1);
+        assert_eq!(g.node_count(), 2);
+        check_same_outputs(&before, &after, 1, Tolerance::EXACT).unwrap();
+    }
+
+    #[test]
+    fn different_or_large_initializers_stay() {
+        let mut m = two_constants(
+            Tensor::from_slice(vec![2], &[1.5f32, -2.0]).unwrap(),
+            Tensor::from_slice(vec![2], &[1.5f32, 2.0]).unwrap(),
+        );
+        assert_eq!(apply(&pass(), &mut m).unwrap().0, Changed::No);
+        // Same bytes, other shape.
+        let mut m = two_constants(
+            Tensor::from_slice(vec![2], &[1.5f32, -2.0]).unwrap(),
+            Tensor::from_slice(vec![1, 2], &[1.5f32, -2.0]).unwrap(),
+        );
+        assert_eq!(apply(&pass(), &mut m).unwrap().0, Changed::No);
+        let t = || Tensor::from_slice(vec![2], &[1.5f32, -2.0]).unwrap();
+        let mut m = two_constants(t(), t());
+        assert_eq!(apply(&pass().max_initializer_bytes(4), &mut m).unwrap().0, Changed::No);
+    }
+}

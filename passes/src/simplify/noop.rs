@@ -48,8 +48,9 @@ impl Pass for EliminateNoOps {
 
 /// What a rule found for one node.
 enum Found {
-    /// The node's first output equals `to`: remove the node, its readers read `to`.
-    Forward { rule: &'static str, to: ValueId },
+    /// The node's first output equals `to`: remove the node, its readers read `to`; then
+    /// remove `inner` too if nothing reads it any more.
+    Forward { rule: &'static str, to: ValueId, inner: Option<NodeId> },
     /// The node was rewritten in place (a chain collapsed).
     Rewritten { rule: &'static str, detail: String },
 }
@@ -96,7 +97,7 @@ impl Cx<'_> {
                 self.report.applied(rule, where_, detail);
                 true
             }
-            Found::Forward { rule, to } => {
+            Found::Forward { rule, to, inner } => {
                 let n = self.g.node(id);
                 let Some(out) = n.output(0) else { return false };
                 let extra_read = n.outputs().iter().skip(1).flatten().any(|&v| is_used(self.g, v, captured));
@@ -114,6 +115,9 @@ impl Cx<'_> {
                 let detail = format!("'{}' is '{}'", self.g.value(out).name, self.g.value(to).name);
                 self.g.remove_node(id);
                 forward(self.g, out, to, captured);
+                if let Some(inner) = inner {
+                    self.remove_if_unread(inner, captured);
+                }
                 self.report.applied(rule, where_, detail);
                 true
             }
@@ -126,7 +130,7 @@ impl Cx<'_> {
             return None;
         }
         let x = n.input(0)?;
-        let forward = |rule| Some(Found::Forward { rule, to: x });
+        let forward = |rule| Some(Found::Forward { rule, to: x, inner: None });
         match n.op_type.as_str() {
             "Identity" => forward("identity"),
             "Dropout" if self.dropout_is_inference(id) => forward("dropout-inference"),
@@ -134,7 +138,7 @@ impl Cx<'_> {
             "Cast" => self.cast_chain(id, captured),
             "CastLike" => {
                 let (a, b) = (dtype_of(self.g, x, self.scope), dtype_of(self.g, n.input(1)?, self.scope));
-                (a.is_some() && a == b).then_some(Found::Forward { rule: "cast-same-type", to: x })
+                (a.is_some() && a == b).then_some(Found::Forward { rule: "cast-same-type", to: x, inner: None })
             }
             "Concat" if n.inputs().len() == 1 => forward("concat-single"),
             "Reshape" if self.reshape_is_noop(id) => forward("reshape-noop"),
@@ -372,7 +376,7 @@ impl Cx<'_> {
             Some(v)
         };
         let (a, b) = (normalize(&outer)?, normalize(&inner)?);
-        (a == b && !a.is_empty()).then_some(Found::Forward { rule: pair, to: x })
+        (a == b && !a.is_empty()).then_some(Found::Forward { rule: pair, to: x, inner: Some(m) })
     }
 
     /// Removes a node whose outputs nobody reads any more.
@@ -418,5 +422,315 @@ pub(crate) fn exactly_holds(from: DataType, to: DataType) -> bool {
         D::F16 | D::BF16 => matches!(to, D::F32 | D::F64),
         D::F32 => to == D::F64,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_compiler::ir::{NodeSpec, Type, ValueId};
+    use kiln_compiler::pass::Changed;
+    use kiln_compiler::tensor::Tensor;
+
+    use super::*;
+    use crate::testing::*;
+
+    const F32: DataType = DataType::F32;
+
+    fn i64s(v: &[i64]) -> Tensor {
+        Tensor::from_slice(vec![v.len()], v).unwrap()
+    }
+
+    /// A model `y = Exp(build(x))` (the Exp keeps the rewritten value off the graph output).
+    fn model_of(x_ty: Type, opset: i64, build: impl Fn(&mut Graph, ValueId) -> ValueId) -> Model {
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(x_ty));
+        let b = build(&mut g, x);
+        let y = op(&mut g, NodeSpec::new("Exp").inputs([b]).outputs(["y"]));
+        g.value_mut(y).ty = None;
+        g.push_output(y);
+        model(g, opset)
+    }
+
+    /// The rule fires, leaves `nodes` nodes, and the numbers do not move.
+    fn fires(m: Model, rule: &str, nodes: usize) -> Model {
+        require_ort().unwrap();
+        let mut after = m.clone();
+        let (changed, report) = apply(&EliminateNoOps, &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes, "{report:?}");
+        assert!(!entries(&report, "applied", rule).is_empty(), "{rule}: {report:?}");
+        assert_eq!(after.graph.as_ref().unwrap().node_count(), nodes, "{report:?}");
+        for seed in 0..3 {
+            check_same_outputs(&m, &after, seed, Tolerance::EXACT).unwrap();
+        }
+        after
+    }
+
+    fn stays(mut m: Model) {
+        let nodes = m.graph.as_ref().unwrap().node_count();
+        let (changed, report) = apply(&EliminateNoOps, &mut m).unwrap();
+        assert_eq!(changed, Changed::No, "{report:?}");
+        assert_eq!(m.graph.as_ref().unwrap().node_count(), nodes);
+    }
+
+    fn unary(op_type: &'static str) -> impl Fn(&mut Graph, ValueId) -> ValueId {
+        move |g, x| op(g, NodeSpec::new(op_type).inputs([x]).outputs(["u"]))
+    }
+
+    #[test]
+    fn identity_and_single_input_concat() {
+        fires(model_of(tensor_ty(F32, &[3]), 17, unary("Identity")), "identity", 1);
+        let concat = |g: &mut Graph, x| op(g, NodeSpec::new("Concat").inputs([x]).outputs(["u"]).attr(Attribute::int("axis", 0)));
+        fires(model_of(tensor_ty(F32, &[3]), 17, concat), "concat-single", 1);
+        let concat2 =
+            |g: &mut Graph, x| op(g, NodeSpec::new("Concat").inputs([x, x]).outputs(["u"]).attr(Attribute::int("axis", 0)));
+        stays(model_of(tensor_ty(F32, &[3]), 17, concat2));
+    }
+
+    #[test]
+    fn graph_outputs_keep_their_names() {
+        require_ort().unwrap();
+        // y = Identity(Relu(x)): Relu now writes 'y'.
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(F32, &[3])));
+        let r = op(&mut g, NodeSpec::new("Relu").inputs([x]).outputs(["r"]));
+        let y = op(&mut g, NodeSpec::new("Identity").inputs([r]).outputs(["y"]));
+        output(&mut g, y, tensor_ty(F32, &[3]));
+        let before = model(g, 17);
+        let mut after = before.clone();
+        assert_eq!(apply(&EliminateNoOps, &mut after).unwrap().0, Changed::Yes);
+        let g = after.graph.as_ref().unwrap();
+        assert_eq!(g.node_count(), 1);
+        let (_, relu) = g.nodes().next().unwrap();
+        assert_eq!(g.value(relu.output(0).unwrap()).name, "y");
+        check_same_outputs(&before, &after, 1, Tolerance::EXACT).unwrap();
+
+        // y = Identity(x) with x a graph input: nothing else can be named 'y'.
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(F32, &[3])));
+        let y = op(&mut g, NodeSpec::new("Identity").inputs([x]).outputs(["y"]));
+        output(&mut g, y, tensor_ty(F32, &[3]));
+        let mut m = model(g, 17);
+        let (changed, report) = apply(&EliminateNoOps, &mut m).unwrap();
+        assert_eq!(changed, Changed::No);
+        assert_eq!(entries(&report, "missed", "identity").len(), 1);
+    }
+
+    #[test]
+    fn dropout_in_inference_mode_only() {
+        let plain = |g: &mut Graph, x| op(g, NodeSpec::new("Dropout").inputs([x]).outputs(["u", "mask"]));
+        fires(model_of(tensor_ty(F32, &[3]), 13, plain), "dropout-inference", 1);
+        let training = |g: &mut Graph, x| {
+            let r = constant(g, "ratio", Tensor::scalar(0.5f32));
+            let t = constant(g, "train", Tensor::scalar(true));
+            op(g, NodeSpec::new("Dropout").inputs([x, r, t]).outputs(["u"]))
+        };
+        stays(model_of(tensor_ty(F32, &[3]), 13, training));
+        // The mask is read: it is not a no-op.
+        let masked = |g: &mut Graph, x| {
+            let d = g.add_node(NodeSpec::new("Dropout").inputs([x]).outputs(["u", "mask"]));
+            let mask = g.node(d).output(1).unwrap();
+            let c = op(g, NodeSpec::new("Cast").inputs([mask]).outputs(["c"]).attr(Attribute::int("to", 1)));
+            op(g, NodeSpec::new("Add").inputs([g.node(d).output(0).unwrap(), c]).outputs(["s"]))
+        };
+        stays(model_of(tensor_ty(F32, &[3]), 13, masked));
+    }
+
+    fn cast(to: DataType) -> impl Fn(&mut Graph, ValueId) -> ValueId {
+        move |g, x| {
+            let name = g.fresh_name("cast");
+            op(g, NodeSpec::new("Cast").inputs([x]).outputs([name]).attr(Attribute::int("to", i64::from(to.onnx_code()))))
+        }
+    }
+
+    #[test]
+    fn casts_to_the_same_type() {
+        fires(model_of(tensor_ty(F32, &[3]), 17, cast(F32)), "cast-same-type", 1);
+        let back = |g: &mut Graph, x| {
+            let d = cast(DataType::F64)(g, x);
+            cast(F32)(g, d)
+        };
+        stays(model_of(tensor_ty(F32, &[3]), 17, cast(DataType::F64)));
+        // f32 -> f64 -> f32 is exact: the chain collapses, then the same-type cast goes.
+        fires(model_of(tensor_ty(F32, &[3]), 17, back), "cast-chain", 1);
+    }
+
+    #[test]
+    fn cast_chains_merge_only_when_the_middle_type_is_exact() {
+        let f16 = tensor_ty(DataType::F16, &[3]);
+        let widen = |g: &mut Graph, x| {
+            let f = cast(F32)(g, x);
+            let d = cast(DataType::F64)(g, f);
+            cast(F32)(g, d)
+        };
+        // f16 -> f32 -> f64 -> f32 is f16 -> f32.
+        fires(model_of(f16.clone(), 17, widen), "cast-chain", 2);
+        // f32 -> f16 -> f32 rounds: stays.
+        let narrow = |g: &mut Graph, x| {
+            let h = cast(DataType::F16)(g, x);
+            cast(F32)(g, h)
+        };
+        stays(model_of(tensor_ty(F32, &[3]), 17, narrow));
+        // i32 -> f32 loses integers above 2^24: stays.
+        let ints = |g: &mut Graph, x| {
+            let f = cast(F32)(g, x);
+            let i = cast(DataType::I64)(g, f);
+            cast(F32)(g, i)
+        };
+        stays(model_of(tensor_ty(DataType::I32, &[3]), 17, ints));
+        assert!(exactly_holds(DataType::I16, F32) && !exactly_holds(DataType::I32, F32));
+        assert!(exactly_holds(DataType::U8, DataType::BF16) && !exactly_holds(DataType::U16, DataType::F16));
+        assert!(!exactly_holds(DataType::I8, DataType::U8) && !exactly_holds(F32, DataType::F8E4M3FN));
+    }
+
+    fn reshape(target: &'static [i64]) -> impl Fn(&mut Graph, ValueId) -> ValueId {
+        move |g, x| {
+            let name = g.fresh_name("shape");
+            let s = constant(g, &name, i64s(target));
+            let out = g.fresh_name("r");
+            op(g, NodeSpec::new("Reshape").inputs([x, s]).outputs([out]))
+        }
+    }
+
+    #[test]
+    fn reshapes_that_change_nothing() {
+        fires(model_of(tensor_ty(F32, &[2, 3]), 17, reshape(&[2, 3])), "reshape-noop", 1);
+        fires(model_of(tensor_ty_sym(F32, &[None, Some(3)]), 17, reshape(&[0, -1])), "reshape-noop", 1);
+        fires(model_of(tensor_ty_sym(F32, &[None, Some(3)]), 17, reshape(&[-1, 3])), "reshape-noop", 1);
+        stays(model_of(tensor_ty(F32, &[2, 3]), 17, reshape(&[3, 2])));
+        stays(model_of(tensor_ty_sym(F32, &[None, Some(3)]), 17, reshape(&[2, 3])));
+    }
+
+    #[test]
+    fn reshape_chains_collapse() {
+        let chain = |g: &mut Graph, x| {
+            let r = reshape(&[6])(g, x);
+            reshape(&[3, 2])(g, r)
+        };
+        fires(model_of(tensor_ty(F32, &[2, 3]), 17, chain), "reshape-chain", 2);
+        let flat = |g: &mut Graph, x| {
+            let f = op(g, NodeSpec::new("Flatten").inputs([x]).outputs(["f"]).attr(Attribute::int("axis", 0)));
+            reshape(&[6])(g, f)
+        };
+        fires(model_of(tensor_ty(F32, &[2, 3]), 17, flat), "reshape-chain", 2);
+        // A 0 copies a dimension of the inner result: the inner reshape matters.
+        let copy = |g: &mut Graph, x| {
+            let r = reshape(&[3, 2])(g, x);
+            reshape(&[0, 2])(g, r)
+        };
+        stays(model_of(tensor_ty(F32, &[2, 3]), 17, copy));
+    }
+
+    fn with_ints(op_type: &'static str, ints: &'static [&'static [i64]]) -> impl Fn(&mut Graph, ValueId) -> ValueId {
+        move |g, x| {
+            let mut inputs = vec![x];
+            for v in ints {
+                let name = g.fresh_name("k");
+                inputs.push(constant(g, &name, i64s(v)));
+            }
+            let out = g.fresh_name("o");
+            op(g, NodeSpec::new(op_type).inputs(inputs).outputs([out]))
+        }
+    }
+
+    #[test]
+    fn expand_slice_pad_that_change_nothing() {
+        let t = || tensor_ty(F32, &[2, 3]);
+        fires(model_of(t(), 17, with_ints("Expand", &[&[1, 3]])), "expand-noop", 1);
+        fires(model_of(t(), 17, with_ints("Expand", &[&[1]])), "expand-noop", 1);
+        stays(model_of(t(), 17, with_ints("Expand", &[&[2, 2, 3]])));
+        stays(model_of(tensor_ty_sym(F32, &[None, Some(3)]), 17, with_ints("Expand", &[&[2, 3]])));
+
+        fires(model_of(t(), 17, with_ints("Slice", &[&[0], &[i64::MAX], &[1]])), "slice-noop", 1);
+        fires(model_of(t(), 17, with_ints("Slice", &[&[-3, 0], &[3, 2], &[1, 0]])), "slice-noop", 1);
+        stays(model_of(t(), 17, with_ints("Slice", &[&[0], &[2], &[1]])));
+        stays(model_of(t(), 17, with_ints("Slice", &[&[0], &[i64::MAX], &[1], &[2]])));
+        stays(model_of(tensor_ty_sym(F32, &[None, None]), 17, with_ints("Slice", &[&[0], &[1000], &[1]])));
+
+        fires(model_of(t(), 17, with_ints("Pad", &[&[0, 0, 0, 0]])), "pad-noop", 1);
+        stays(model_of(t(), 17, with_ints("Pad", &[&[0, 1, 0, 0]])));
+    }
+
+    fn transpose(perm: &'static [i64]) -> impl Fn(&mut Graph, ValueId) -> ValueId {
+        move |g, x| {
+            let out = g.fresh_name("t");
+            op(g, NodeSpec::new("Transpose").inputs([x]).outputs([out]).attr(Attribute::ints("perm", perm.to_vec())))
+        }
+    }
+
+    #[test]
+    fn transposes_compose() {
+        let t = || tensor_ty(F32, &[2, 3, 4]);
+        fires(model_of(t(), 17, transpose(&[0, 1, 2])), "transpose-identity", 1);
+        let inverse = |g: &mut Graph, x| {
+            let t = transpose(&[1, 2, 0])(g, x);
+            transpose(&[2, 0, 1])(g, t)
+        };
+        fires(model_of(t(), 17, inverse), "transpose-chain", 1);
+        let two = |g: &mut Graph, x| {
+            let t = transpose(&[1, 2, 0])(g, x);
+            transpose(&[1, 0, 2])(g, t)
+        };
+        let after = fires(model_of(t(), 17, two), "transpose-chain", 2);
+        assert_eq!(count_op(&after, "Transpose"), 1);
+        stays(model_of(t(), 17, transpose(&[1, 0, 2])));
+        // Default permutation on rank 2 reverses: not an identity.
+        stays(model_of(tensor_ty(F32, &[2, 3]), 17, unary("Transpose")));
+    }
+
+    #[test]
+    fn squeeze_pairs_cancel() {
+        let t = || tensor_ty(F32, &[2, 3]);
+        let un_sq = |g: &mut Graph, x| {
+            let u = with_ints("Unsqueeze", &[&[0, 3]])(g, x);
+            with_ints("Squeeze", &[&[3, 0]])(g, u)
+        };
+        fires(model_of(t(), 17, un_sq), "unsqueeze-squeeze", 1);
+        let negative_axes = |g: &mut Graph, x| {
+            let u = with_ints("Unsqueeze", &[&[-1]])(g, x);
+            with_ints("Squeeze", &[&[2]])(g, u)
+        };
+        fires(model_of(t(), 17, negative_axes), "unsqueeze-squeeze", 1);
+        let sq_un = |g: &mut Graph, x| {
+            let s = with_ints("Squeeze", &[&[1]])(g, x);
+            with_ints("Unsqueeze", &[&[1]])(g, s)
+        };
+        fires(model_of(tensor_ty(F32, &[2, 1, 3]), 17, sq_un), "squeeze-unsqueeze", 1);
+        // Squeezing only some of the new axes is not the identity.
+        stays(model_of(tensor_ty(F32, &[2, 3]), 17, |g, x| {
+            let u = with_ints("Unsqueeze", &[&[0, 1]])(g, x);
+            with_ints("Squeeze", &[&[1]])(g, u)
+        }));
+        // Opset 11: axes are attributes.
+        let old = |g: &mut Graph, x| {
+            let u = op(g, NodeSpec::new("Unsqueeze").inputs([x]).outputs(["u1"]).attr(Attribute::ints("axes", vec![1])));
+            op(g, NodeSpec::new("Squeeze").inputs([u]).outputs(["s1"]).attr(Attribute::ints("axes", vec![1])))
+        };
+        fires(model_of(t(), 11, old), "unsqueeze-squeeze", 1);
+    }
+
+    #[test]
+    fn flatten_of_a_matrix() {
+        fires(model_of(tensor_ty(F32, &[2, 3]), 17, unary("Flatten")), "flatten-noop", 1);
+        stays(model_of(tensor_ty(F32, &[2, 3, 4]), 17, unary("Flatten")));
+    }
+
+    #[test]
+    fn subgraph_no_ops_go_too() {
+        require_ort().unwrap();
+        let mut before = crate::simplify::lift::tests::if_with_constants();
+        let g = before.graph.as_mut().unwrap();
+        let id = g.nodes().find(|(_, n)| n.is_onnx("If")).unwrap().0;
+        let then = g.node_mut(id).subgraphs_mut().next().unwrap();
+        let add = then.nodes().find(|(_, n)| n.is_onnx("Add")).unwrap().0;
+        let x = then.node(add).input(0).unwrap();
+        let idn = then.insert_node_before(add, NodeSpec::new("Identity").inputs([x]).outputs(["xi"]));
+        let xi = then.node(idn).output(0).unwrap();
+        then.set_input(add, 0, Some(xi));
+        let mut after = before.clone();
+        let (changed, report) = apply(&EliminateNoOps, &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes);
+        assert!(report[0].node.contains("then_branch"), "{report:?}");
+        assert_eq!(count_op(&after, "Identity"), 0);
+        check_same_outputs(&before, &after, 1, Tolerance::EXACT).unwrap();
     }
 }
