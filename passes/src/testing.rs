@@ -12,10 +12,10 @@ use half::{bf16, f16};
 use kiln_compiler::dtype::ElementSize;
 use kiln_compiler::execute::load_session;
 use kiln_compiler::ir::{Dim, DimValue, Graph, Model, NodeSpec, OpsetImport, TensorType, Type, TypeKind, ValueId};
-use kiln_compiler::verify::check_model;
 use kiln_compiler::onnx::proto::{OptionalProto, SequenceProto, TensorProto};
 use kiln_compiler::pass::{Changed, Pass, PassContext, ReportEntry};
 use kiln_compiler::runtime::{OptLevel, OrtExecutor, RuntimeError, SessionConfig, ValueType, init_ort};
+use kiln_compiler::verify::check_model;
 use kiln_compiler::{DataType, Tensor};
 use prost::Message;
 
@@ -74,7 +74,16 @@ pub fn exact_config() -> SessionConfig {
 
 /// Runs a model in ONNX Runtime on named inputs; returns every graph output.
 pub fn run(model: &Model, inputs: &[(String, Value)]) -> Result<Vec<(String, Value)>, RuntimeError> {
-    let mut session = load_session(&OrtExecutor::new(), model, None, &exact_config())?;
+    run_in(model, None, inputs)
+}
+
+/// [`run`] for a model whose external data lives in `base_dir`.
+pub fn run_in(
+    model: &Model,
+    base_dir: Option<&Path>,
+    inputs: &[(String, Value)],
+) -> Result<Vec<(String, Value)>, RuntimeError> {
+    let mut session = load_session(&OrtExecutor::new(), model, base_dir, &exact_config())?;
     session.run(inputs, None)
 }
 
@@ -94,13 +103,19 @@ pub fn random_tensor(dtype: DataType, dims: &[usize], rng: &mut Rng) -> Result<T
         DataType::BF16 => {
             Tensor::from_slice(dims, &(0..n).map(|_| bf16::from_f64(f())).collect::<Vec<_>>()).map_err(err)?
         }
-        DataType::Bool => Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 2) == 1).collect::<Vec<_>>()).map_err(err)?,
+        DataType::Bool => {
+            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 2) == 1).collect::<Vec<_>>()).map_err(err)?
+        }
         DataType::I64 => Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4)).collect::<Vec<_>>()).map_err(err)?,
         DataType::I32 => {
             Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as i32).collect::<Vec<_>>()).map_err(err)?
         }
-        DataType::I8 => Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as i8).collect::<Vec<_>>()).map_err(err)?,
-        DataType::U8 => Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as u8).collect::<Vec<_>>()).map_err(err)?,
+        DataType::I8 => {
+            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as i8).collect::<Vec<_>>()).map_err(err)?
+        }
+        DataType::U8 => {
+            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as u8).collect::<Vec<_>>()).map_err(err)?
+        }
         other => return Err(format!("no generator for {other}")),
     })
 }
@@ -214,8 +229,11 @@ pub fn check_same_outputs(before: &Model, after: &Model, seed: u64, tol: Toleran
 pub fn tensor_from_proto(tp: &TensorProto) -> Result<Tensor, String> {
     let code = tp.data_type.unwrap_or(0);
     let dtype = DataType::from_onnx(code).ok_or_else(|| format!("unknown element type {code}"))?;
-    let dims: Vec<usize> =
-        tp.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d}"))).collect::<Result<_, _>>()?;
+    let dims: Vec<usize> = tp
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d}")))
+        .collect::<Result<_, _>>()?;
     if !tp.external_data.is_empty() {
         return Err("external data is not supported here".into());
     }

@@ -117,12 +117,8 @@ fn merge_nodes(g: &mut Graph, captured: &HashSet<String>, path: &str, cx: &mut P
             bucket.push(id);
             continue;
         };
-        let pairs: Vec<(ValueId, ValueId)> = n
-            .outputs()
-            .iter()
-            .zip(g.node(keep).outputs())
-            .filter_map(|(a, b)| Some(((*a)?, (*b)?)))
-            .collect();
+        let pairs: Vec<(ValueId, ValueId)> =
+            n.outputs().iter().zip(g.node(keep).outputs()).filter_map(|(a, b)| Some(((*a)?, (*b)?))).collect();
         // Check every pair before changing anything.
         if let Some(why) = pairs.iter().find_map(|&(from, to)| cannot_forward(g, from, to, captured)) {
             cx.missed(RULE, label(path, g, id), why);

@@ -148,7 +148,10 @@ mod tests {
         let id = g.nodes().find(|(_, n)| n.is_onnx("If")).unwrap().0;
         let then = g.node_mut(id).subgraphs_mut().next().unwrap();
         let x = then.find_value("x").unwrap();
-        op(then, NodeSpec::new("Sin").inputs([x]).outputs(["unread"]).attr(Attribute::new("unused", AttrValue::Int(0))));
+        op(
+            then,
+            NodeSpec::new("Sin").inputs([x]).outputs(["unread"]).attr(Attribute::new("unused", AttrValue::Int(0))),
+        );
         let (changed, report) = apply(&EliminateDeadCode, &mut m).unwrap();
         assert_eq!(changed, Changed::Yes);
         assert!(report[0].node.contains("then_branch"), "{report:?}");

@@ -168,12 +168,12 @@ impl FoldConstants {
             let is_const = |v: ValueId| native.contains_key(&v) || constant_of(g, v, scope).is_some();
             let all_const = n.inputs().iter().flatten().all(|&v| is_const(v) || pending.contains(&v));
             if !all_const {
-                if let Some(t) = native_shape(g, id, scope) {
-                    if let Some(out) = n.output(0) {
-                        native.insert(out, Arc::new(t));
-                        plan.push((id, Plan::Native));
-                        planned.insert(id);
-                    }
+                if let Some(t) = native_shape(g, id, scope)
+                    && let Some(out) = n.output(0)
+                {
+                    native.insert(out, Arc::new(t));
+                    plan.push((id, Plan::Native));
+                    planned.insert(id);
                 }
                 continue;
             }
@@ -221,7 +221,11 @@ impl FoldConstants {
             match self.evaluate(g, scope, &native, &batch, &wanted, meta) {
                 Ok(values) => results.extend(values),
                 Err(e) => {
-                    cx.missed(RULE, path.to_string(), format!("batch of {} nodes failed ({e}); node by node", batch.len()));
+                    cx.missed(
+                        RULE,
+                        path.to_string(),
+                        format!("batch of {} nodes failed ({e}); node by node", batch.len()),
+                    );
                     results.extend(self.evaluate_each(g, scope, &native, &batch, meta, path, cx));
                 }
             }
@@ -240,7 +244,11 @@ impl FoldConstants {
                 continue;
             };
             if t.len() > self.max_elements {
-                cx.skipped(RULE, where_, format!("'{}' has {} elements (limit {})", g.value(v).name, t.len(), self.max_elements));
+                cx.skipped(
+                    RULE,
+                    where_,
+                    format!("'{}' has {} elements (limit {})", g.value(v).name, t.len(), self.max_elements),
+                );
                 continue;
             }
             if let Some(why) = type_conflict(g, v, &t) {
@@ -298,7 +306,8 @@ impl FoldConstants {
         let mut out = Vec::new();
         for &id in nodes.iter().take(FALLBACK_LIMIT) {
             let n = g.node(id);
-            let ready = n.inputs().iter().flatten().all(|&v| known.contains_key(&v) || constant_of(g, v, scope).is_some());
+            let ready =
+                n.inputs().iter().flatten().all(|&v| known.contains_key(&v) || constant_of(g, v, scope).is_some());
             if !ready {
                 continue;
             }
@@ -477,8 +486,7 @@ fn generated_elements(g: &Graph, id: NodeId, scope: &Scope, native: &HashMap<Val
                 return None;
             }
             let r = a.len();
-            let out: Vec<u64> =
-                (0..r).map(|i| (a[i] as i64 + pads[i] + pads[i + r]).max(0) as u64).collect::<Vec<_>>();
+            let out: Vec<u64> = (0..r).map(|i| (a[i] as i64 + pads[i] + pads[i + r]).max(0) as u64).collect::<Vec<_>>();
             count(&out)
         }
         _ => None,
@@ -578,6 +586,7 @@ mod tests {
 
     #[test]
     fn results_over_the_size_limit_stay() {
+        require_ort().unwrap();
         let mut m = big_fill(1001);
         let (changed, report) = apply(&FoldConstants::new(), &mut m).unwrap();
         assert_eq!(changed, Changed::No);
@@ -614,6 +623,7 @@ mod tests {
 
     #[test]
     fn shape_of_a_symbolic_shape_stays() {
+        require_ort().unwrap();
         let mut m = reshape_like(&[None, Some(3)]);
         let (changed, _) = apply(&FoldConstants::new(), &mut m).unwrap();
         assert_eq!(changed, Changed::No);
@@ -712,7 +722,9 @@ mod tests {
         let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[2])));
         let c = op(
             &mut g,
-            NodeSpec::new("Constant").outputs(["c"]).attr(Attribute::new("value_floats", AttrValue::Floats(vec![1.0, 4.0]))),
+            NodeSpec::new("Constant")
+                .outputs(["c"])
+                .attr(Attribute::new("value_floats", AttrValue::Floats(vec![1.0, 4.0]))),
         );
         let s = op(&mut g, NodeSpec::new("Sqrt").inputs([c]).outputs(["s"]));
         let y: ValueId = op(&mut g, NodeSpec::new("Mul").inputs([x, s]).outputs(["y"]));

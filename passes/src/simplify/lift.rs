@@ -75,7 +75,10 @@ pub(crate) mod tests {
         let mut g = Graph::new();
         let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[3])));
         let c = constant_node(&mut g, "c", Tensor::from_slice(vec![3], &[1.0f32, 2.0, 3.0]).unwrap());
-        let k = op(&mut g, NodeSpec::new("Constant").outputs(["k"]).attr(Attribute::new("value_ints", AttrValue::Ints(vec![4, 5]))));
+        let k = op(
+            &mut g,
+            NodeSpec::new("Constant").outputs(["k"]).attr(Attribute::new("value_ints", AttrValue::Ints(vec![4, 5]))),
+        );
         let y = op(&mut g, NodeSpec::new("Add").inputs([x, c]).outputs(["y"]));
         output(&mut g, y, tensor_ty(DataType::F32, &[3]));
         output(&mut g, k, tensor_ty(DataType::I64, &[2]));
@@ -105,7 +108,9 @@ pub(crate) mod tests {
         let mut g = Graph::new();
         let c = op(
             &mut g,
-            NodeSpec::new("Constant").outputs(["c"]).attr(Attribute::new("sparse_value", AttrValue::SparseTensor(Default::default()))),
+            NodeSpec::new("Constant")
+                .outputs(["c"])
+                .attr(Attribute::new("sparse_value", AttrValue::SparseTensor(Default::default()))),
         );
         output(&mut g, c, tensor_ty(DataType::F32, &[3]));
         let mut m = model(g, 17);

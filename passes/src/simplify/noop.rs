@@ -19,8 +19,8 @@ use kiln_compiler::ir::{AttrLookup, Attribute, Dim, Graph, Model, NodeId, ValueI
 use kiln_compiler::pass::{Changed, Pass, PassContext, PassError};
 
 use super::common::{
-    Scope, as_i64s, cannot_forward, captured, constant_of, dtype_of, forward, ints_attr_or_input, is_used,
-    known, label, prune_value_info, shape_of, visit_with_scope,
+    Scope, as_i64s, cannot_forward, captured, constant_of, dtype_of, forward, ints_attr_or_input, is_used, known,
+    label, prune_value_info, shape_of, visit_with_scope,
 };
 
 const RULE: &str = "eliminate-no-ops";
@@ -391,8 +391,7 @@ impl Cx<'_> {
 fn is_permutation(p: &[i64]) -> bool {
     let mut seen = vec![false; p.len()];
     p.iter().all(|&i| {
-        let ok = usize::try_from(i).ok().filter(|&i| i < seen.len()).is_some_and(|i| !std::mem::replace(&mut seen[i], true));
-        ok
+        usize::try_from(i).ok().filter(|&i| i < seen.len()).is_some_and(|i| !std::mem::replace(&mut seen[i], true))
     })
 }
 
@@ -400,7 +399,22 @@ fn is_permutation(p: &[i64]) -> bool {
 /// strings parse).
 fn plain_numeric(d: DataType) -> bool {
     use DataType as D;
-    matches!(d, D::F32 | D::F64 | D::F16 | D::BF16 | D::I8 | D::I16 | D::I32 | D::I64 | D::U8 | D::U16 | D::U32 | D::U64 | D::Bool)
+    matches!(
+        d,
+        D::F32
+            | D::F64
+            | D::F16
+            | D::BF16
+            | D::I8
+            | D::I16
+            | D::I32
+            | D::I64
+            | D::U8
+            | D::U16
+            | D::U32
+            | D::U64
+            | D::Bool
+    )
 }
 
 /// Whether type `to` represents every value of type `from` exactly, NaN and infinities
@@ -411,7 +425,10 @@ pub(crate) fn exactly_holds(from: DataType, to: DataType) -> bool {
         return plain_numeric(from);
     }
     match from {
-        D::Bool => matches!(to, D::I8 | D::I16 | D::I32 | D::I64 | D::U8 | D::U16 | D::U32 | D::U64 | D::F16 | D::BF16 | D::F32 | D::F64),
+        D::Bool => matches!(
+            to,
+            D::I8 | D::I16 | D::I32 | D::I64 | D::U8 | D::U16 | D::U32 | D::U64 | D::F16 | D::BF16 | D::F32 | D::F64
+        ),
         // Integers up to 2^8 fit bf16 (8 significant bits), up to 2^11 f16, 2^24 f32, 2^53 f64.
         D::U8 => matches!(to, D::U16 | D::U32 | D::U64 | D::I16 | D::I32 | D::I64 | D::F16 | D::BF16 | D::F32 | D::F64),
         D::I8 => matches!(to, D::I16 | D::I32 | D::I64 | D::F16 | D::BF16 | D::F32 | D::F64),
@@ -479,10 +496,13 @@ mod tests {
     #[test]
     fn identity_and_single_input_concat() {
         fires(model_of(tensor_ty(F32, &[3]), 17, unary("Identity")), "identity", 1);
-        let concat = |g: &mut Graph, x| op(g, NodeSpec::new("Concat").inputs([x]).outputs(["u"]).attr(Attribute::int("axis", 0)));
+        let concat = |g: &mut Graph, x| {
+            op(g, NodeSpec::new("Concat").inputs([x]).outputs(["u"]).attr(Attribute::int("axis", 0)))
+        };
         fires(model_of(tensor_ty(F32, &[3]), 17, concat), "concat-single", 1);
-        let concat2 =
-            |g: &mut Graph, x| op(g, NodeSpec::new("Concat").inputs([x, x]).outputs(["u"]).attr(Attribute::int("axis", 0)));
+        let concat2 = |g: &mut Graph, x| {
+            op(g, NodeSpec::new("Concat").inputs([x, x]).outputs(["u"]).attr(Attribute::int("axis", 0)))
+        };
         stays(model_of(tensor_ty(F32, &[3]), 17, concat2));
     }
 
@@ -538,7 +558,10 @@ mod tests {
     fn cast(to: DataType) -> impl Fn(&mut Graph, ValueId) -> ValueId {
         move |g, x| {
             let name = g.fresh_name("cast");
-            op(g, NodeSpec::new("Cast").inputs([x]).outputs([name]).attr(Attribute::int("to", i64::from(to.onnx_code()))))
+            op(
+                g,
+                NodeSpec::new("Cast").inputs([x]).outputs([name]).attr(Attribute::int("to", i64::from(to.onnx_code()))),
+            )
         }
     }
 
@@ -612,6 +635,13 @@ mod tests {
             reshape(&[6])(g, f)
         };
         fires(model_of(tensor_ty(F32, &[2, 3]), 17, flat), "reshape-chain", 2);
+        // Flatten then Reshape back to the known input shape: both go.
+        let back = |g: &mut Graph, x| {
+            let f = op(g, NodeSpec::new("Flatten").inputs([x]).outputs(["f"]));
+            reshape(&[2, 3])(g, f)
+        };
+        let after = fires(model_of(tensor_ty(F32, &[2, 3]), 17, back), "reshape-noop", 1);
+        assert_eq!(count_op(&after, "Flatten") + count_op(&after, "Reshape"), 0);
         // A 0 copies a dimension of the inner result: the inner reshape matters.
         let copy = |g: &mut Graph, x| {
             let r = reshape(&[3, 2])(g, x);
@@ -702,7 +732,8 @@ mod tests {
         }));
         // Opset 11: axes are attributes.
         let old = |g: &mut Graph, x| {
-            let u = op(g, NodeSpec::new("Unsqueeze").inputs([x]).outputs(["u1"]).attr(Attribute::ints("axes", vec![1])));
+            let u =
+                op(g, NodeSpec::new("Unsqueeze").inputs([x]).outputs(["u1"]).attr(Attribute::ints("axes", vec![1])));
             op(g, NodeSpec::new("Squeeze").inputs([u]).outputs(["s1"]).attr(Attribute::ints("axes", vec![1])))
         };
         fires(model_of(t(), 11, old), "unsqueeze-squeeze", 1);
