@@ -1,3 +1,14 @@
-//! kiln-passes: filled by its issue; see ../shared/DESIGN.md.
+//! kiln-passes: target-independent rewrites of the IR (see ../shared/DESIGN.md): graph
+//! simplification (constant lifting and folding, dead code, common subexpressions, no-ops),
+//! operator fusion rules (portable and ONNX Runtime), and helpers to check rewrites against
+//! ONNX Runtime.
 
 pub mod fuse;
+pub mod simplify;
+pub mod testing;
+
+pub use fuse::FusionPass;
+pub use simplify::{
+    EliminateCommonSubexpressions, EliminateDeadCode, EliminateNoOps, FoldConstants, LiftConstants, simplify,
+    simplify_manager, simplify_pipeline,
+};
