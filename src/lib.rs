@@ -22,3 +22,4 @@ pub use kiln_quantize as quantize;
 pub use kiln_targets as targets;
 
 pub mod exit;
+pub mod pipeline;

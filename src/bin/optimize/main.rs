@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod optimize;
 mod run;
 
 use std::fmt::Display;
@@ -11,13 +12,24 @@ use clap::{Parser, Subcommand};
 use kiln::exit::{EXIT_CODES_HELP, ExitStatus};
 
 #[derive(Parser)]
-#[command(name = "optimize", version, about = "Kiln: ahead-of-time ONNX model optimization", after_help = EXIT_CODES_HELP)]
+#[command(
+    name = "optimize",
+    version,
+    about = "Kiln: ahead-of-time ONNX model optimization",
+    long_about = "Kiln: ahead-of-time ONNX model optimization.\n\n\
+        `optimize MODEL -o OUT/` runs the pass pipeline and writes an artifact folder \
+        (model.onnx + manifest.json); the subcommands inspect, convert and run models.",
+    after_help = EXIT_CODES_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Print only errors.
     #[arg(long, short, global = true)]
     quiet: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    optimize: optimize::Args,
 }
 
 #[derive(Subcommand)]
@@ -121,9 +133,10 @@ fn main() -> ExitCode {
     };
     let ui = Ui { quiet: cli.quiet };
     let result = match cli.command {
-        Command::Inspect(a) => inspect::run(a, &ui),
-        Command::Convert(a) => convert::run(a, &ui),
-        Command::Run(a) => run::run(a, &ui),
+        Some(Command::Inspect(a)) => inspect::run(a, &ui),
+        Some(Command::Convert(a)) => convert::run(a, &ui),
+        Some(Command::Run(a)) => run::run(a, &ui),
+        None => optimize::run(cli.optimize, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,163 @@
+//! The optimization pipeline: named levels of passes for a target, run by the pass manager,
+//! and the artifact they produce.
+//!
+//! ```no_run
+//! use kiln::pipeline::{OptLevel, Pipeline, TargetKind};
+//!
+//! let model = kiln::compiler::onnx::load_model("model.onnx".as_ref())?;
+//! let outcome = Pipeline::new(OptLevel::O2).target(TargetKind::Cpu).run(model)?;
+//! for entry in outcome.report.passes.iter().flat_map(|p| &p.entries).filter(|e| e.kind == "applied") {
+//!     println!("{}: {} at {}", entry.rule, entry.detail, entry.node);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+
+use kiln_compiler::inspect::summarize;
+use kiln_compiler::ir::Model;
+use kiln_compiler::pass::{Pass, PassError, PassManager, PipelineReport};
+use kiln_compiler::shape::InferShapes;
+use kiln_passes::fuse::FusionPass;
+use serde::Serialize;
+
+/// How much to optimize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum OptLevel {
+    /// Nothing: the model is written as read.
+    O0,
+    /// Simplification: shape inference, constant folding, dead code, common subexpressions,
+    /// no-op elimination.
+    O1,
+    /// O1 and fusions into standard ONNX ops, good on every target.
+    O2,
+    /// O2 and the runtime-specific fusions of the target (ONNX Runtime contrib ops).
+    O3,
+}
+
+/// The deployment target, as far as the graph optimizer needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// ONNX Runtime, CPU execution provider.
+    Cpu,
+    /// ONNX Runtime, CUDA execution provider.
+    Cuda,
+    /// TensorRT (standard ONNX ops only).
+    TensorRt,
+}
+
+impl TargetKind {
+    /// Whether the target runs ONNX Runtime's `com.microsoft` contrib ops.
+    pub fn runs_ort_contrib_ops(self) -> bool {
+        matches!(self, TargetKind::Cpu | TargetKind::Cuda)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Cpu => "cpu",
+            TargetKind::Cuda => "cuda",
+            TargetKind::TensorRt => "tensorrt",
+        }
+    }
+}
+
+/// A configured pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub level: OptLevel,
+    pub target: TargetKind,
+    /// Pass names not to run (bisection).
+    pub disable: Vec<String>,
+    /// Stop after this many pass runs (bisection).
+    pub stop_after: Option<usize>,
+}
+
+/// What a pipeline run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub model: Model,
+    pub report: PipelineReport,
+    /// Findings a person must see (for example: a transformer in which no attention fused).
+    pub warnings: Vec<String>,
+}
+
+impl Pipeline {
+    pub fn new(level: OptLevel) -> Pipeline {
+        Pipeline { level, target: TargetKind::Cpu, disable: Vec::new(), stop_after: None }
+    }
+
+    pub fn target(mut self, target: TargetKind) -> Pipeline {
+        self.target = target;
+        self
+    }
+
+    pub fn disable(mut self, names: impl IntoIterator<Item = String>) -> Pipeline {
+        self.disable.extend(names);
+        self
+    }
+
+    pub fn stop_after(mut self, n: Option<usize>) -> Pipeline {
+        self.stop_after = n;
+        self
+    }
+
+    /// The passes of this level for this target, in order.
+    pub fn passes(&self) -> Vec<Box<dyn Pass>> {
+        let mut passes: Vec<Box<dyn Pass>> = Vec::new();
+        if self.level >= OptLevel::O1 {
+            passes.push(Box::new(InferShapes));
+            passes.extend(kiln_passes::simplify::simplify_pipeline());
+        }
+        if self.level >= OptLevel::O2 {
+            passes.push(Box::new(FusionPass::portable()));
+            // Fusions expose new shapes and dead constants: infer and clean up again.
+            passes.push(Box::new(InferShapes));
+        }
+        if self.level >= OptLevel::O3 && self.target.runs_ort_contrib_ops() {
+            passes.push(Box::new(FusionPass::ort()));
+        }
+        passes
+    }
+
+    /// Every pass name this pipeline knows (for `--disable` validation).
+    pub fn pass_names(&self) -> Vec<&'static str> {
+        self.passes().iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs the pipeline on a model.
+    pub fn run(&self, mut model: Model) -> Result<Outcome, PassError> {
+        let mut pm = PassManager::new().disable(self.disable.clone()).stop_after(self.stop_after);
+        for p in self.passes() {
+            pm = pm.add_boxed(p);
+        }
+        let report = pm.run(&mut model)?;
+        let warnings = self.findings(&model);
+        Ok(Outcome { model, report, warnings })
+    }
+
+    fn findings(&self, model: &Model) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.level < OptLevel::O3 || !self.target.runs_ort_contrib_ops() {
+            return out;
+        }
+        let ops = summarize(model).op_histogram;
+        let count = |k: &str| ops.get(k).copied().unwrap_or(0);
+        let looks_like_attention = count("Softmax") > 0 && count("MatMul") >= 2;
+        let fused = count("com.microsoft.Attention") + count("com.microsoft.MultiHeadAttention");
+        if looks_like_attention && fused == 0 {
+            out.push(format!(
+                "NO ATTENTION FUSED: the model has {} Softmax and {} MatMul nodes that look like self-attention, \
+                 but no Attention or MultiHeadAttention was formed; see the `missed` entries of fuse-ort in the report",
+                count("Softmax"),
+                count("MatMul")
+            ));
+        }
+        out
+    }
+}
+
+/// Op counts of a model, for reports.
+pub fn op_histogram(model: &Model) -> BTreeMap<String, usize> {
+    summarize(model).op_histogram
+}
