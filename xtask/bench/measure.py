@@ -218,13 +218,16 @@ def run(job):
             enough = len(samples[k]) >= job["min_runs"] and spent[k] >= job["min_seconds"]
             return not enough and spent[k] < job["max_seconds"]
 
-        # Round robin in small batches: every model sees the same background load.
+        # Round robin in blocks, so every model sees the same background load. The first run
+        # of a block is not timed: the previous model's intra-op threads may still be spinning
+        # and would steal a core from it.
         while True:
             todo = [k for k in sessions if pending(k)]
             if not todo:
                 break
             for key in todo:
                 sess, feed = sessions[key], feeds[key]
+                sess.run(None, feed)
                 for _ in range(job["batch"]):
                     start = time.perf_counter()
                     sess.run(None, feed)

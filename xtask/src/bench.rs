@@ -376,6 +376,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         return Ok(());
     };
     let started = Instant::now();
+    let load_before = load_average();
     let root = crate::repo_root();
     let m = crate::load_manifest()?;
     let fixtures: Vec<&Fixture> = opts
@@ -402,10 +403,17 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
 
     let summary = summarize(&reports);
+    let mut machine = machine_info();
+    // Latency on a machine that was busy with other work is noise; say how busy it was.
+    for (key, load) in [("load_average_before", load_before), ("load_average_after", load_average())] {
+        if let Some(load) = load {
+            machine.insert(key.into(), load);
+        }
+    }
     let report = Report {
         schema_version: 1,
         total_seconds: started.elapsed().as_secs_f64(),
-        machine: machine_info(),
+        machine,
         python: versions.python,
         packages: versions.packages,
         kiln: kiln_info(&root, &kiln, &opts),
@@ -420,6 +428,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     json.push('\n');
     fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", render(&report));
+    if let Some(load) = report.machine.get("load_average_after") {
+        eprintln!("xtask: load average at the end: {load} on {} CPUs", report.machine["cpus"]);
+    }
     eprintln!("xtask: report written to {} ({:.0}s in all)", path.display(), report.total_seconds);
     Ok(())
 }
@@ -782,7 +793,7 @@ fn measure_once(
         "min_runs": opts.min_runs,
         "min_seconds": opts.min_seconds,
         "max_seconds": opts.max_seconds,
-        "batch": 5,
+        "batch": 10,
     });
     let job_path = dir.join("job.json");
     let result_path = dir.join("result.json");
@@ -927,6 +938,12 @@ fn machine_info() -> BTreeMap<String, String> {
         m.insert("cpu".into(), name.trim().into());
     }
     m
+}
+
+/// The 1, 5 and 15 minute load averages, where Linux tells them.
+fn load_average() -> Option<String> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn kiln_info(root: &Path, exe: &Path, opts: &Options) -> BTreeMap<String, String> {
