@@ -8,7 +8,7 @@ feeds them the fixture's recipe inputs, compares each model's outputs with the f
 (the original) and times them interleaved, so drift on a busy machine hits all models alike.
 `versions` prints the Python and package versions as JSON.
 
-The job (written by xtask/src/bench.rs):
+The job (written by xtask/src/bench/measure.rs):
     {"inputs": [{"name", "dtype", "shape", "values": {"kind", ...}}], "seed": 1,
      "models": [{"id", "path"}], "threads": [1, 2], "warmup": 10, "min_runs": 50,
      "min_seconds": 2.0, "max_seconds": 30.0, "batch": 5}

@@ -1,0 +1,134 @@
+//! One tool process at a time: timed from start to exit, stopped at a timeout, and the line
+//! of its output that says why it failed.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::clip;
+
+/// How a tool's process ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    Exited(ExitStatus),
+    /// Stopped at the timeout.
+    TimedOut,
+    /// Could not be started (the reason).
+    NotStarted(String),
+}
+
+/// How one tool process went.
+pub(super) struct Outcome {
+    pub(super) ended: Ended,
+    pub(super) seconds: f64,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
+}
+
+impl Outcome {
+    /// The line that says why the tool failed.
+    pub(super) fn failure_line(&self, status: ExitStatus) -> String {
+        error_line(&self.stderr).or_else(|| error_line(&self.stdout)).unwrap_or_else(|| format!("exit {status}"))
+    }
+}
+
+/// The line of a tool's output that names its error: for a Python traceback the exception
+/// line after it (the first line is only "Traceback…"), otherwise the first non-empty line.
+fn error_line(text: &str) -> Option<String> {
+    let line = match text.rfind("Traceback (most recent call last):") {
+        Some(at) => text[at..].lines().skip(1).find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace)),
+        None => None,
+    }
+    .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()))?;
+    Some(clip(line.trim(), 200))
+}
+
+/// Runs `cmd` with its output in `dir/{stdout,stderr}.txt`, timing process start to exit.
+pub(super) fn timed_run(mut cmd: Command, dir: &Path, timeout: Duration) -> Result<Outcome> {
+    let out_path = dir.join("stdout.txt");
+    let err_path = dir.join("stderr.txt");
+    let stdout = fs::File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
+    let stderr = fs::File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("could not start {}: {e}", Path::new(cmd.get_program()).display());
+            return Ok(Outcome {
+                ended: Ended::NotStarted(why),
+                seconds: 0.0,
+                stdout: String::new(),
+                stderr: String::new(),
+            });
+        }
+    };
+    let pid = child.id();
+    // The child is waited for on a thread so its exit is timed exactly; this thread only
+    // watches the clock.
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send((status, Instant::now()));
+    });
+    let (ended, seconds) = match rx.recv_timeout(timeout) {
+        Ok((status, at)) => {
+            (Ended::Exited(status.context("waiting for a tool")?), at.duration_since(started).as_secs_f64())
+        }
+        Err(_) => {
+            kill(pid);
+            let _ = rx.recv();
+            (Ended::TimedOut, timeout.as_secs_f64())
+        }
+    };
+    let _ = waiter.join();
+    let read = |p: &Path| fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    Ok(Outcome { ended, seconds, stdout: read(&out_path), stderr: read(&err_path) })
+}
+
+/// Stops a tool we started that ran past its time, by its process id.
+fn kill(pid: u32) {
+    let pid = pid.to_string();
+    let _ = if cfg!(windows) {
+        Command::new("taskkill").args(["/F", "/T", "/PID", &pid]).status()
+    } else {
+        Command::new("kill").args(["-9", &pid]).status()
+    };
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_picks_the_reason() {
+        let py = "Simplifying...\nTraceback (most recent call last):\n  File \"x\", line 1\n    foo()\n\
+                  RuntimeError: Nodes in a graph must be topologically sorted\nname: If_6\n";
+        assert_eq!(error_line(py).unwrap(), "RuntimeError: Nodes in a graph must be topologically sorted");
+        assert_eq!(error_line("\n  error: unknown option --opt\nusage: ...\n").unwrap(), "error: unknown option --opt");
+        assert_eq!(error_line(" \n"), None);
+        assert_eq!(error_line(&"x".repeat(300)).unwrap().chars().count(), 201);
+    }
+
+    #[test]
+    fn timed_run_records_failures_and_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ok = Command::new("sh");
+        ok.args(["-c", "echo out; echo 'error: no such model' >&2; exit 3"]);
+        let o = timed_run(ok, dir.path(), Duration::from_secs(30)).unwrap();
+        let Ended::Exited(status) = o.ended else { panic!("{:?}", o.ended) };
+        assert!(!status.success());
+        assert_eq!(o.failure_line(status), "error: no such model");
+        let mut slow = Command::new("sleep");
+        slow.arg("30");
+        let started = Instant::now();
+        let o = timed_run(slow, dir.path(), Duration::from_millis(200)).unwrap();
+        assert!(matches!(o.ended, Ended::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let missing = timed_run(Command::new("/nonexistent/tool"), dir.path(), Duration::from_secs(1)).unwrap();
+        assert!(matches!(&missing.ended, Ended::NotStarted(why) if why.contains("could not start")));
+    }
+}

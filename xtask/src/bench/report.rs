@@ -1,0 +1,388 @@
+//! The report: rows, Kiln's ratios against its peers, their geometric means, the printed tables.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+use super::measure::Latency;
+use super::tools::{OPT_TIME_BASELINES, TOOLS};
+use super::{Options, clip};
+
+/// One tool on one fixture (or the original model).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct Row {
+    pub(super) tool: String,
+    pub(super) group: String,
+    pub(super) peer: bool,
+    /// `ok`, `failed: …` (the tool), `ORT failed: …` (the model does not run), or
+    /// `mismatch: …` (outputs differ from the original's beyond the tolerance).
+    pub(super) status: String,
+    /// Median optimize wall time over the repeats, seconds.
+    pub(super) optimize_s: Option<f64>,
+    pub(super) optimize_runs_s: Vec<f64>,
+    pub(super) model: Option<PathBuf>,
+    pub(super) model_bytes: Option<u64>,
+    pub(super) max_abs_diff: Option<f64>,
+    /// By intra-op thread count.
+    pub(super) latency: BTreeMap<String, Latency>,
+    /// Median latency divided by the original's, by thread count.
+    pub(super) latency_vs_original: BTreeMap<String, f64>,
+}
+
+impl Row {
+    pub(super) fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// The comparisons the issue asks for, per fixture and group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct Ratios {
+    pub(super) group: String,
+    pub(super) kiln: String,
+    /// By thread count: Kiln's median latency over the fastest working peer's.
+    pub(super) latency_vs_best_peer: BTreeMap<String, BestPeer>,
+    /// By peer: Kiln's optimize time over the peer's.
+    pub(super) optimize_time_vs: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct BestPeer {
+    pub(super) peer: String,
+    pub(super) ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct FixtureReport {
+    pub(super) name: String,
+    pub(super) model: PathBuf,
+    pub(super) rows: Vec<Row>,
+    pub(super) ratios: Vec<Ratios>,
+}
+
+/// Geometric means of the per-fixture ratios.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct Summary {
+    pub(super) group: String,
+    pub(super) kiln: String,
+    pub(super) latency_vs_best_peer_geomean: BTreeMap<String, f64>,
+    pub(super) optimize_time_vs_geomean: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Report {
+    pub(super) schema_version: u32,
+    pub(super) total_seconds: f64,
+    pub(super) machine: BTreeMap<String, String>,
+    pub(super) python: String,
+    pub(super) packages: BTreeMap<String, Option<String>>,
+    pub(super) kiln: BTreeMap<String, String>,
+    pub(super) settings: Options,
+    pub(super) session_options: BTreeMap<String, String>,
+    pub(super) fixtures: Vec<FixtureReport>,
+    pub(super) summary: Vec<Summary>,
+}
+
+/// Kiln's rows against the peers of their group.
+pub(super) fn ratios(rows: &[Row]) -> Vec<Ratios> {
+    let mut groups: Vec<&str> = TOOLS.iter().map(|t| t.group).collect();
+    groups.dedup();
+    let mut out = Vec::new();
+    for group in groups {
+        let in_group = || rows.iter().filter(move |r| r.group == group);
+        for kiln in in_group().filter(|r| !r.peer) {
+            let peers: Vec<&Row> = in_group().filter(|r| r.peer && r.ok()).collect();
+            let mut latency_vs_best_peer = BTreeMap::new();
+            if kiln.ok() {
+                for (threads, lat) in &kiln.latency {
+                    let best = peers
+                        .iter()
+                        .filter_map(|p| Some((p, p.latency.get(threads)?.median_ms)))
+                        .min_by(|a, b| a.1.total_cmp(&b.1));
+                    if let Some((p, ms)) = best {
+                        latency_vs_best_peer
+                            .insert(threads.clone(), BestPeer { peer: p.tool.clone(), ratio: lat.median_ms / ms });
+                    }
+                }
+            }
+            let mut optimize_time_vs = BTreeMap::new();
+            for base in OPT_TIME_BASELINES {
+                let peer_time = rows.iter().find(|r| r.tool == *base).and_then(|r| r.optimize_s);
+                if let (Some(k), Some(p)) = (kiln.optimize_s, peer_time) {
+                    optimize_time_vs.insert(base.to_string(), k / p);
+                }
+            }
+            out.push(Ratios {
+                group: group.to_string(),
+                kiln: kiln.tool.clone(),
+                latency_vs_best_peer,
+                optimize_time_vs,
+            });
+        }
+    }
+    out
+}
+
+/// Geometric means over fixtures of each ratio.
+pub(super) fn summarize(fixtures: &[FixtureReport]) -> Vec<Summary> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in fixtures.iter().flat_map(|f| &f.ratios) {
+        if !keys.contains(&(r.group.clone(), r.kiln.clone())) {
+            keys.push((r.group.clone(), r.kiln.clone()));
+        }
+    }
+    keys.into_iter()
+        .map(|(group, kiln)| {
+            let mine: Vec<&Ratios> =
+                fixtures.iter().flat_map(|f| &f.ratios).filter(|r| r.group == group && r.kiln == kiln).collect();
+            let mut lat: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            let mut opt: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for r in &mine {
+                for (t, b) in &r.latency_vs_best_peer {
+                    lat.entry(t.clone()).or_default().push(b.ratio);
+                }
+                for (p, v) in &r.optimize_time_vs {
+                    opt.entry(p.clone()).or_default().push(*v);
+                }
+            }
+            let gm =
+                |m: BTreeMap<String, Vec<f64>>| m.into_iter().filter_map(|(k, v)| Some((k, geomean(&v)?))).collect();
+            Summary { group, kiln, latency_vs_best_peer_geomean: gm(lat), optimize_time_vs_geomean: gm(opt) }
+        })
+        .collect()
+}
+
+fn geomean(v: &[f64]) -> Option<f64> {
+    if v.is_empty() || v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+        return None;
+    }
+    Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+}
+
+pub(super) fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+pub(super) fn machine_info() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("os".into(), std::env::consts::OS.into());
+    m.insert("arch".into(), std::env::consts::ARCH.into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    m.insert("cpus".into(), cpus.to_string());
+    // The CPU model, where Linux tells it: timings mean little without it.
+    if let Ok(info) = fs::read_to_string("/proc/cpuinfo")
+        && let Some(name) = info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1))
+    {
+        m.insert("cpu".into(), name.trim().into());
+    }
+    m
+}
+
+/// The 1, 5 and 15 minute load averages, where Linux tells them.
+pub(super) fn load_average() -> Option<String> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+pub(super) fn kiln_info(root: &Path, exe: &Path, opts: &Options) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("binary".into(), exe.display().to_string());
+    m.insert("profile".into(), "release".into());
+    m.insert("args".into(), opts.kiln_args.join(" "));
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(commit) = git(&["rev-parse", "HEAD"]) {
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        m.insert("commit".into(), if dirty { format!("{commit}+dirty") } else { commit });
+    }
+    m
+}
+
+pub(super) fn fmt_secs(s: f64) -> String {
+    if s < 1.0 { format!("{:.0} ms", s * 1e3) } else { format!("{s:.2} s") }
+}
+
+fn fmt_ratio(r: f64) -> String {
+    format!("{r:.2}x")
+}
+
+/// The printed tables.
+pub(super) fn render(report: &Report) -> String {
+    let threads: Vec<String> = report.settings.threads.iter().map(u32::to_string).collect();
+    let mut header: Vec<String> = ["fixture", "tool", "optimize", "MB"].iter().map(|s| s.to_string()).collect();
+    for t in &threads {
+        header.extend([format!("t{t} median ms"), format!("t{t} p90"), format!("t{t} vs orig")]);
+    }
+    header.extend(["max |diff|".to_string(), "status".to_string()]);
+    let mut table = vec![header];
+    for f in &report.fixtures {
+        for (i, r) in f.rows.iter().enumerate() {
+            let mut line = vec![
+                if i == 0 { f.name.clone() } else { String::new() },
+                r.tool.clone(),
+                r.optimize_s.map_or("-".into(), fmt_secs),
+                r.model_bytes.map_or("-".into(), |b| format!("{:.2}", b as f64 / 1e6)),
+            ];
+            for t in &threads {
+                match r.latency.get(t) {
+                    Some(l) => line.extend([
+                        format!("{:.3}", l.median_ms),
+                        format!("{:.3}", l.p90_ms),
+                        r.latency_vs_original.get(t).map_or("-".into(), |x| fmt_ratio(*x)),
+                    ]),
+                    None => line.extend(["-".into(), "-".into(), "-".into()]),
+                }
+            }
+            line.push(r.max_abs_diff.map_or("-".into(), |d| if d == 0.0 { "0".into() } else { format!("{d:.1e}") }));
+            line.push(clip(&r.status, 100));
+            table.push(line);
+        }
+    }
+    let mut out =
+        String::from("\nONNX Runtime CPU latency (ORT_ENABLE_ALL, 1 inter-op thread; tN = N intra-op threads)\n");
+    out.push_str(&format_table(&table, 2));
+
+    let mut header = vec!["fixture".to_string(), "kiln row".to_string()];
+    for t in &threads {
+        header.push(format!("t{t} latency vs best peer"));
+    }
+    for base in OPT_TIME_BASELINES {
+        header.push(format!("optimize time vs {base}"));
+    }
+    let mut table = vec![header];
+    let mut push_ratios = |name: &str, kiln: &str, lat: &dyn Fn(&str) -> String, opt: &dyn Fn(&str) -> String| {
+        let mut line = vec![name.to_string(), kiln.to_string()];
+        line.extend(threads.iter().map(|t| lat(t)));
+        line.extend(OPT_TIME_BASELINES.iter().map(|b| opt(b)));
+        table.push(line);
+    };
+    for f in &report.fixtures {
+        for r in &f.ratios {
+            push_ratios(
+                &f.name,
+                &r.kiln,
+                &|t| {
+                    r.latency_vs_best_peer.get(t).map_or("-".into(), |b| format!("{} ({})", fmt_ratio(b.ratio), b.peer))
+                },
+                &|b| r.optimize_time_vs.get(b).map_or("-".into(), |x| fmt_ratio(*x)),
+            );
+        }
+    }
+    for s in &report.summary {
+        push_ratios(
+            "geomean",
+            &s.kiln,
+            &|t| s.latency_vs_best_peer_geomean.get(t).map_or("-".into(), |x| fmt_ratio(*x)),
+            &|b| s.optimize_time_vs_geomean.get(b).map_or("-".into(), |x| fmt_ratio(*x)),
+        );
+    }
+    out.push_str("\nKiln relative to its peers (below 1x: Kiln is faster)\n");
+    out.push_str(&format_table(&table, 2));
+    out
+}
+
+/// Left-aligns the first `left` columns and right-aligns the rest; the last column is not padded.
+fn format_table(rows: &[Vec<String>], left: usize) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                if c + 1 == r.len() {
+                    s.clone()
+                } else if c < left {
+                    format!("{s:<w$}", w = widths[c])
+                } else {
+                    format!("{s:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tool: &str, peer: bool, status: &str, opt: Option<f64>, t1: Option<f64>) -> Row {
+        Row {
+            tool: tool.into(),
+            group: if tool == "original" { String::new() } else { "fp32".into() },
+            peer,
+            status: status.into(),
+            optimize_s: opt,
+            optimize_runs_s: opt.into_iter().collect(),
+            model: None,
+            model_bytes: None,
+            max_abs_diff: None,
+            latency: t1
+                .map(|ms| ("1".to_string(), Latency { median_ms: ms, p90_ms: ms, min_ms: ms, mean_ms: ms, runs: 50 }))
+                .into_iter()
+                .collect(),
+            latency_vs_original: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_compare_kiln_with_the_best_working_peer() {
+        let rows = vec![
+            row("original", false, "ok", None, Some(10.0)),
+            row("kiln", false, "ok", Some(0.5), Some(8.0)),
+            row("ort-transformers", true, "ok", Some(2.0), Some(9.0)),
+            row("onnxsim", true, "ok", Some(1.0), Some(10.0)),
+            // Faster, but broken: not a valid comparison.
+            row("onnxslim", true, "mismatch: max |diff| 1e0 > 1e-3", Some(1.0), Some(1.0)),
+        ];
+        let r = ratios(&rows);
+        assert_eq!(r.len(), 1);
+        let best = &r[0].latency_vs_best_peer["1"];
+        assert_eq!(best.peer, "ort-transformers");
+        assert!((best.ratio - 8.0 / 9.0).abs() < 1e-12);
+        assert_eq!(r[0].optimize_time_vs["onnxsim"], 0.5);
+        assert_eq!(r[0].optimize_time_vs["ort-transformers"], 0.25);
+
+        // A failed Kiln row has no latency ratio, and a failed peer no optimize-time ratio.
+        let failed = vec![row("kiln", false, "failed: x", None, None), row("onnxsim", true, "failed: y", None, None)];
+        let r = ratios(&failed);
+        assert!(r[0].latency_vs_best_peer.is_empty() && r[0].optimize_time_vs.is_empty());
+    }
+
+    #[test]
+    fn summary_takes_geometric_means() {
+        assert!((geomean(&[0.5, 2.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(geomean(&[]), None);
+        assert_eq!(geomean(&[1.0, 0.0]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = vec![vec!["a".to_string(), "12".into(), "x".into()], vec!["bbb".into(), "3".into(), "yy".into()]];
+        assert_eq!(format_table(&t, 1), "a    12  x\nbbb   3  yy\n");
+    }
+}

@@ -1,0 +1,144 @@
+//! The tools the bench compares, and the command line each one is given.
+
+/// How Kiln is asked to optimize: `{model}` is the input, `{out}` the artifact folder, whose
+/// model is `{out}/model.onnx`. `--kiln-args` replaces it (to compare levels or branches).
+pub(super) const KILN_ARGS: &str = "{model} --opt O3 --target cpu -o {out}";
+
+/// Largest max |diff| against the original before an fp32 row is flagged; the fixtures'
+/// outputs are probabilities and embeddings of magnitude about 1.
+const FP32_TOLERANCE: f64 = 1e-3;
+
+/// Which program a tool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Program {
+    /// The release `optimize` binary.
+    Kiln,
+    /// The venv's Python.
+    Python,
+    /// A console script installed into the venv's `bin`.
+    VenvScript(&'static str),
+}
+
+/// What a tool's argument builder gets. Paths are UTF-8 (checked before).
+pub(super) struct Invocation<'a> {
+    pub(super) fixture: &'a str,
+    pub(super) model: &'a str,
+    /// An empty folder the tool writes into; the model must end up as `<out>/model.onnx`.
+    pub(super) out: &'a str,
+    pub(super) kiln_args: &'a [String],
+}
+
+/// One row of the benchmark per fixture.
+pub(super) struct Tool {
+    pub(super) id: &'static str,
+    /// Rows compare within a group: the group's `kiln*` row against its peers.
+    pub(super) group: &'static str,
+    /// A peer (as opposed to Kiln itself).
+    pub(super) peer: bool,
+    pub(super) program: Program,
+    pub(super) args: fn(&Invocation) -> Vec<String>,
+    /// Largest max |diff| against the original before the row is flagged as a mismatch.
+    pub(super) tolerance: f64,
+}
+
+/// Every tool, in row order. Add INT8/FP16/pruning rows here.
+pub(super) const TOOLS: &[Tool] = &[
+    Tool { id: "kiln", group: "fp32", peer: false, program: Program::Kiln, args: kiln_args, tolerance: FP32_TOLERANCE },
+    Tool {
+        id: "ort-transformers",
+        group: "fp32",
+        peer: true,
+        program: Program::Python,
+        args: ort_transformers_args,
+        tolerance: FP32_TOLERANCE,
+    },
+    Tool {
+        id: "onnxsim",
+        group: "fp32",
+        peer: true,
+        program: Program::VenvScript("onnxsim"),
+        args: in_out_args,
+        tolerance: FP32_TOLERANCE,
+    },
+    Tool {
+        id: "onnxslim",
+        group: "fp32",
+        peer: true,
+        program: Program::VenvScript("onnxslim"),
+        args: in_out_args,
+        tolerance: FP32_TOLERANCE,
+    },
+];
+
+/// Peers whose optimize time Kiln's is divided by in the summary.
+pub(super) const OPT_TIME_BASELINES: &[&str] = &["onnxsim", "ort-transformers"];
+
+fn kiln_args(inv: &Invocation) -> Vec<String> {
+    inv.kiln_args.iter().map(|a| a.replace("{model}", inv.model).replace("{out}", inv.out)).collect()
+}
+
+fn out_model(inv: &Invocation) -> String {
+    format!("{}/model.onnx", inv.out)
+}
+
+/// `onnxsim IN OUT`, `onnxslim IN OUT`: their defaults.
+fn in_out_args(inv: &Invocation) -> Vec<String> {
+    vec![inv.model.to_string(), out_model(inv)]
+}
+
+/// `python -m onnxruntime.transformers.optimizer` with the model type that fits the fixture.
+///
+/// `--opt_level 0` runs the Python fusions only: ORT's own graph optimizations run again when
+/// a session loads the model anyway, and in onnxruntime 1.31.1 a level above 0 imports torch,
+/// which the bench does not install.
+fn ort_transformers_args(inv: &Invocation) -> Vec<String> {
+    let model_type: &[&str] = match inv.fixture {
+        // BERT encoder (MiniLM-L3): 12 heads, hidden 384.
+        "transformer" => &["--model_type", "bert", "--num_heads", "12", "--hidden_size", "384"],
+        // SVTR blocks over image columns: ViT-style attention and LayerNorm.
+        "transformer_ocr" => &["--model_type", "vit"],
+        // CNNs and the recurrent model have no model type of their own: the tool's default
+        // type is its generic path, which fuses the patterns it finds (LayerNorm, Gelu...).
+        _ => &["--model_type", "bert"],
+    };
+    let mut args: Vec<String> = ["-m", "onnxruntime.transformers.optimizer", "--input", inv.model, "--output"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(out_model(inv));
+    args.extend(model_type.iter().map(|s| s.to_string()));
+    args.extend(["--opt_level".to_string(), "0".to_string()]);
+    args
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::split_args;
+
+    #[test]
+    fn tools_build_their_command_lines() {
+        let kiln_template = split_args(KILN_ARGS);
+        let inv = Invocation { fixture: "transformer", model: "/m.onnx", out: "/o", kiln_args: &kiln_template };
+        let by_id = |id: &str| TOOLS.iter().find(|t| t.id == id).unwrap();
+        assert_eq!((by_id("kiln").args)(&inv), ["/m.onnx", "--opt", "O3", "--target", "cpu", "-o", "/o"]);
+        assert_eq!((by_id("onnxsim").args)(&inv), ["/m.onnx", "/o/model.onnx"]);
+        let ort = (by_id("ort-transformers").args)(&inv);
+        assert_eq!(
+            &ort[..6],
+            ["-m", "onnxruntime.transformers.optimizer", "--input", "/m.onnx", "--output", "/o/model.onnx"]
+        );
+        assert!(ort.windows(2).any(|w| w == ["--model_type", "bert"]));
+        assert!(ort.windows(2).any(|w| w == ["--opt_level", "0"]));
+        let cnn = Invocation { fixture: "cnn", ..inv };
+        assert!((by_id("ort-transformers").args)(&cnn).windows(2).any(|w| w == ["--model_type", "bert"]));
+        // Every group has a Kiln row and at least one peer, and ids are unique.
+        for t in TOOLS {
+            assert!(TOOLS.iter().any(|k| k.group == t.group && !k.peer), "{}", t.id);
+            assert!(TOOLS.iter().any(|p| p.group == t.group && p.peer), "{}", t.id);
+            assert_eq!(TOOLS.iter().filter(|o| o.id == t.id).count(), 1);
+        }
+        for base in OPT_TIME_BASELINES {
+            assert!(TOOLS.iter().any(|t| t.id == *base && t.peer));
+        }
+    }
+}
