@@ -5,6 +5,7 @@
 
 pub mod fuse;
 pub mod simplify;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use fuse::FusionPass;

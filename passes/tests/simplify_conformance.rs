@@ -3,48 +3,10 @@
 //! fail after it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
 
-use kiln_compiler::execute::load_session;
-use kiln_compiler::ir::Model;
 use kiln_compiler::onnx::load_model;
-use kiln_compiler::runtime::{OrtExecutor, Session, ValueType};
 use kiln_passes::simplify;
-use kiln_passes::testing::{Tolerance, Value, compare_outputs, exact_config, node_count, read_value_file, require_ort};
-
-/// One data set: inputs and expected outputs.
-type DataSet = (Vec<(String, Value)>, Vec<(String, Value)>);
-
-fn read_sets(session: &dyn Session, sets: &[std::path::PathBuf]) -> Result<Vec<DataSet>, String> {
-    let read = |dir: &Path, prefix: &str, infos: &[kiln_compiler::runtime::IoInfo]| {
-        let mut out = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            let path = dir.join(format!("{prefix}_{i}.pb"));
-            if !path.exists() {
-                break;
-            }
-            if matches!(info.ty, ValueType::Map { .. } | ValueType::Unknown) {
-                return Err(format!("{prefix} '{}' has a type this test does not read", info.name));
-            }
-            out.push((info.name.clone(), read_value_file(&path, &info.ty)?));
-        }
-        Ok(out)
-    };
-    sets.iter()
-        .map(|dir| Ok((read(dir, "input", session.inputs())?, read(dir, "output", session.outputs())?)))
-        .collect()
-}
-
-/// Whether the model gives every data set's expected outputs.
-fn passes(model: &Model, sets: &[DataSet]) -> Result<(), String> {
-    let mut session = load_session(&OrtExecutor::new(), model, None, &exact_config()).map_err(|e| e.to_string())?;
-    for (inputs, expected) in sets {
-        let names: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
-        let got = session.run(inputs, Some(&names)).map_err(|e| e.to_string())?;
-        compare_outputs(&got, expected, Tolerance::ONNX_BACKEND)?;
-    }
-    Ok(())
-}
+use kiln_passes::testing::{CaseOutcome, exact_config, node_count, read_data_sets, require_ort, run_case};
 
 #[test]
 fn conformance_cases_survive_simplification() {
@@ -61,15 +23,18 @@ fn conformance_cases_survive_simplification() {
             unreadable.push(name.to_string());
             continue;
         };
-        let Ok(session) = load_session(&OrtExecutor::new(), &model, None, &exact_config()) else {
-            rejected.push(name.to_string());
-            continue;
-        };
-        let Ok(sets) = read_sets(session.as_ref(), &case.data_sets) else {
+        let Ok(sets) = read_data_sets(case, &model) else {
             unreadable.push(name.to_string());
             continue;
         };
-        let before = passes(&model, &sets).is_ok();
+        let passes = |m| run_case(m, &case.dir, &sets, &exact_config());
+        let before = match passes(&model) {
+            (CaseOutcome::OrtCannotLoad, _) => {
+                rejected.push(name.to_string());
+                continue;
+            }
+            (outcome, _) => outcome == CaseOutcome::Passed,
+        };
         passed_before += usize::from(before);
 
         let mut after = model.clone();
@@ -92,15 +57,15 @@ fn conformance_cases_survive_simplification() {
         nodes_before += nb;
         nodes_after += na;
         simplified += usize::from(na < nb);
-        match passes(&after, &sets) {
-            Ok(()) => {
+        match passes(&after) {
+            (CaseOutcome::Passed, _) => {
                 passed_after += 1;
                 if !before {
                     fixed.push(name.to_string());
                 }
             }
-            Err(e) if before => regressions.push(format!("{name}: {e}")),
-            Err(_) => {}
+            (_, e) if before => regressions.push(format!("{name}: {e}")),
+            _ => {}
         }
     }
     println!(
