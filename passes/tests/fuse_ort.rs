@@ -339,6 +339,168 @@ fn cross_attention_stays() {
     assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
+/// How Q, K and V are taken apart in the packed form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    SliceSqueeze,
+    Gather,
+}
+
+/// A ViT/SVTR self-attention block with one packed Q/K/V projection: x [2, 5, 15], 3 heads
+/// of 5. `computed_shapes` writes N as SVTR does (`Cast(Slice(Cast(Shape(x))))`); `q_scale`
+/// scales Q before Q·Kᵀ (else the scores are divided); `order` is which entry of the packed
+/// axis Q, K and V take; `perm` the transpose of the 5-D split.
+struct PackedAttn {
+    opset: i64,
+    computed_shapes: bool,
+    pick: Pick,
+    q_scale: bool,
+    order: [i64; 3],
+    perm: [i64; 5],
+}
+
+const SVTR: PackedAttn = PackedAttn {
+    opset: 12,
+    computed_shapes: true,
+    pick: Pick::SliceSqueeze,
+    q_scale: true,
+    order: [0, 1, 2],
+    perm: [2, 0, 3, 1, 4],
+};
+
+fn packed_attention(o: &PackedAttn) -> (Model, Feeds) {
+    let (bsz, seq, hid, heads, hs) = (2usize, 5usize, 15usize, 3usize, 5usize);
+    let mut b = B::new(11);
+    let x = b.input("x", &[bsz, seq, hid]);
+    let w = b.weight("qkv_w", &[hid, 3 * hid], -0.4, 0.4);
+    let bias = b.weight("qkv_b", &[3 * hid], -0.4, 0.4);
+    let mm = b.op("MatMul", &[x, w], vec![]);
+    let p = b.op("Add", &[mm, bias], vec![]);
+    // N as a 1-element i64 vector, computed from x's shape through int32 as PaddlePaddle does.
+    let n = o.computed_shapes.then(|| {
+        let s = b.op("Shape", &[x], vec![]);
+        let s32 = b.op("Cast", &[s], vec![A::int("to", 6)]);
+        let (st, en, ax) = (b.ints(&[1]), b.ints(&[2]), b.ints(&[0]));
+        let d = b.op("Slice", &[s32, st, en, ax], vec![]);
+        b.op("Cast", &[d], vec![A::int("to", 7)])
+    });
+    let split_shape = match n {
+        Some(n) => {
+            let parts = [b.ints(&[0]), n, b.ints(&[3]), b.ints(&[heads as i64]), b.ints(&[hs as i64])];
+            b.op("Concat", &parts, vec![A::int("axis", 0)])
+        }
+        None => b.ints(&[0, 0, 3, heads as i64, hs as i64]),
+    };
+    let r = b.op("Reshape", &[p, split_shape], vec![]);
+    let t = b.op("Transpose", &[r], vec![A::ints("perm", o.perm.to_vec())]);
+    let opset = o.opset;
+    let entry = |b: &mut B, i: i64| match o.pick {
+        Pick::Gather => {
+            let idx = b.konst(&format!("idx{i}"), Tensor::scalar(i));
+            b.op("Gather", &[t, idx], vec![A::int("axis", 0)])
+        }
+        Pick::SliceSqueeze => {
+            let (st, en, ax) = (b.ints(&[i]), b.ints(&[i + 1]), b.ints(&[0]));
+            let sl = b.op("Slice", &[t, st, en, ax], vec![]);
+            if opset >= 13 {
+                let axes = b.ints(&[0]);
+                b.op("Squeeze", &[sl, axes], vec![])
+            } else {
+                b.op("Squeeze", &[sl], vec![A::ints("axes", vec![0])])
+            }
+        }
+    };
+    let q = entry(&mut b, o.order[0]);
+    let k = entry(&mut b, o.order[1]);
+    let v = entry(&mut b, o.order[2]);
+    let c = 1.0 / (hs as f32).sqrt();
+    let q = if o.q_scale {
+        let c = b.scalar(c);
+        b.op("Mul", &[q, c], vec![])
+    } else {
+        q
+    };
+    let kt = b.op("Transpose", &[k], vec![A::ints("perm", vec![0, 1, 3, 2])]);
+    let qk = b.op("MatMul", &[q, kt], vec![]);
+    let scores = if o.q_scale {
+        qk
+    } else {
+        let d = b.scalar(1.0 / c);
+        b.op("Div", &[qk, d], vec![])
+    };
+    let probs = b.op("Softmax", &[scores], vec![A::int("axis", 3)]);
+    let ctx = b.op("MatMul", &[probs, v], vec![]);
+    let back = b.op("Transpose", &[ctx], vec![A::ints("perm", vec![0, 2, 1, 3])]);
+    let merge_shape = match n {
+        Some(n) => {
+            let parts = [b.ints(&[0]), n, b.ints(&[hid as i64])];
+            b.op("Concat", &parts, vec![A::int("axis", 0)])
+        }
+        None => b.ints(&[0, -1, hid as i64]),
+    };
+    let y = b.op("Reshape", &[back, merge_shape], vec![]);
+    b.output(y);
+    let feeds = vec![("x", b.rng.tensor(&[bsz, seq, hid], -1.0, 1.0))];
+    let mut m = b.model(o.opset);
+    // The computed reshape entries are recognized by their inferred one-element shapes.
+    kiln_compiler::shape::infer_model(&mut m);
+    (m, feeds)
+}
+
+#[test]
+fn packed_self_attention_becomes_attention() {
+    let cases = [
+        SVTR,
+        PackedAttn { opset: 17, computed_shapes: false, pick: Pick::Gather, q_scale: false, ..SVTR },
+        PackedAttn { opset: 13, computed_shapes: true, pick: Pick::SliceSqueeze, q_scale: false, ..SVTR },
+    ];
+    for o in &cases {
+        let (before, feeds) = packed_attention(o);
+        let mut after = before.clone();
+        let r = run_pass(&FusionPass::ort(), &mut after);
+        assert_eq!(applied(&r, "attention"), 1, "{:?}", why(&r, "attention"));
+        assert!(entries(&r, "applied", "attention")[0].detail.contains("packed self-attention (3 heads of 5)"));
+        assert_eq!(count_in(&after, MS_DOMAIN, "Attention"), 1);
+        for op in ["MatMul", "Softmax", "Transpose", "Reshape", "Slice", "Gather", "Mul", "Div"] {
+            assert_eq!(count_in(&after, "", op), 0, "{op} left");
+        }
+        // The packed weight is taken as it is: Q | K | V, heads contiguous.
+        let g = after.graph.as_ref().unwrap();
+        let (_, att) = g.nodes().find(|(_, n)| n.op_type == "Attention").unwrap();
+        let w = g.value(att.input(1).unwrap()).initializer().unwrap();
+        let g0 = before.graph.as_ref().unwrap();
+        let (_, mm) = g0.nodes().find(|(_, n)| n.op_type == "MatMul").unwrap();
+        let w0 = g0.value(mm.input(1).unwrap()).initializer().unwrap();
+        assert_eq!(w.dims(), [15, 45]);
+        assert!(w.data() == w0.data(), "the packed weight was rearranged");
+        let worst = assert_same(&before, &after, &feeds, TOL);
+        eprintln!("packed attention {:?} {:?}: max abs difference {worst:e}", o.pick, o.opset);
+    }
+}
+
+#[test]
+fn packed_attention_with_another_layout_stays() {
+    // K and V swapped: K·Vᵀ scores weighting K.
+    let swapped = PackedAttn { order: [0, 2, 1], ..SVTR };
+    // Q, K and V picked along the heads axis (the 5-D split transposed otherwise).
+    let by_heads = PackedAttn { perm: [3, 0, 2, 1, 4], ..SVTR };
+    let cases = [
+        (swapped, "missed: Q, K and V are not entries 0, 1 and 2 of one packed projection"),
+        (
+            by_heads,
+            "missed: the packed Q/K/V is not transposed from [B, N, 3, heads, head size] to [3, B, heads, N, head size]",
+        ),
+    ];
+    for (o, reason) in cases {
+        let (before, feeds) = packed_attention(&o);
+        let mut after = before.clone();
+        let r = run_pass(&FusionPass::ort(), &mut after);
+        assert_eq!(count_in(&after, MS_DOMAIN, "Attention"), 0);
+        assert_eq!(why(&r, "attention"), [reason]);
+        assert_same(&before, &after, &feeds, Tolerance::EXACT);
+    }
+}
+
 /// Word + position (+ zero segment) lookups and LayerNormalization, as torch exports BERT.
 fn embeddings(positions_arange: bool, segment: bool) -> (Model, Feeds) {
     let (bsz, seq, vocab, hid) = (2usize, 5usize, 40usize, 8usize);
