@@ -8,18 +8,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use common::{Outcome, assert_failed, assert_ok, optimize, optimize_env};
 use kiln::compiler::ir::Model;
 use kiln::compiler::onnx::load_model;
 use kiln::compiler::runtime::SessionConfig;
-use kiln::compiler::verify::check_model;
 use kiln::pipeline::{OptLevel, Pipeline, TargetKind};
 use kiln_passes::testing::{
-    CaseOutcome, abs_tol, compare_outputs, count_in, max_abs_diff, read_data_sets, recipe_inputs, require_ort,
-    run_case, run_in,
+    abs_tol, compare_outputs, count_in, max_abs_diff, recipe_inputs, require_ort, run_in, survey_conformance,
 };
 use serde_json::Value as Json;
 
@@ -32,56 +29,31 @@ const MS: &str = "com.microsoft";
 /// not after, and on any pipeline error.
 fn conformance_through(level: OptLevel) {
     require_ort().unwrap_or_else(|e| panic!("{e}"));
-    let cases = kiln_fixtures::conformance_cases().unwrap_or_else(|e| panic!("{e}"));
-    let config = SessionConfig::default();
     let pipeline = Pipeline::new(level).target(TargetKind::Cpu);
-    let (mut passed_before, mut passed_after) = (0usize, 0usize);
-    let (mut regressions, mut errors, mut fixed) = (Vec::new(), Vec::new(), Vec::new());
     let mut contrib: BTreeMap<String, usize> = BTreeMap::new();
-    for case in &cases {
-        let name = case.name.as_str();
-        let model = load_model(&case.model).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let sets = read_data_sets(case, &model).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let before = run_case(&model, &case.dir, &sets, &config).0 == CaseOutcome::Passed;
-        passed_before += usize::from(before);
-        let optimized = match catch_unwind(AssertUnwindSafe(|| pipeline.run(model))) {
-            Ok(Ok(o)) => o.model,
-            Ok(Err(e)) => {
-                errors.push(format!("{name}: {e}"));
-                continue;
-            }
-            Err(_) => {
-                errors.push(format!("{name}: the pipeline panicked"));
-                continue;
-            }
-        };
-        if let Err(e) = check_model(&optimized) {
-            errors.push(format!("{name}: invalid after the pipeline: {e}"));
-            continue;
-        }
-        let (outcome, why) = run_case(&optimized, &case.dir, &sets, &config);
-        match (before, outcome == CaseOutcome::Passed) {
-            (true, false) => regressions.push(format!("{name}: {outcome:?}: {}", why.lines().next().unwrap_or(""))),
-            (false, true) => fixed.push(name.to_string()),
-            _ => {}
-        }
-        passed_after += usize::from(outcome == CaseOutcome::Passed);
+    let survey = survey_conformance(&SessionConfig::default(), |_, model| {
+        let optimized = pipeline.run(model).map_err(|e| e.to_string())?.model;
         for op in contrib_ops(&optimized) {
             *contrib.entry(op).or_insert(0) += 1;
         }
-    }
+        Ok(optimized)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "conformance through {level:?} (cpu): {} cases; {passed_before} pass unoptimized, {passed_after} after",
-        cases.len()
+        "conformance through {level:?} (cpu): {} cases; {} pass unoptimized, {} after",
+        survey.cases, survey.passed_before, survey.passed_after
     );
     println!("cases using each contrib op after {level:?}: {contrib:?}");
-    if !fixed.is_empty() {
-        println!("passing only after {level:?}: {fixed:?}");
+    if !survey.fixed.is_empty() {
+        println!("passing only after {level:?}: {:?}", survey.fixed);
     }
-    assert!(errors.is_empty(), "the pipeline failed on {} cases:\n{}", errors.len(), errors.join("\n"));
-    assert!(regressions.is_empty(), "{} cases regressed:\n{}", regressions.len(), regressions.join("\n"));
-    assert_eq!(passed_after, passed_before + fixed.len());
-    assert!(passed_before >= 1554, "only {passed_before} cases pass unoptimized: is the suite installed?");
+    assert!(survey.unreadable.is_empty(), "unreadable cases: {:?}", survey.unreadable);
+    survey.assert_no_regressions();
+    assert!(
+        survey.passed_before >= 1554,
+        "only {} cases pass unoptimized: is the suite installed?",
+        survey.passed_before
+    );
 }
 
 /// The `com.microsoft` op types a model uses (what O3 brought in).

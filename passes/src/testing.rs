@@ -5,6 +5,7 @@
 //! Used by this crate's tests and, through the `testing` feature, by other crates' tests of
 //! their rewrites. Helpers named `assert_*` and [`run_pass`] panic: they are for tests.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -323,6 +324,95 @@ pub fn run_case(model: &Model, base_dir: &Path, sets: &[DataSet], config: &Sessi
         }
     }
     (CaseOutcome::Passed, String::new())
+}
+
+/// What [`survey_conformance`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub cases: usize,
+    /// Cases whose files could not be read.
+    pub unreadable: Vec<String>,
+    /// Cases ONNX Runtime refuses to load as shipped.
+    pub rejected: Vec<String>,
+    pub passed_before: usize,
+    pub passed_after: usize,
+    /// Passed before the rewrite, not after: `name: outcome: why`.
+    pub regressions: Vec<String>,
+    /// Passed only after the rewrite.
+    pub fixed: Vec<String>,
+    /// The rewrite failed, panicked, or left an invalid model.
+    pub errors: Vec<String>,
+}
+
+/// Runs every conformance case in ONNX Runtime with `config` as shipped and after `rewrite`,
+/// and sorts the cases by what changed. `rewrite` sees each readable case's model.
+pub fn survey_conformance(
+    config: &SessionConfig,
+    mut rewrite: impl FnMut(&ConformanceCase, Model) -> Result<Model, String>,
+) -> Result<Survey, String> {
+    let cases = kiln_fixtures::conformance_cases().map_err(|e| e.to_string())?;
+    let mut s = Survey { cases: cases.len(), ..Survey::default() };
+    for case in &cases {
+        let name = case.name.as_str();
+        let read = load_model(&case.model)
+            .map_err(|e| e.to_string())
+            .and_then(|m| read_data_sets(case, &m).map(|sets| (m, sets)));
+        let Ok((model, sets)) = read else {
+            s.unreadable.push(name.to_string());
+            continue;
+        };
+        let before = match run_case(&model, &case.dir, &sets, config).0 {
+            CaseOutcome::OrtCannotLoad => {
+                s.rejected.push(name.to_string());
+                false
+            }
+            outcome => outcome == CaseOutcome::Passed,
+        };
+        s.passed_before += usize::from(before);
+        let after = match catch_unwind(AssertUnwindSafe(|| rewrite(case, model))) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                s.errors.push(format!("{name}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                s.errors.push(format!("{name}: the rewrite panicked"));
+                continue;
+            }
+        };
+        if let Err(e) = check_model(&after) {
+            s.errors.push(format!("{name}: invalid after the rewrite: {e}"));
+            continue;
+        }
+        let (outcome, why) = run_case(&after, &case.dir, &sets, config);
+        let passed = outcome == CaseOutcome::Passed;
+        s.passed_after += usize::from(passed);
+        match (before, passed) {
+            (true, false) => s.regressions.push(format!("{name}: {outcome:?}: {}", why.lines().next().unwrap_or(""))),
+            (false, true) => s.fixed.push(name.to_string()),
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+impl Survey {
+    /// Panics listing every error and regression.
+    pub fn assert_no_regressions(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "the rewrite failed on {} cases:\n{}",
+            self.errors.len(),
+            self.errors.join("\n")
+        );
+        assert!(
+            self.regressions.is_empty(),
+            "{} cases regressed:\n{}",
+            self.regressions.len(),
+            self.regressions.join("\n")
+        );
+        assert_eq!(self.passed_after, self.passed_before + self.fixed.len());
+    }
 }
 
 // ---- tiny models ----
