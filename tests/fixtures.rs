@@ -8,26 +8,10 @@ use kiln::compiler::compare::{Tolerance, compare_values};
 use kiln::compiler::onnx::{SaveOptions, load_model, save_model};
 use kiln::compiler::runtime::{Executor, ModelSource, OrtExecutor, SessionConfig, Value};
 use kiln::compiler::verify::{Severity, verify_model};
-use kiln::compiler::{DataType, Tensor};
 
 /// The fixture's recipe inputs as executor values.
 fn fixture_inputs(name: &str, seed: u64) -> Vec<(String, Value)> {
-    let f = kiln_fixtures::fixture(name).unwrap_or_else(|e| panic!("{e}"));
-    kiln_fixtures::generate::inputs(f, seed)
-        .into_iter()
-        .map(|g| {
-            let t = match DataType::from_name(&g.dtype) {
-                Some(DataType::F32) => {
-                    Tensor::from_slice(g.shape, &g.values.iter().map(|&v| v as f32).collect::<Vec<_>>())
-                }
-                Some(DataType::I64) => {
-                    Tensor::from_slice(g.shape, &g.values.iter().map(|&v| v as i64).collect::<Vec<_>>())
-                }
-                other => panic!("{name}.{}: no generator for {other:?}", g.name),
-            };
-            (g.name, Value::Tensor(t.unwrap()))
-        })
-        .collect()
+    kiln_passes::testing::fixture_inputs(name, seed).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run_bytes(bytes: &[u8], inputs: &[(String, Value)]) -> Vec<(String, Value)> {

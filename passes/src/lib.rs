@@ -5,10 +5,11 @@
 
 pub mod fuse;
 pub mod simplify;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use fuse::FusionPass;
 pub use simplify::{
-    EliminateCommonSubexpressions, EliminateDeadCode, EliminateNoOps, FoldConstants, LiftConstants, simplify,
-    simplify_manager, simplify_pipeline,
+    EliminateCommonSubexpressions, EliminateDeadCode, EliminateNoOps, FoldConstants, LegalizeScalarInputs,
+    LiftConstants, simplify, simplify_manager, simplify_pipeline,
 };

@@ -1,57 +1,60 @@
-//! Checking rewrites against ONNX Runtime: build tiny models, feed seeded inputs, run a model
-//! before and after a pass, compare with named tolerances (a failure names the first
-//! outlier), and read the conformance suite's `.pb` values.
+//! Checking rewrites against ONNX Runtime: build tiny models, feed seeded or fixture inputs,
+//! run a model before and after a pass, compare with `kiln_compiler::compare`'s tolerances
+//! (a failure names the first outlier), and run the ONNX conformance cases.
 //!
-//! Used by this crate's tests and by other crates' tests of their rewrites.
+//! Used by this crate's tests and, through the `testing` feature, by other crates' tests of
+//! their rewrites. Helpers named `assert_*` and [`run_pass`] panic: they are for tests.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use half::{bf16, f16};
-use kiln_compiler::dtype::ElementSize;
 use kiln_compiler::execute::load_session;
-use kiln_compiler::ir::{Dim, DimValue, Graph, Model, NodeSpec, OpsetImport, TensorType, Type, TypeKind, ValueId};
-use kiln_compiler::onnx::proto::{OptionalProto, SequenceProto, TensorProto};
+use kiln_compiler::ir::{
+    Attribute, Dim, DimValue, Graph, Model, NodeSpec, OpsetImport, TensorType, Type, TypeKind, ValueId,
+};
+use kiln_compiler::onnx::load_model;
 use kiln_compiler::pass::{Changed, Pass, PassContext, ReportEntry};
-use kiln_compiler::runtime::{OptLevel, OrtExecutor, RuntimeError, SessionConfig, ValueType, init_ort};
+use kiln_compiler::runtime::{OptLevel, OrtExecutor, RuntimeError, SessionConfig, init_ort};
 use kiln_compiler::verify::check_model;
 use kiln_compiler::{DataType, Tensor};
-use prost::Message;
+use kiln_fixtures::ConformanceCase;
+use kiln_fixtures::generate::SplitMix64;
 
+pub use kiln_compiler::compare::{Tolerance, compare_values};
+pub use kiln_compiler::ir::Attribute as A;
+pub use kiln_compiler::onnx::read_value;
 pub use kiln_compiler::runtime::Value;
 
-/// A small deterministic generator (splitmix64), so inputs are the same on every machine.
+// ---- seeded values ----
+
+/// A small deterministic generator (SplitMix64, shared with the fixtures' input recipes), so
+/// inputs and weights are the same on every machine.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
         low + (high - low) * self.unit()
     }
 
-    /// Standard normal (Box-Muller).
+    /// Standard normal.
     pub fn normal(&mut self) -> f64 {
-        let u = self.unit().max(f64::MIN_POSITIVE);
-        let v = self.unit();
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        self.0.next_normal()
     }
 
     /// Uniform integer in `[low, high)`.
@@ -59,65 +62,54 @@ impl Rng {
         let span = (high - low).max(1) as u64;
         low + (self.next_u64() % span) as i64
     }
+
+    /// An f32 tensor uniform in `[low, high)`.
+    pub fn tensor(&mut self, dims: &[usize], low: f64, high: f64) -> Tensor {
+        let n = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.uniform(low, high) as f32).collect();
+        Tensor::from_slice(dims.to_vec(), &v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An i64 tensor uniform in `[low, high)`.
+    pub fn ints(&mut self, dims: &[usize], low: i64, high: i64) -> Tensor {
+        let n = dims.iter().product();
+        let v: Vec<i64> = (0..n).map(|_| self.int(low, high)).collect();
+        Tensor::from_slice(dims.to_vec(), &v).unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
-/// Loads ONNX Runtime; tests call this first so a missing library fails with its message.
-pub fn require_ort() -> Result<(), RuntimeError> {
-    init_ort()
-}
-
-/// The session settings every comparison uses: no ORT graph rewrites, deterministic kernels,
-/// so what runs is exactly the graph handed over.
-pub fn exact_config() -> SessionConfig {
-    SessionConfig { optimization: OptLevel::Disabled, deterministic: true, ..SessionConfig::default() }
-}
-
-/// Runs a model in ONNX Runtime on named inputs; returns every graph output.
-pub fn run(model: &Model, inputs: &[(String, Value)]) -> Result<Vec<(String, Value)>, RuntimeError> {
-    run_in(model, None, inputs)
-}
-
-/// [`run`] for a model whose external data lives in `base_dir`.
-pub fn run_in(
-    model: &Model,
-    base_dir: Option<&Path>,
-    inputs: &[(String, Value)],
-) -> Result<Vec<(String, Value)>, RuntimeError> {
-    let mut session = load_session(&OrtExecutor::new(), model, base_dir, &exact_config())?;
-    session.run(inputs, None)
+/// A tensor of `dtype` holding `values` (rounded or cast as the element type requires).
+pub fn tensor_from_f64(dtype: DataType, dims: Vec<usize>, values: &[f64]) -> Result<Tensor, String> {
+    let err = |e: kiln_compiler::TensorError| e.to_string();
+    fn cast<T>(values: &[f64], f: impl Fn(f64) -> T) -> Vec<T> {
+        values.iter().map(|&v| f(v)).collect()
+    }
+    match dtype {
+        DataType::F32 => Tensor::from_slice(dims, &cast(values, |v| v as f32)),
+        DataType::F64 => Tensor::from_slice(dims, values),
+        DataType::F16 => Tensor::from_slice(dims, &cast(values, f16::from_f64)),
+        DataType::BF16 => Tensor::from_slice(dims, &cast(values, bf16::from_f64)),
+        DataType::Bool => Tensor::from_slice(dims, &cast(values, |v| v != 0.0)),
+        DataType::I64 => Tensor::from_slice(dims, &cast(values, |v| v as i64)),
+        DataType::I32 => Tensor::from_slice(dims, &cast(values, |v| v as i32)),
+        DataType::I8 => Tensor::from_slice(dims, &cast(values, |v| v as i8)),
+        DataType::U8 => Tensor::from_slice(dims, &cast(values, |v| v as u8)),
+        other => return Err(format!("no generator for {other}")),
+    }
+    .map_err(err)
 }
 
 /// A tensor of `dtype` and `dims` with seeded values: floats uniform in `[-1, 1)`, integers in
 /// `[0, 4)`, booleans either way.
 pub fn random_tensor(dtype: DataType, dims: &[usize], rng: &mut Rng) -> Result<Tensor, String> {
     let n: usize = dims.iter().product();
-    let dims = dims.to_vec();
-    let err = |e: kiln_compiler::TensorError| e.to_string();
-    let mut f = || rng.uniform(-1.0, 1.0);
-    Ok(match dtype {
-        DataType::F32 => Tensor::from_slice(dims, &(0..n).map(|_| f() as f32).collect::<Vec<_>>()).map_err(err)?,
-        DataType::F64 => Tensor::from_slice(dims, &(0..n).map(|_| f()).collect::<Vec<_>>()).map_err(err)?,
-        DataType::F16 => {
-            Tensor::from_slice(dims, &(0..n).map(|_| f16::from_f64(f())).collect::<Vec<_>>()).map_err(err)?
-        }
-        DataType::BF16 => {
-            Tensor::from_slice(dims, &(0..n).map(|_| bf16::from_f64(f())).collect::<Vec<_>>()).map_err(err)?
-        }
-        DataType::Bool => {
-            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 2) == 1).collect::<Vec<_>>()).map_err(err)?
-        }
-        DataType::I64 => Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4)).collect::<Vec<_>>()).map_err(err)?,
-        DataType::I32 => {
-            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as i32).collect::<Vec<_>>()).map_err(err)?
-        }
-        DataType::I8 => {
-            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as i8).collect::<Vec<_>>()).map_err(err)?
-        }
-        DataType::U8 => {
-            Tensor::from_slice(dims, &(0..n).map(|_| rng.int(0, 4) as u8).collect::<Vec<_>>()).map_err(err)?
-        }
-        other => return Err(format!("no generator for {other}")),
-    })
+    let values: Vec<f64> = if dtype.is_float() {
+        (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    } else {
+        let high = if dtype == DataType::Bool { 2 } else { 4 };
+        (0..n).map(|_| rng.int(0, high) as f64).collect()
+    };
+    tensor_from_f64(dtype, dims.to_vec(), &values)
 }
 
 /// Seeded values for every runtime input of the main graph, after its declared types;
@@ -145,62 +137,73 @@ pub fn seeded_inputs(model: &Model, seed: u64, free_dim: usize) -> Result<Vec<(S
     Ok(out)
 }
 
-/// How close two results must be: `|got - want| <= abs + rel * |want|` for floats; other
-/// types compare exactly.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tolerance {
-    pub abs: f64,
-    pub rel: f64,
+/// Named inputs as the executor takes them (`("x", tensor)` pairs are the short form tests write).
+pub fn to_inputs<N: AsRef<str>, V: Clone + Into<Value>>(feeds: &[(N, V)]) -> Vec<(String, Value)> {
+    feeds.iter().map(|(n, v)| (n.as_ref().to_string(), v.clone().into())).collect()
 }
 
-impl Tolerance {
-    /// Bit-for-bit (NaN equals NaN).
-    pub const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 0.0 };
-    /// f32 results of the same computation regrouped.
-    pub const F32_CLOSE: Tolerance = Tolerance { abs: 1e-5, rel: 1e-5 };
-    /// What the ONNX backend tests accept.
-    pub const ONNX_BACKEND: Tolerance = Tolerance { abs: 1e-7, rel: 1e-3 };
+// ---- fixtures ----
+
+/// A trained fixture's model, loaded.
+pub fn fixture_model(name: &str) -> Result<Model, String> {
+    let path = kiln_fixtures::model(name).map_err(|e| e.to_string())?;
+    load_model(&path).map_err(|e| format!("{name}: {e}"))
 }
 
-/// Compares two values; the error names the first element outside the tolerance.
-pub fn compare(name: &str, got: &Value, want: &Value, tol: Tolerance) -> Result<(), String> {
-    match (got, want) {
-        (Value::Tensor(g), Value::Tensor(w)) => compare_tensors(name, g, w, tol),
-        (Value::Sequence(g), Value::Sequence(w)) => {
-            if g.len() != w.len() {
-                return Err(format!("{name}: sequence of {} where {} expected", g.len(), w.len()));
-            }
-            g.iter().zip(w).enumerate().try_for_each(|(i, (a, b))| compare(&format!("{name}[{i}]"), a, b, tol))
-        }
-        (Value::Optional(g), Value::Optional(w)) => match (g, w) {
-            (Some(a), Some(b)) => compare(name, a, b, tol),
-            (None, None) => Ok(()),
-            _ => Err(format!("{name}: got {}, want {}", got.describe(), want.describe())),
-        },
-        // ORT returns a present optional as its element.
-        (g, Value::Optional(Some(w))) => compare(name, g, w, tol),
-        _ => Err(format!("{name}: got {}, want {}", got.describe(), want.describe())),
+/// Inputs following a fixture's value recipes (clone the fixture and edit its shapes for
+/// other sizes); `seed` picks the sample.
+pub fn recipe_inputs(fixture: &kiln_fixtures::Fixture, seed: u64) -> Result<Vec<(String, Value)>, String> {
+    kiln_fixtures::generate::inputs(fixture, seed)
+        .into_iter()
+        .map(|g| {
+            let dtype = DataType::from_name(&g.dtype).ok_or_else(|| format!("{}: dtype {}", g.name, g.dtype))?;
+            let t = tensor_from_f64(dtype, g.shape, &g.values).map_err(|e| format!("{}: {e}", g.name))?;
+            Ok((g.name, Value::Tensor(t)))
+        })
+        .collect()
+}
+
+/// [`recipe_inputs`] of the fixture called `name`, at the manifest's shapes.
+pub fn fixture_inputs(name: &str, seed: u64) -> Result<Vec<(String, Value)>, String> {
+    recipe_inputs(kiln_fixtures::fixture(name).map_err(|e| e.to_string())?, seed)
+}
+
+// ---- running and comparing ----
+
+/// Loads ONNX Runtime; tests call this first so a missing library fails with its message.
+pub fn require_ort() -> Result<(), RuntimeError> {
+    init_ort()
+}
+
+/// The session settings every comparison uses: no ORT graph rewrites, one thread,
+/// deterministic kernels, so what runs is exactly the graph handed over, bit for bit.
+pub fn exact_config() -> SessionConfig {
+    SessionConfig {
+        optimization: OptLevel::Disabled,
+        deterministic: true,
+        intra_threads: Some(1),
+        ..SessionConfig::default()
     }
 }
 
-fn compare_tensors(name: &str, g: &Tensor, w: &Tensor, tol: Tolerance) -> Result<(), String> {
-    if g.dtype() != w.dtype() || g.dims() != w.dims() {
-        return Err(format!("{name}: got {}{:?}, want {}{:?}", g.dtype(), g.dims(), w.dtype(), w.dims()));
-    }
-    let wide_float = w.dtype().is_float() && w.dtype().element_size() != ElementSize::Bytes(1);
-    if wide_float && let (Ok(a), Ok(b)) = (g.to_f64_vec(), w.to_f64_vec()) {
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            let ok = x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol.abs + tol.rel * y.abs();
-            if !ok {
-                return Err(format!("{name}[{i}]: got {x}, want {y} (diff {:e})", (x - y).abs()));
-            }
-        }
-        return Ok(());
-    }
-    if g.data() != w.data() {
-        return Err(format!("{name}: {} data differ", w.dtype()));
-    }
-    Ok(())
+/// Runs a model in ONNX Runtime on named inputs; returns every graph output.
+pub fn run(model: &Model, inputs: &[(String, Value)]) -> Result<Vec<(String, Value)>, RuntimeError> {
+    run_in(model, None, inputs)
+}
+
+/// [`run`] for a model whose external data lives in `base_dir`.
+pub fn run_in(
+    model: &Model,
+    base_dir: Option<&Path>,
+    inputs: &[(String, Value)],
+) -> Result<Vec<(String, Value)>, RuntimeError> {
+    let mut session = load_session(&OrtExecutor::new(), model, base_dir, &exact_config())?;
+    session.run(inputs, None)
+}
+
+/// An absolute tolerance: `|got - want| <= atol`.
+pub const fn abs_tol(atol: f64) -> Tolerance {
+    Tolerance { rtol: 0.0, atol }
 }
 
 /// Compares two output lists by name and order.
@@ -212,9 +215,24 @@ pub fn compare_outputs(got: &[(String, Value)], want: &[(String, Value)], tol: T
         if gn != wn {
             return Err(format!("output '{gn}' where '{wn}' expected"));
         }
-        compare(gn, g, w, tol)?;
+        compare_values(gn, g, w, tol)?;
     }
     Ok(())
+}
+
+/// The largest absolute difference between two lists of float outputs (0 for other types);
+/// for reports, next to a [`compare_outputs`] verdict.
+pub fn max_abs_diff(got: &[(String, Value)], want: &[(String, Value)]) -> f64 {
+    let mut worst = 0.0f64;
+    for ((_, g), (_, w)) in got.iter().zip(want) {
+        if let (Value::Tensor(a), Value::Tensor(b)) = (g, w)
+            && a.dtype().is_float()
+            && let (Ok(x), Ok(y)) = (a.to_f64_vec(), b.to_f64_vec())
+        {
+            worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(worst, f64::max);
+        }
+    }
+    worst
 }
 
 /// Runs `before` and `after` on the same seeded inputs and compares their outputs.
@@ -225,83 +243,175 @@ pub fn check_same_outputs(before: &Model, after: &Model, seed: u64, tol: Toleran
     compare_outputs(&got, &want, tol)
 }
 
-/// Decodes a serialized `TensorProto` (inline data only).
-pub fn tensor_from_proto(tp: &TensorProto) -> Result<Tensor, String> {
-    let code = tp.data_type.unwrap_or(0);
-    let dtype = DataType::from_onnx(code).ok_or_else(|| format!("unknown element type {code}"))?;
-    let dims: Vec<usize> = tp
-        .dims
-        .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d}")))
-        .collect::<Result<_, _>>()?;
-    if !tp.external_data.is_empty() {
-        return Err("external data is not supported here".into());
-    }
-    if dtype == DataType::String {
-        return Tensor::from_strings(dims, tp.string_data.clone()).map_err(|e| e.to_string());
-    }
-    let bytes: Vec<u8> = if let Some(raw) = &tp.raw_data {
-        raw.to_vec()
-    } else {
-        use DataType as D;
-        match dtype {
-            D::F32 | D::C64 => tp.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            D::F64 | D::C128 => tp.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            D::I64 => tp.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            D::U32 => tp.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect(),
-            D::U64 => tp.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            _ => {
-                // int32_data holds one element (or one packed byte of sub-byte types) per entry.
-                let size = match dtype.element_size() {
-                    ElementSize::Bytes(n) => n,
-                    _ => 1,
-                };
-                tp.int32_data.iter().flat_map(|v| v.to_le_bytes()[..size.min(4)].to_vec()).collect()
+/// Runs both models on the same inputs and asserts every output agrees within `tol`;
+/// returns the largest absolute difference.
+pub fn assert_same<N: AsRef<str>, V: Clone + Into<Value>>(
+    before: &Model,
+    after: &Model,
+    feeds: &[(N, V)],
+    tol: Tolerance,
+) -> f64 {
+    let inputs = to_inputs(feeds);
+    let want = run(before, &inputs).unwrap_or_else(|e| panic!("before: {e}"));
+    let got = run(after, &inputs).unwrap_or_else(|e| panic!("after: {e}"));
+    compare_outputs(&got, &want, tol).unwrap_or_else(|e| panic!("{e}"));
+    max_abs_diff(&got, &want)
+}
+
+// ---- the conformance suite ----
+
+/// One recorded data set of a conformance case: inputs and expected outputs.
+#[derive(Debug, Clone)]
+pub struct DataSet {
+    pub inputs: Vec<(String, Value)>,
+    pub outputs: Vec<(String, Value)>,
+}
+
+/// How a conformance case ended in ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CaseOutcome {
+    Passed,
+    /// ORT refused to load the model (no kernel for an op, type, or opset).
+    OrtCannotLoad,
+    /// ORT loaded it but failed while running.
+    OrtRunFailed,
+    /// The executor cannot pass this kind of value (e.g. an empty sequence).
+    Unsupported,
+    /// ORT's outputs differ from the suite's expected outputs.
+    Mismatch,
+}
+
+/// A case's recorded data sets, read with the declared types of the model's inputs and
+/// outputs. Optional inputs may be left out of a set.
+pub fn read_data_sets(case: &ConformanceCase, model: &Model) -> Result<Vec<DataSet>, String> {
+    let g = model.graph.as_ref().ok_or("the model has no graph")?;
+    let read = |set: &Path, prefix: &str, values: &[ValueId]| {
+        let mut out = Vec::new();
+        for (i, &v) in values.iter().enumerate() {
+            let path = set.join(format!("{prefix}_{i}.pb"));
+            if !path.exists() {
+                continue;
             }
+            let value = read_value(&path, g.value(v).ty.as_ref()).map_err(|e| e.to_string())?;
+            out.push((g.value(v).name.clone(), value));
         }
+        Ok::<_, String>(out)
     };
-    Tensor::new(dtype, dims, Bytes::from(bytes)).map_err(|e| e.to_string())
+    let inputs: Vec<ValueId> = g.runtime_inputs().collect();
+    case.data_sets
+        .iter()
+        .map(|set| Ok(DataSet { inputs: read(set, "input", &inputs)?, outputs: read(set, "output", g.outputs())? }))
+        .collect()
 }
 
-fn sequence_from_proto(sp: &SequenceProto) -> Result<Value, String> {
-    let mut items = Vec::new();
-    for t in &sp.tensor_values {
-        items.push(Value::Tensor(tensor_from_proto(t)?));
-    }
-    for s in &sp.sequence_values {
-        items.push(sequence_from_proto(s)?);
-    }
-    for o in &sp.optional_values {
-        items.push(optional_from_proto(o)?);
-    }
-    if !sp.map_values.is_empty() || !sp.sparse_tensor_values.is_empty() {
-        return Err("maps and sparse tensors are not supported here".into());
-    }
-    Ok(Value::Sequence(items))
-}
-
-fn optional_from_proto(op: &OptionalProto) -> Result<Value, String> {
-    let inner = if let Some(t) = &op.tensor_value {
-        Some(Value::Tensor(tensor_from_proto(t)?))
-    } else if let Some(s) = &op.sequence_value {
-        Some(sequence_from_proto(s)?)
-    } else if let Some(o) = &op.optional_value {
-        Some(optional_from_proto(o)?)
-    } else {
-        None
+/// Runs a model on every data set of its case and compares with the expected outputs
+/// (`Tolerance::ONNX_BACKEND`); says how it ended and why, in one line.
+pub fn run_case(model: &Model, base_dir: &Path, sets: &[DataSet], config: &SessionConfig) -> (CaseOutcome, String) {
+    let mut session = match load_session(&OrtExecutor::new(), model, Some(base_dir), config) {
+        Ok(s) => s,
+        Err(e @ RuntimeError::LibraryNotFound { .. }) => panic!("{e}"),
+        Err(e) => return (CaseOutcome::OrtCannotLoad, e.to_string()),
     };
-    Ok(Value::Optional(inner.map(Box::new)))
+    for set in sets {
+        let names: Vec<String> = set.outputs.iter().map(|(n, _)| n.clone()).collect();
+        let got = match session.run(&set.inputs, Some(&names)) {
+            Ok(o) => o,
+            Err(e @ RuntimeError::Unsupported { .. }) => return (CaseOutcome::Unsupported, e.to_string()),
+            Err(e) => return (CaseOutcome::OrtRunFailed, e.to_string()),
+        };
+        if let Err(e) = compare_outputs(&got, &set.outputs, Tolerance::ONNX_BACKEND) {
+            return (CaseOutcome::Mismatch, e);
+        }
+    }
+    (CaseOutcome::Passed, String::new())
 }
 
-/// Reads a conformance `.pb` value of the declared type (tensor, sequence or optional).
-pub fn read_value_file(path: &Path, ty: &ValueType) -> Result<Value, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bad = |e: prost::DecodeError| format!("{}: {e}", path.display());
-    match ty {
-        ValueType::Sequence(_) => sequence_from_proto(&SequenceProto::decode(bytes.as_slice()).map_err(bad)?),
-        ValueType::Optional(_) => optional_from_proto(&OptionalProto::decode(bytes.as_slice()).map_err(bad)?),
-        ValueType::Map { .. } => Err("maps are not supported here".into()),
-        _ => Ok(Value::Tensor(tensor_from_proto(&TensorProto::decode(bytes.as_slice()).map_err(bad)?)?)),
+/// What [`survey_conformance`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub cases: usize,
+    /// Cases whose files could not be read.
+    pub unreadable: Vec<String>,
+    /// Cases ONNX Runtime refuses to load as shipped.
+    pub rejected: Vec<String>,
+    pub passed_before: usize,
+    pub passed_after: usize,
+    /// Passed before the rewrite, not after: `name: outcome: why`.
+    pub regressions: Vec<String>,
+    /// Passed only after the rewrite.
+    pub fixed: Vec<String>,
+    /// The rewrite failed, panicked, or left an invalid model.
+    pub errors: Vec<String>,
+}
+
+/// Runs every conformance case in ONNX Runtime with `config` as shipped and after `rewrite`,
+/// and sorts the cases by what changed. `rewrite` sees each readable case's model.
+pub fn survey_conformance(
+    config: &SessionConfig,
+    mut rewrite: impl FnMut(&ConformanceCase, Model) -> Result<Model, String>,
+) -> Result<Survey, String> {
+    let cases = kiln_fixtures::conformance_cases().map_err(|e| e.to_string())?;
+    let mut s = Survey { cases: cases.len(), ..Survey::default() };
+    for case in &cases {
+        let name = case.name.as_str();
+        let read = load_model(&case.model)
+            .map_err(|e| e.to_string())
+            .and_then(|m| read_data_sets(case, &m).map(|sets| (m, sets)));
+        let Ok((model, sets)) = read else {
+            s.unreadable.push(name.to_string());
+            continue;
+        };
+        let before = match run_case(&model, &case.dir, &sets, config).0 {
+            CaseOutcome::OrtCannotLoad => {
+                s.rejected.push(name.to_string());
+                false
+            }
+            outcome => outcome == CaseOutcome::Passed,
+        };
+        s.passed_before += usize::from(before);
+        let after = match catch_unwind(AssertUnwindSafe(|| rewrite(case, model))) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                s.errors.push(format!("{name}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                s.errors.push(format!("{name}: the rewrite panicked"));
+                continue;
+            }
+        };
+        if let Err(e) = check_model(&after) {
+            s.errors.push(format!("{name}: invalid after the rewrite: {e}"));
+            continue;
+        }
+        let (outcome, why) = run_case(&after, &case.dir, &sets, config);
+        let passed = outcome == CaseOutcome::Passed;
+        s.passed_after += usize::from(passed);
+        match (before, passed) {
+            (true, false) => s.regressions.push(format!("{name}: {outcome:?}: {}", why.lines().next().unwrap_or(""))),
+            (false, true) => s.fixed.push(name.to_string()),
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+impl Survey {
+    /// Panics listing every error and regression.
+    pub fn assert_no_regressions(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "the rewrite failed on {} cases:\n{}",
+            self.errors.len(),
+            self.errors.join("\n")
+        );
+        assert!(
+            self.regressions.is_empty(),
+            "{} cases regressed:\n{}",
+            self.regressions.len(),
+            self.regressions.join("\n")
+        );
+        assert_eq!(self.passed_after, self.passed_before + self.fixed.len());
     }
 }
 
@@ -323,6 +433,11 @@ pub fn tensor_ty_sym(dtype: DataType, dims: &[Option<i64>]) -> Type {
         })
         .collect();
     Type::tensor(TensorType::new(dtype, Some(dims)))
+}
+
+/// A tensor type from dims that may be symbolic or unknown.
+pub fn typed(dtype: DataType, dims: &[Dim]) -> Option<Type> {
+    Some(Type::tensor(TensorType::new(dtype, Some(dims.to_vec()))))
 }
 
 /// A model around `graph` importing the default domain at `opset` (IR version 8).
@@ -353,6 +468,79 @@ pub fn output(g: &mut Graph, v: ValueId, ty: Type) {
     g.push_output(v);
 }
 
+/// A terse graph builder for rule tests: f32 inputs and seeded weights, nodes named after
+/// their op and a counter.
+pub struct B {
+    pub g: Graph,
+    pub rng: Rng,
+    n: usize,
+}
+
+impl B {
+    pub fn new(seed: u64) -> B {
+        B { g: Graph::new(), rng: Rng::new(seed), n: 0 }
+    }
+
+    pub fn input(&mut self, name: &str, dims: &[usize]) -> ValueId {
+        self.g.add_input(name, Some(tensor_ty(DataType::F32, dims)))
+    }
+
+    pub fn input_typed(&mut self, name: &str, dtype: DataType, dims: &[usize]) -> ValueId {
+        self.g.add_input(name, Some(tensor_ty(dtype, dims)))
+    }
+
+    /// A seeded f32 initializer uniform in `[low, high)`.
+    pub fn weight(&mut self, name: &str, dims: &[usize], low: f64, high: f64) -> ValueId {
+        let t = self.rng.tensor(dims, low, high);
+        constant(&mut self.g, name, t)
+    }
+
+    pub fn konst(&mut self, name: &str, t: Tensor) -> ValueId {
+        constant(&mut self.g, name, t)
+    }
+
+    /// An f32 scalar initializer.
+    pub fn scalar(&mut self, v: f32) -> ValueId {
+        self.n += 1;
+        let name = format!("c{}", self.n);
+        constant(&mut self.g, &name, Tensor::scalar(v))
+    }
+
+    /// A 1-D i64 initializer.
+    pub fn ints(&mut self, v: &[i64]) -> ValueId {
+        self.n += 1;
+        let name = format!("i{}", self.n);
+        let t = Tensor::from_slice(vec![v.len()], v).unwrap_or_else(|e| panic!("{e}"));
+        constant(&mut self.g, &name, t)
+    }
+
+    /// Adds a node with one output; returns it.
+    pub fn op(&mut self, op_type: &str, inputs: &[ValueId], attrs: Vec<Attribute>) -> ValueId {
+        self.n += 1;
+        let mut spec = NodeSpec::new(op_type)
+            .name(format!("{op_type}_{}", self.n))
+            .inputs(inputs.iter().copied())
+            .outputs([format!("{op_type}_{}_out", self.n)]);
+        spec.attributes = attrs;
+        op(&mut self.g, spec)
+    }
+
+    /// Declares the type of a value (what shape inference would say).
+    pub fn declare(&mut self, v: ValueId, dims: &[usize]) {
+        self.g.value_mut(v).ty = Some(tensor_ty(DataType::F32, dims));
+    }
+
+    pub fn output(&mut self, v: ValueId) {
+        self.g.push_output(v);
+    }
+
+    pub fn model(self, opset: i64) -> Model {
+        model(self.g, opset)
+    }
+}
+
+// ---- passes and what they did ----
+
 /// Nodes in the main graph and every subgraph.
 pub fn node_count(model: &Model) -> usize {
     let mut n = 0;
@@ -362,13 +550,21 @@ pub fn node_count(model: &Model) -> usize {
     n
 }
 
-/// Nodes of a default-domain op type in the main graph and every subgraph.
-pub fn count_op(model: &Model, op_type: &str) -> usize {
+/// Nodes of `domain`'s `op_type` in the main graph and every subgraph (`""`: the default
+/// domain).
+pub fn count_in(model: &Model, domain: &str, op_type: &str) -> usize {
     let mut n = 0;
     if let Some(g) = &model.graph {
-        g.visit_graphs(&mut |sg| n += sg.nodes().filter(|(_, node)| node.is_onnx(op_type)).count());
+        g.visit_graphs(&mut |sg| {
+            n += sg.nodes().filter(|(_, node)| node.domain() == domain && node.op_type == op_type).count()
+        });
     }
     n
+}
+
+/// Nodes of a default-domain op type in the main graph and every subgraph.
+pub fn count_op(model: &Model, op_type: &str) -> usize {
+    count_in(model, "", op_type)
 }
 
 /// Runs one pass and checks the model is still valid; returns whether it changed and what
@@ -380,9 +576,28 @@ pub fn apply(pass: &dyn Pass, model: &mut Model) -> Result<(Changed, Vec<ReportE
     Ok((changed, cx.entries().to_vec()))
 }
 
+/// [`apply`] for tests that look only at the report; panics on an error.
+pub fn run_pass(pass: &dyn Pass, model: &mut Model) -> Vec<ReportEntry> {
+    apply(pass, model).unwrap_or_else(|e| panic!("{e}")).1
+}
+
 /// Report entries of a kind (`applied`, `missed`, `skipped`) for a rule.
 pub fn entries<'a>(report: &'a [ReportEntry], kind: &str, rule: &str) -> Vec<&'a ReportEntry> {
     report.iter().filter(|e| e.kind == kind && e.rule == rule).collect()
+}
+
+/// How many times a rule applied.
+pub fn applied(report: &[ReportEntry], rule: &str) -> usize {
+    entries(report, "applied", rule).len()
+}
+
+/// Why a rule did not apply: `kind: detail` of its other entries.
+pub fn why(report: &[ReportEntry], rule: &str) -> Vec<String> {
+    report
+        .iter()
+        .filter(|e| e.kind != "applied" && e.rule == rule)
+        .map(|e| format!("{}: {}", e.kind, e.detail))
+        .collect()
 }
 
 /// Whether a type is a dense tensor.

@@ -1,11 +1,9 @@
 //! The rule framework itself: atomic patches, reports, subgraphs, captures, extension.
 
-mod fuse_util;
-
-use fuse_util::*;
 use kiln_compiler::ir::{AttrValue, Graph, NodeId, NodeSpec};
 use kiln_compiler::pass::Pass;
 use kiln_passes::fuse::{FusionPass, MS_DOMAIN, Matcher, NewNode, NoMatch, OrMiss, Patch, Rule};
+use kiln_passes::testing::*;
 
 /// A deliberately wrong rule: replaces Relu by Neg but forgets the Relu's other reader.
 struct BadRule;
@@ -40,7 +38,7 @@ fn a_patch_that_would_leave_a_dangling_use_is_rejected_and_nothing_changes() {
     let before = b.model(20);
     let mut after = before.clone();
     let pass = FusionPass::new("bad-set", [&BadRule as &dyn Rule]);
-    let entries = apply(&pass, &mut after);
+    let entries = run_pass(&pass, &mut after);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].kind, "missed");
     assert!(
@@ -78,9 +76,9 @@ fn a_patch_that_changes_an_element_type_is_rejected() {
     b.declare(r, &[4]);
     b.output(r);
     let mut m = b.model(13);
-    let entries = apply(&FusionPass::new("cast-set", [&CastRule as &dyn Rule]), &mut m);
+    let entries = run_pass(&FusionPass::new("cast-set", [&CastRule as &dyn Rule]), &mut m);
     assert_eq!(entries[0].detail, "patch rejected: new Cast output 0 is i64, 'Relu_1_out' was f32");
-    assert_eq!(count(&m, "", "Relu"), 1);
+    assert_eq!(count_in(&m, "", "Relu"), 1);
 }
 
 /// Conv + BatchNormalization inside both branches of an If.
@@ -93,11 +91,11 @@ fn if_model(capture_conv_output: bool) -> kiln_compiler::ir::Model {
         g.name = Some(format!("branch{seed}"));
         let mut rng = Rng::new(seed);
         let xo = g.add_outer("x");
-        let w = init(&mut g, "w", rng.tensor(&[2, 2, 3, 3], -0.5, 0.5));
+        let w = constant(&mut g, "w", rng.tensor(&[2, 2, 3, 3], -0.5, 0.5));
         let c =
             g.add_node(NodeSpec::new("Conv").inputs([xo, w]).outputs(["c"]).attr(A::ints("pads", vec![1, 1, 1, 1])));
         let c = g.node(c).output(0).unwrap();
-        let p: Vec<_> = (0..4).map(|i| init(&mut g, &format!("p{i}"), rng.tensor(&[2], 0.5, 1.5))).collect();
+        let p: Vec<_> = (0..4).map(|i| constant(&mut g, &format!("p{i}"), rng.tensor(&[2], 0.5, 1.5))).collect();
         let bn = g.add_node(NodeSpec::new("BatchNormalization").inputs([c, p[0], p[1], p[2], p[3]]).outputs(["y"]));
         let y = g.node(bn).output(0).unwrap();
         g.push_output(y);
@@ -135,17 +133,17 @@ fn if_model(capture_conv_output: bool) -> kiln_compiler::ir::Model {
 fn rules_run_inside_subgraphs() {
     let before = if_model(false);
     let mut after = before.clone();
-    let entries = apply(&FusionPass::portable(), &mut after);
+    let entries = run_pass(&FusionPass::portable(), &mut after);
     assert_eq!(applied(&entries, "conv-bn"), 2);
     assert!(entries.iter().any(|e| e.node.starts_with("branch10: ")));
-    assert_eq!(count(&after, "", "BatchNormalization"), 0);
+    assert_eq!(count_in(&after, "", "BatchNormalization"), 0);
     let mut rng = Rng::new(4);
     for c in [true, false] {
         let feeds = vec![
             ("x", rng.tensor(&[1, 2, 5, 5], -1.0, 1.0)),
             ("cond", kiln_compiler::Tensor::from_slice(vec![], &[c]).unwrap()),
         ];
-        assert_same(&before, &after, &feeds, 1e-4);
+        assert_same(&before, &after, &feeds, abs_tol(1e-4));
     }
 }
 
@@ -153,8 +151,8 @@ fn rules_run_inside_subgraphs() {
 fn a_value_a_subgraph_reads_is_not_fused_away() {
     let before = if_model(true);
     let mut after = before.clone();
-    let entries = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "BatchNormalization"), 1);
+    let entries = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "BatchNormalization"), 1);
     assert_eq!(why(&entries, "conv-bn"), ["missed: the Conv output has other uses"]);
 }
 
@@ -178,10 +176,10 @@ fn layer_norm_before_opset_17_uses_the_ort_kernel() {
     let feeds = vec![("x", b.rng.tensor(&[2, 3, 8], -2.0, 2.0))];
     let before = b.model(12);
     let mut after = before.clone();
-    let entries = apply(&FusionPass::ort(), &mut after);
+    let entries = run_pass(&FusionPass::ort(), &mut after);
     assert_eq!(applied(&entries, "layernorm-ort"), 1);
-    assert_eq!(count(&after, "", "LayerNormalization"), 1);
-    assert_same(&before, &after, &feeds, 1e-4);
+    assert_eq!(count_in(&after, "", "LayerNormalization"), 1);
+    assert_same(&before, &after, &feeds, abs_tol(1e-4));
 }
 
 #[test]

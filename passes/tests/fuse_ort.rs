@@ -1,14 +1,12 @@
 //! `fuse-ort` rules (ONNX Runtime contrib operators): positive cases checked for structure and
 //! against ONNX Runtime on seeded inputs, each with a negative twin that stays.
 
-mod fuse_util;
-
-use fuse_util::*;
 use kiln_compiler::ir::{Model, ValueId};
 use kiln_compiler::{DataType, Tensor};
 use kiln_passes::fuse::{FusionPass, MS_DOMAIN};
+use kiln_passes::testing::*;
 
-const TOL: f64 = 1e-4;
+const TOL: Tolerance = abs_tol(1e-4);
 
 type Feeds = Vec<(&'static str, Tensor)>;
 
@@ -32,9 +30,9 @@ fn erf_gelu_becomes_ms_gelu_at_any_opset() {
     let feeds = vec![("x", b.rng.tensor(&[4, 6], -3.0, 3.0))];
     let before = b.model(13);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
+    let r = run_pass(&FusionPass::ort(), &mut after);
     assert_eq!(applied(&r, "gelu-ort"), 1);
-    assert_eq!(count(&after, MS_DOMAIN, "Gelu"), 1);
+    assert_eq!(count_in(&after, MS_DOMAIN, "Gelu"), 1);
     assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
     assert_eq!(after.opset("com.microsoft"), Some(1));
     assert_same(&before, &after, &feeds, TOL);
@@ -54,8 +52,8 @@ fn erf_gelu_over_a_wrong_divisor_stays() {
     let y = b.op("Mul", &[t, h], vec![]);
     b.output(y);
     let mut m = b.model(13);
-    apply(&FusionPass::ort(), &mut m);
-    assert_eq!(count(&m, MS_DOMAIN, "Gelu"), 0);
+    run_pass(&FusionPass::ort(), &mut m);
+    assert_eq!(count_in(&m, MS_DOMAIN, "Gelu"), 0);
     assert!(m.opset("com.microsoft").is_none());
 }
 
@@ -96,7 +94,7 @@ fn tanh_gelu_becomes_fast_gelu_with_its_bias() {
     for by_pow in [true, false] {
         let (before, feeds) = tanh_gelu(by_pow, 0.044715, true);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "fast-gelu"), 1);
         assert_eq!(applied(&r, "bias-fast-gelu"), 1);
         assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
@@ -111,15 +109,15 @@ fn tanh_gelu_twins_stay() {
     // A wrong cubic coefficient: nothing fuses.
     let (before, feeds) = tanh_gelu(true, 0.05, true);
     let mut after = before.clone();
-    apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "FastGelu"), 0);
-    assert_same(&before, &after, &feeds, 0.0);
+    run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "FastGelu"), 0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
     // A bias fed at run time: FastGelu, but the Add stays outside.
     let (before, feeds) = tanh_gelu(true, 0.044715, false);
     let mut after = before.clone();
-    apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "FastGelu"), 1);
-    assert_eq!(count(&after, "", "Add"), 1);
+    run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "FastGelu"), 1);
+    assert_eq!(count_in(&after, "", "Add"), 1);
     assert_same(&before, &after, &feeds, TOL);
 }
 
@@ -141,9 +139,9 @@ fn bias_gelu(bias_const: bool) -> (Model, Feeds) {
 fn bias_add_and_gelu_become_bias_gelu() {
     let (before, feeds) = bias_gelu(true);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
+    let r = run_pass(&FusionPass::ort(), &mut after);
     assert_eq!(applied(&r, "bias-gelu"), 1);
-    assert_eq!(count(&after, MS_DOMAIN, "BiasGelu"), 1);
+    assert_eq!(count_in(&after, MS_DOMAIN, "BiasGelu"), 1);
     assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
     assert_same(&before, &after, &feeds, TOL);
 }
@@ -152,9 +150,9 @@ fn bias_add_and_gelu_become_bias_gelu() {
 fn gelu_of_a_runtime_bias_stays_unbiased() {
     let (before, feeds) = bias_gelu(false);
     let mut after = before.clone();
-    apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "BiasGelu"), 0);
-    assert_eq!(count(&after, MS_DOMAIN, "Gelu"), 1);
+    run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "BiasGelu"), 0);
+    assert_eq!(count_in(&after, MS_DOMAIN, "Gelu"), 1);
     assert_same(&before, &after, &feeds, TOL);
 }
 
@@ -192,10 +190,10 @@ fn residual_add_and_layer_norm_become_skip_layer_normalization() {
     for (sum_used, early) in [(false, false), (true, false), (false, true)] {
         let (before, feeds) = skip_ln(&[2, 4, 8], sum_used, early);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "skip-layernorm"), 1);
-        assert_eq!(count(&after, MS_DOMAIN, "SkipLayerNormalization"), 1);
-        assert_eq!(count(&after, "", "Add"), 0, "the bias goes in too");
+        assert_eq!(count_in(&after, MS_DOMAIN, "SkipLayerNormalization"), 1);
+        assert_eq!(count_in(&after, "", "Add"), 0, "the bias goes in too");
         let g = after.graph.as_ref().unwrap();
         let (_, sln) = g.nodes().find(|(_, n)| n.op_type == "SkipLayerNormalization").unwrap();
         assert_eq!(sln.inputs().len(), 5);
@@ -208,10 +206,10 @@ fn residual_add_and_layer_norm_become_skip_layer_normalization() {
 fn broadcasting_residual_add_stays() {
     let (before, feeds) = skip_ln(&[1, 1, 8], false, false);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "SkipLayerNormalization"), 0);
+    let r = run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "SkipLayerNormalization"), 0);
     assert_eq!(why(&r, "skip-layernorm"), ["missed: the residual Add broadcasts (its inputs differ in shape)"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
 /// A BERT self-attention block: x [2, 6, 16], 2 heads of 8. `concat_shapes` spells the
@@ -319,7 +317,7 @@ fn self_attention_becomes_attention() {
     for o in &cases {
         let (before, feeds) = attention(o);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "attention"), 1, "{:?}", why(&r, "attention"));
         let g = after.graph.as_ref().unwrap();
         let ops: Vec<&str> = g.nodes().map(|(_, n)| n.op_type.as_str()).collect();
@@ -335,10 +333,172 @@ fn cross_attention_stays() {
     let o = Attn { concat_shapes: false, k_two_transposes: false, scale_by_mul: false, mask: true, cross: true };
     let (before, feeds) = attention(&o);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "Attention"), 0);
+    let r = run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "Attention"), 0);
     assert_eq!(why(&r, "attention"), ["missed: Q, K and V do not read the same input (not self-attention)"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
+}
+
+/// How Q, K and V are taken apart in the packed form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    SliceSqueeze,
+    Gather,
+}
+
+/// A ViT/SVTR self-attention block with one packed Q/K/V projection: x [2, 5, 15], 3 heads
+/// of 5. `computed_shapes` writes N as SVTR does (`Cast(Slice(Cast(Shape(x))))`); `q_scale`
+/// scales Q before Q·Kᵀ (else the scores are divided); `order` is which entry of the packed
+/// axis Q, K and V take; `perm` the transpose of the 5-D split.
+struct PackedAttn {
+    opset: i64,
+    computed_shapes: bool,
+    pick: Pick,
+    q_scale: bool,
+    order: [i64; 3],
+    perm: [i64; 5],
+}
+
+const SVTR: PackedAttn = PackedAttn {
+    opset: 12,
+    computed_shapes: true,
+    pick: Pick::SliceSqueeze,
+    q_scale: true,
+    order: [0, 1, 2],
+    perm: [2, 0, 3, 1, 4],
+};
+
+fn packed_attention(o: &PackedAttn) -> (Model, Feeds) {
+    let (bsz, seq, hid, heads, hs) = (2usize, 5usize, 15usize, 3usize, 5usize);
+    let mut b = B::new(11);
+    let x = b.input("x", &[bsz, seq, hid]);
+    let w = b.weight("qkv_w", &[hid, 3 * hid], -0.4, 0.4);
+    let bias = b.weight("qkv_b", &[3 * hid], -0.4, 0.4);
+    let mm = b.op("MatMul", &[x, w], vec![]);
+    let p = b.op("Add", &[mm, bias], vec![]);
+    // N as a 1-element i64 vector, computed from x's shape through int32 as PaddlePaddle does.
+    let n = o.computed_shapes.then(|| {
+        let s = b.op("Shape", &[x], vec![]);
+        let s32 = b.op("Cast", &[s], vec![A::int("to", 6)]);
+        let (st, en, ax) = (b.ints(&[1]), b.ints(&[2]), b.ints(&[0]));
+        let d = b.op("Slice", &[s32, st, en, ax], vec![]);
+        b.op("Cast", &[d], vec![A::int("to", 7)])
+    });
+    let split_shape = match n {
+        Some(n) => {
+            let parts = [b.ints(&[0]), n, b.ints(&[3]), b.ints(&[heads as i64]), b.ints(&[hs as i64])];
+            b.op("Concat", &parts, vec![A::int("axis", 0)])
+        }
+        None => b.ints(&[0, 0, 3, heads as i64, hs as i64]),
+    };
+    let r = b.op("Reshape", &[p, split_shape], vec![]);
+    let t = b.op("Transpose", &[r], vec![A::ints("perm", o.perm.to_vec())]);
+    let opset = o.opset;
+    let entry = |b: &mut B, i: i64| match o.pick {
+        Pick::Gather => {
+            let idx = b.konst(&format!("idx{i}"), Tensor::scalar(i));
+            b.op("Gather", &[t, idx], vec![A::int("axis", 0)])
+        }
+        Pick::SliceSqueeze => {
+            let (st, en, ax) = (b.ints(&[i]), b.ints(&[i + 1]), b.ints(&[0]));
+            let sl = b.op("Slice", &[t, st, en, ax], vec![]);
+            if opset >= 13 {
+                let axes = b.ints(&[0]);
+                b.op("Squeeze", &[sl, axes], vec![])
+            } else {
+                b.op("Squeeze", &[sl], vec![A::ints("axes", vec![0])])
+            }
+        }
+    };
+    let q = entry(&mut b, o.order[0]);
+    let k = entry(&mut b, o.order[1]);
+    let v = entry(&mut b, o.order[2]);
+    let c = 1.0 / (hs as f32).sqrt();
+    let q = if o.q_scale {
+        let c = b.scalar(c);
+        b.op("Mul", &[q, c], vec![])
+    } else {
+        q
+    };
+    let kt = b.op("Transpose", &[k], vec![A::ints("perm", vec![0, 1, 3, 2])]);
+    let qk = b.op("MatMul", &[q, kt], vec![]);
+    let scores = if o.q_scale {
+        qk
+    } else {
+        let d = b.scalar(1.0 / c);
+        b.op("Div", &[qk, d], vec![])
+    };
+    let probs = b.op("Softmax", &[scores], vec![A::int("axis", 3)]);
+    let ctx = b.op("MatMul", &[probs, v], vec![]);
+    let back = b.op("Transpose", &[ctx], vec![A::ints("perm", vec![0, 2, 1, 3])]);
+    let merge_shape = match n {
+        Some(n) => {
+            let parts = [b.ints(&[0]), n, b.ints(&[hid as i64])];
+            b.op("Concat", &parts, vec![A::int("axis", 0)])
+        }
+        None => b.ints(&[0, -1, hid as i64]),
+    };
+    let y = b.op("Reshape", &[back, merge_shape], vec![]);
+    b.output(y);
+    let feeds = vec![("x", b.rng.tensor(&[bsz, seq, hid], -1.0, 1.0))];
+    let mut m = b.model(o.opset);
+    // The computed reshape entries are recognized by their inferred one-element shapes.
+    kiln_compiler::shape::infer_model(&mut m);
+    (m, feeds)
+}
+
+#[test]
+fn packed_self_attention_becomes_attention() {
+    let cases = [
+        SVTR,
+        PackedAttn { opset: 17, computed_shapes: false, pick: Pick::Gather, q_scale: false, ..SVTR },
+        PackedAttn { opset: 13, computed_shapes: true, pick: Pick::SliceSqueeze, q_scale: false, ..SVTR },
+    ];
+    for o in &cases {
+        let (before, feeds) = packed_attention(o);
+        let mut after = before.clone();
+        let r = run_pass(&FusionPass::ort(), &mut after);
+        assert_eq!(applied(&r, "attention"), 1, "{:?}", why(&r, "attention"));
+        assert!(entries(&r, "applied", "attention")[0].detail.contains("packed self-attention (3 heads of 5)"));
+        assert_eq!(count_in(&after, MS_DOMAIN, "Attention"), 1);
+        for op in ["MatMul", "Softmax", "Transpose", "Reshape", "Slice", "Gather", "Mul", "Div"] {
+            assert_eq!(count_in(&after, "", op), 0, "{op} left");
+        }
+        // The packed weight is taken as it is: Q | K | V, heads contiguous.
+        let g = after.graph.as_ref().unwrap();
+        let (_, att) = g.nodes().find(|(_, n)| n.op_type == "Attention").unwrap();
+        let w = g.value(att.input(1).unwrap()).initializer().unwrap();
+        let g0 = before.graph.as_ref().unwrap();
+        let (_, mm) = g0.nodes().find(|(_, n)| n.op_type == "MatMul").unwrap();
+        let w0 = g0.value(mm.input(1).unwrap()).initializer().unwrap();
+        assert_eq!(w.dims(), [15, 45]);
+        assert!(w.data() == w0.data(), "the packed weight was rearranged");
+        let worst = assert_same(&before, &after, &feeds, TOL);
+        eprintln!("packed attention {:?} {:?}: max abs difference {worst:e}", o.pick, o.opset);
+    }
+}
+
+#[test]
+fn packed_attention_with_another_layout_stays() {
+    // K and V swapped: K·Vᵀ scores weighting K.
+    let swapped = PackedAttn { order: [0, 2, 1], ..SVTR };
+    // Q, K and V picked along the heads axis (the 5-D split transposed otherwise).
+    let by_heads = PackedAttn { perm: [3, 0, 2, 1, 4], ..SVTR };
+    let cases = [
+        (swapped, "missed: Q, K and V are not entries 0, 1 and 2 of one packed projection"),
+        (
+            by_heads,
+            "missed: the packed Q/K/V is not transposed from [B, N, 3, heads, head size] to [3, B, heads, N, head size]",
+        ),
+    ];
+    for (o, reason) in cases {
+        let (before, feeds) = packed_attention(&o);
+        let mut after = before.clone();
+        let r = run_pass(&FusionPass::ort(), &mut after);
+        assert_eq!(count_in(&after, MS_DOMAIN, "Attention"), 0);
+        assert_eq!(why(&r, "attention"), [reason]);
+        assert_same(&before, &after, &feeds, Tolerance::EXACT);
+    }
 }
 
 /// Word + position (+ zero segment) lookups and LayerNormalization, as torch exports BERT.
@@ -388,7 +548,7 @@ fn embedding_lookups_and_layer_norm_become_embed_layer_normalization() {
     for segment in [false, true] {
         let (before, feeds) = embeddings(true, segment);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "embed-layernorm"), 1, "{:?}", why(&r, "embed-layernorm"));
         let g = after.graph.as_ref().unwrap();
         let ops: Vec<&str> = g.nodes().map(|(_, n)| n.op_type.as_str()).collect();
@@ -401,10 +561,10 @@ fn embedding_lookups_and_layer_norm_become_embed_layer_normalization() {
 fn embeddings_with_shuffled_positions_stay() {
     let (before, feeds) = embeddings(false, false);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "EmbedLayerNormalization"), 0);
+    let r = run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "EmbedLayerNormalization"), 0);
     assert_eq!(why(&r, "embed-layernorm"), ["missed: no lookup reads positions 0..S of the input ids"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
 fn conv_act(act: &str, twice: bool, opset: i64) -> (Model, Feeds) {
@@ -436,7 +596,7 @@ fn conv_and_activation_become_fused_conv() {
     for act in ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip"] {
         let (before, feeds) = conv_act(act, false, 13);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "fused-conv"), 1, "{act}");
         assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
         assert_same(&before, &after, &feeds, TOL);
@@ -447,10 +607,10 @@ fn conv_and_activation_become_fused_conv() {
 fn conv_whose_output_is_also_read_keeps_its_activation() {
     let (before, feeds) = conv_act("Relu", true, 13);
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "FusedConv"), 0);
+    let r = run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "FusedConv"), 0);
     assert_eq!(why(&r, "fused-conv"), ["missed: the Conv output has other uses"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
 fn gemm_act(act: &str) -> (Model, Feeds) {
@@ -478,9 +638,9 @@ fn gemm_and_activation_become_fused_gemm() {
     for act in ["Relu", "Sigmoid", "Tanh", "LeakyRelu"] {
         let (before, feeds) = gemm_act(act);
         let mut after = before.clone();
-        let r = apply(&FusionPass::ort(), &mut after);
+        let r = run_pass(&FusionPass::ort(), &mut after);
         assert_eq!(applied(&r, "fused-gemm"), 1, "{act}");
-        assert_eq!(count(&after, MS_DOMAIN, "FusedGemm"), 1);
+        assert_eq!(count_in(&after, MS_DOMAIN, "FusedGemm"), 1);
         assert_same(&before, &after, &feeds, TOL);
     }
 }
@@ -489,8 +649,8 @@ fn gemm_and_activation_become_fused_gemm() {
 fn gemm_and_clip_stay() {
     let (before, feeds) = gemm_act("Clip");
     let mut after = before.clone();
-    let r = apply(&FusionPass::ort(), &mut after);
-    assert_eq!(count(&after, MS_DOMAIN, "FusedGemm"), 0);
+    let r = run_pass(&FusionPass::ort(), &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "FusedGemm"), 0);
     assert_eq!(why(&r, "fused-gemm"), ["missed: FusedGemm does not support this activation"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }

@@ -1,13 +1,11 @@
 //! `fuse-portable` rules: each positive case is checked for structure and against ONNX Runtime
 //! on seeded inputs; each has a negative twin that must stay as it was, with a reason.
 
-mod fuse_util;
-
-use fuse_util::*;
 use kiln_compiler::Tensor;
 use kiln_passes::fuse::FusionPass;
+use kiln_passes::testing::*;
 
-const TOL: f64 = 1e-4;
+const TOL: Tolerance = abs_tol(1e-4);
 
 /// x → Conv(W, B?) → BatchNormalization(scale, bias, mean, var).
 fn conv_bn(with_bias: bool, scale_is_input: bool) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
@@ -37,10 +35,10 @@ fn conv_bn_folds_into_the_conv() {
     for with_bias in [true, false] {
         let (before, feeds) = conv_bn(with_bias, false);
         let mut after = before.clone();
-        let r = apply(&FusionPass::portable(), &mut after);
+        let r = run_pass(&FusionPass::portable(), &mut after);
         assert_eq!(applied(&r, "conv-bn"), 1);
-        assert_eq!(count(&after, "", "BatchNormalization"), 0);
-        assert_eq!(count(&after, "", "Conv"), 1);
+        assert_eq!(count_in(&after, "", "BatchNormalization"), 0);
+        assert_eq!(count_in(&after, "", "Conv"), 1);
         // The original weight is gone; only the folded one is left.
         assert_eq!(after.graph.as_ref().unwrap().initializers().len(), 2);
         assert_same(&before, &after, &feeds, TOL);
@@ -51,10 +49,10 @@ fn conv_bn_folds_into_the_conv() {
 fn conv_bn_with_a_runtime_scale_stays() {
     let (before, feeds) = conv_bn(true, true);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "BatchNormalization"), 1);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "BatchNormalization"), 1);
     assert_eq!(why(&r, "conv-bn"), ["missed: the BatchNormalization scale is not a constant"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
 /// Conv → Mul(k) and/or Add(k) with a constant of `k_dims`, operands in the given order.
@@ -80,9 +78,9 @@ fn conv_mul_and_add_fold_per_channel_constants_in_both_orders() {
         for (dims, first) in [(&[4usize, 1, 1][..], true), (&[1, 4, 1, 1][..], false), (&[1][..], true)] {
             let (before, feeds) = conv_affine(op, dims, first);
             let mut after = before.clone();
-            let r = apply(&FusionPass::portable(), &mut after);
+            let r = run_pass(&FusionPass::portable(), &mut after);
             assert_eq!(applied(&r, rule), 1, "{op} {dims:?}");
-            assert_eq!(count(&after, "", op), 0);
+            assert_eq!(count_in(&after, "", op), 0);
             assert_same(&before, &after, &feeds, TOL);
         }
     }
@@ -92,10 +90,10 @@ fn conv_mul_and_add_fold_per_channel_constants_in_both_orders() {
 fn conv_mul_by_a_spatial_constant_stays() {
     let (before, feeds) = conv_affine("Mul", &[1, 1, 6, 6], false);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "Mul"), 1);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "Mul"), 1);
     assert_eq!(why(&r, "conv-mul"), ["missed: the constant is not per-channel"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
 fn matmul_add(
@@ -103,7 +101,7 @@ fn matmul_add(
     feed_dims: &[usize],
 ) -> (kiln_compiler::ir::Model, Vec<(&'static str, Tensor)>) {
     let mut b = B::new(3);
-    let a = b.g.add_input("a", a_dims.and_then(f32_type));
+    let a = b.g.add_input("a", a_dims.map(|d| tensor_ty(kiln_compiler::DataType::F32, d)));
     let w = b.weight("w", &[5, 4], -1.0, 1.0);
     let bias = b.weight("bias", &[4], -1.0, 1.0);
     let mm = b.op("MatMul", &[a, w], vec![]);
@@ -117,10 +115,10 @@ fn matmul_add(
 fn matmul_add_becomes_gemm_when_a_is_2d() {
     let (before, feeds) = matmul_add(Some(&[3, 5]), &[3, 5]);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
+    let r = run_pass(&FusionPass::portable(), &mut after);
     assert_eq!(applied(&r, "matmul-add-gemm"), 1);
-    assert_eq!(count(&after, "", "Gemm"), 1);
-    assert_eq!(count(&after, "", "MatMul"), 0);
+    assert_eq!(count_in(&after, "", "Gemm"), 1);
+    assert_eq!(count_in(&after, "", "MatMul"), 0);
     assert_same(&before, &after, &feeds, TOL);
 }
 
@@ -128,15 +126,15 @@ fn matmul_add_becomes_gemm_when_a_is_2d() {
 fn matmul_add_on_3d_or_unknown_a_stays() {
     let (before, feeds) = matmul_add(Some(&[2, 3, 5]), &[2, 3, 5]);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "Gemm"), 0);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "Gemm"), 0);
     assert_eq!(why(&r, "matmul-add-gemm"), ["missed: A is not 2-D"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 
     let (before, _) = matmul_add(None, &[3, 5]);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "Gemm"), 0);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "Gemm"), 0);
     assert_eq!(why(&r, "matmul-add-gemm"), ["skipped: the rank of A is unknown"]);
 }
 
@@ -180,10 +178,10 @@ fn written_out_layer_norm_becomes_layer_normalization() {
     for (opset, by_mul) in [(17, false), (18, true)] {
         let (before, feeds) = decomposed_ln(opset, -1, by_mul);
         let mut after = before.clone();
-        let r = apply(&FusionPass::portable(), &mut after);
+        let r = run_pass(&FusionPass::portable(), &mut after);
         assert_eq!(applied(&r, "layernorm"), 1, "opset {opset}");
         assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
-        assert_eq!(count(&after, "", "LayerNormalization"), 1);
+        assert_eq!(count_in(&after, "", "LayerNormalization"), 1);
         assert_same(&before, &after, &feeds, TOL);
     }
 }
@@ -192,15 +190,15 @@ fn written_out_layer_norm_becomes_layer_normalization() {
 fn layer_norm_over_another_axis_or_old_opset_stays() {
     let (before, feeds) = decomposed_ln(17, 1, false);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "LayerNormalization"), 0);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "LayerNormalization"), 0);
     assert_eq!(why(&r, "layernorm"), ["missed: ReduceMean is not over the last axis"]);
-    assert_same(&before, &after, &feeds, 0.0);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 
     let (before, _) = decomposed_ln(13, -1, false);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "LayerNormalization"), 0);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "LayerNormalization"), 0);
     assert!(why(&r, "layernorm")[0].contains("opset 17"));
 }
 
@@ -238,10 +236,10 @@ fn erf_gelu_becomes_gelu_in_every_grouping() {
     for form in 0..3 {
         let (before, feeds) = erf_gelu(form, 0.5, 20);
         let mut after = before.clone();
-        let r = apply(&FusionPass::portable(), &mut after);
+        let r = run_pass(&FusionPass::portable(), &mut after);
         assert_eq!(applied(&r, "gelu"), 1, "form {form}");
         assert_eq!(after.graph.as_ref().unwrap().node_count(), 1);
-        assert_eq!(count(&after, "", "Gelu"), 1);
+        assert_eq!(count_in(&after, "", "Gelu"), 1);
         assert_same(&before, &after, &feeds, TOL);
     }
 }
@@ -250,14 +248,14 @@ fn erf_gelu_becomes_gelu_in_every_grouping() {
 fn gelu_with_a_wrong_constant_or_old_opset_stays() {
     let (before, feeds) = erf_gelu(0, 0.6, 20);
     let mut after = before.clone();
-    apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "Gelu"), 0);
-    assert_eq!(count(&after, "", "Erf"), 1);
-    assert_same(&before, &after, &feeds, 0.0);
+    run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "Gelu"), 0);
+    assert_eq!(count_in(&after, "", "Erf"), 1);
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
 
     let (before, _) = erf_gelu(0, 0.5, 17);
     let mut after = before.clone();
-    let r = apply(&FusionPass::portable(), &mut after);
-    assert_eq!(count(&after, "", "Gelu"), 0);
+    let r = run_pass(&FusionPass::portable(), &mut after);
+    assert_eq!(count_in(&after, "", "Gelu"), 0);
     assert!(why(&r, "gelu")[0].contains("opset 20"));
 }

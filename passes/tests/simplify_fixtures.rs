@@ -1,35 +1,11 @@
 //! The trained fixtures through the O1 pipeline: fewer nodes, and outputs within 1e-5 of the
 //! original model's in ONNX Runtime on the manifest's realistic inputs.
 
-use kiln_compiler::DataType;
 use kiln_compiler::ir::Model;
 use kiln_compiler::onnx::load_model;
 use kiln_compiler::pass::PipelineReport;
-use kiln_compiler::tensor::Tensor;
-use kiln_fixtures::{InputSpec, ValueRecipe};
 use kiln_passes::simplify;
-use kiln_passes::testing::{Rng, Tolerance, Value, compare_outputs, count_op, node_count, require_ort, run_in};
-
-/// A seeded input following the manifest's recipe.
-fn make_input(spec: &InputSpec, rng: &mut Rng) -> Tensor {
-    let n: usize = spec.shape.iter().product();
-    let values: Vec<f64> = (0..n)
-        .map(|_| match spec.values {
-            ValueRecipe::Uniform { low, high } => rng.uniform(low, high),
-            ValueRecipe::Normal { mean, std } => mean + std * rng.normal(),
-            ValueRecipe::Integers { low, high } => rng.int(low, high) as f64,
-            ValueRecipe::Fill { value } => value,
-        })
-        .collect();
-    let dims = spec.shape.clone();
-    match DataType::from_name(&spec.dtype).unwrap_or_else(|| panic!("dtype {}", spec.dtype)) {
-        DataType::F32 => Tensor::from_slice(dims, &values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
-        DataType::I64 => Tensor::from_slice(dims, &values.iter().map(|&v| v as i64).collect::<Vec<_>>()),
-        DataType::I32 => Tensor::from_slice(dims, &values.iter().map(|&v| v as i32).collect::<Vec<_>>()),
-        other => panic!("no generator for {other}"),
-    }
-    .unwrap()
-}
+use kiln_passes::testing::{abs_tol, compare_outputs, count_op, fixture_inputs, node_count, require_ort, run_in};
 
 struct Outcome {
     name: &'static str,
@@ -40,19 +16,16 @@ struct Outcome {
 }
 
 fn check_fixture(name: &'static str) -> Outcome {
-    let fixture = kiln_fixtures::fixture(name).unwrap();
     let path = kiln_fixtures::model(name).unwrap();
     let base = path.parent();
     let model: Model = load_model(&path).unwrap();
-    let mut rng = Rng::new(0x6b69_6c6e);
-    let inputs: Vec<(String, Value)> =
-        fixture.inputs.iter().map(|i| (i.name.clone(), Value::Tensor(make_input(i, &mut rng)))).collect();
+    let inputs = fixture_inputs(name, 0x6b69_6c6e).unwrap();
     let want = run_in(&model, base, &inputs).unwrap_or_else(|e| panic!("{name} before: {e}"));
 
     let mut after = model.clone();
     let report = simplify(&mut after).unwrap_or_else(|e| panic!("{name}: {e}"));
     let got = run_in(&after, base, &inputs).unwrap_or_else(|e| panic!("{name} after: {e}"));
-    if let Err(e) = compare_outputs(&got, &want, Tolerance { abs: 1e-5, rel: 0.0 }) {
+    if let Err(e) = compare_outputs(&got, &want, abs_tol(1e-5)) {
         panic!("{name}: {e}");
     }
     Outcome {
