@@ -18,7 +18,7 @@ use kiln_compiler::inspect::summarize;
 use kiln_compiler::ir::Model;
 use kiln_compiler::pass::{Pass, PassError, PassManager, PipelineReport};
 use kiln_compiler::shape::InferShapes;
-use kiln_passes::fuse::FusionPass;
+use kiln_passes::fuse::{FusionPass, Rule};
 use serde::Serialize;
 
 /// How much to optimize.
@@ -67,7 +67,7 @@ impl TargetKind {
 pub struct Pipeline {
     pub level: OptLevel,
     pub target: TargetKind,
-    /// Pass names not to run (bisection).
+    /// Pass or fusion-rule names not to run (bisection).
     pub disable: Vec<String>,
     /// Stop after this many pass runs (bisection).
     pub stop_after: Option<usize>,
@@ -110,19 +110,32 @@ impl Pipeline {
             passes.extend(kiln_passes::simplify::simplify_pipeline());
         }
         if self.level >= OptLevel::O2 {
-            passes.push(Box::new(FusionPass::portable()));
+            passes.push(Box::new(self.fusion("fuse-portable", kiln_passes::fuse::PORTABLE)));
             // Fusions expose new shapes and dead constants: infer and clean up again.
             passes.push(Box::new(InferShapes));
         }
         if self.level >= OptLevel::O3 && self.target.runs_ort_contrib_ops() {
-            passes.push(Box::new(FusionPass::ort()));
+            passes.push(Box::new(self.fusion("fuse-ort", kiln_passes::fuse::ORT)));
         }
         passes
     }
 
-    /// Every pass name this pipeline knows (for `--disable` validation).
+    /// A fusion pass over a rule set, without the rules named in `disable`.
+    fn fusion(&self, name: &'static str, rules: &'static [&'static dyn Rule]) -> FusionPass {
+        FusionPass::new(name, rules.iter().copied().filter(|r| !self.disable.iter().any(|d| d == r.name())))
+    }
+
+    /// Every pass and fusion-rule name this pipeline knows (what `disable` accepts).
     pub fn pass_names(&self) -> Vec<&'static str> {
-        self.passes().iter().map(|p| p.name()).collect()
+        let mut names: Vec<&'static str> = self.passes().iter().map(|p| p.name()).collect();
+        if self.level >= OptLevel::O2 {
+            names.extend(kiln_passes::fuse::PORTABLE.iter().map(|r| r.name()));
+        }
+        if self.level >= OptLevel::O3 && self.target.runs_ort_contrib_ops() {
+            names.extend(kiln_passes::fuse::ORT.iter().map(|r| r.name()));
+        }
+        names.dedup();
+        names
     }
 
     /// Runs the pipeline on a model.

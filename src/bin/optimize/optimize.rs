@@ -40,7 +40,7 @@ pub struct Args {
     /// Deployment target.
     #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
-    /// Do not run this pass (repeatable; for bisecting a problem).
+    /// Do not run this pass or fusion rule (repeatable; for bisecting a problem).
     #[arg(long, value_name = "PASS")]
     disable: Vec<String>,
     /// Stop after this many pass runs (for bisecting a problem).
@@ -159,7 +159,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
         if !known.contains(&d.as_str()) {
-            return Err(Failure::bad_input(format!("--disable {d}: no such pass; passes are: {}", known.join(", "))));
+            return Err(Failure::bad_input(format!(
+                "--disable {d}: no such pass or fusion rule; known names are: {}",
+                known.join(", ")
+            )));
         }
     }
     let before = op_histogram(&model);
