@@ -273,3 +273,29 @@ fn disable_and_stop_after_change_the_outcome_as_documented() {
     assert_failed(&run, 2, &["--disable fuse-everything", "no such pass", "fuse-ort"]);
     assert!(!bad.exists());
 }
+
+// ---- (e) optimization never grows a model ----
+
+/// Bytes of an artifact's model file and external data.
+fn model_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "manifest.json"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn o3_artifacts_are_never_larger_than_their_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in kiln_fixtures::fixture_names().unwrap() {
+        let model = kiln_fixtures::model(name).unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join(name);
+        assert_ok(&optimize_o3(&model, &out, &[], &[]));
+        let (before, after) = (std::fs::metadata(&model).unwrap().len(), model_bytes(&out));
+        eprintln!("{name}: {before} -> {after} bytes");
+        // Folding into If branches once copied a shared LSTM weight into each branch.
+        assert!(after <= before, "{name}: the optimized model grew from {before} to {after} bytes");
+    }
+}

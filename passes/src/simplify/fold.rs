@@ -25,6 +25,9 @@ use super::common::{
 
 const RULE: &str = "fold-constants";
 
+/// Constants of enclosing graphs at least this large are not folded into subgraphs.
+const SHARED_CONSTANT_BYTES: u64 = 1024;
+
 /// Default limit on the elements of one folded result.
 pub const DEFAULT_FOLD_LIMIT: u64 = 1_000_000;
 
@@ -175,6 +178,19 @@ impl FoldConstants {
                     plan.push((id, Plan::Native));
                     planned.insert(id);
                 }
+                continue;
+            }
+            // Folding here a large constant of an enclosing graph would copy it into this
+            // subgraph (once per branch reading it): the model would grow. Leave it shared.
+            if let Some(big) = n.inputs().iter().flatten().find(|&&v| {
+                matches!(g.value(v).def(), ValueDef::Outer)
+                    && scope.get(&g.value(v).name).is_some_and(|t| t.byte_size() >= SHARED_CONSTANT_BYTES)
+            }) {
+                cx.missed(
+                    RULE,
+                    label(path, g, id),
+                    format!("reads '{}' of an enclosing graph; folding would copy it here", g.value(*big).name),
+                );
                 continue;
             }
             if n.is_onnx("Identity") && n.output(0).is_none_or(|o| !is_pinned(g, o, &captured)) {
@@ -668,6 +684,30 @@ mod tests {
         for seed in 0..4 {
             check_same_outputs(&before, &after, seed, Tolerance::EXACT).unwrap();
         }
+    }
+
+    #[test]
+    fn large_outer_constants_are_not_copied_into_subgraphs() {
+        require_ort().unwrap();
+        let mut before = crate::simplify::lift::tests::if_with_constants();
+        // Like the test above, but the outer constant is large (a shared weight): folding
+        // ReduceSum(k) in the branch would give the branch its own copy, so it stays.
+        let g = before.graph.as_mut().unwrap();
+        let big: Vec<f32> = (0..SHARED_CONSTANT_BYTES as usize).map(|i| i as f32).collect();
+        constant(g, "k", f32s(&[big.len()], &big));
+        let id = g.nodes().find(|(_, n)| n.is_onnx("If")).unwrap().0;
+        let then = g.node_mut(id).subgraphs_mut().next().unwrap();
+        let k = then.add_outer("k");
+        let add = then.nodes().find(|(_, n)| n.is_onnx("Add")).unwrap().0;
+        let keepdims = kiln_compiler::ir::Attribute::int("keepdims", 0);
+        let sum = then.insert_node_before(add, NodeSpec::new("ReduceSum").inputs([k]).outputs(["sk"]).attr(keepdims));
+        let sk = then.node(sum).output(0).unwrap();
+        then.set_input(add, 1, Some(sk));
+        let mut after = before.clone();
+        let (_, report) = apply(&FoldConstants::new(), &mut after).unwrap();
+        let missed = entries(&report, "missed", RULE);
+        assert!(missed.iter().any(|e| e.detail.contains("enclosing graph")), "{report:?}");
+        assert_eq!(count_op(&after, "ReduceSum"), 1);
     }
 
     #[test]
