@@ -81,13 +81,16 @@ pub struct SyntheticSpec {
     pub seed: u64,
     /// Sizes of symbolic dimensions by name; unnamed or unlisted dynamic dimensions are 1.
     pub dims: BTreeMap<String, usize>,
+    /// Whole shapes by input name (for dynamic dimensions without a name); they override
+    /// `dims`, and are checked against the model like any sample.
+    pub shapes: BTreeMap<String, Vec<usize>>,
     /// Value distributions by input name; others get [`Distribution::default_for`].
     pub values: BTreeMap<String, Distribution>,
 }
 
 impl Default for SyntheticSpec {
     fn default() -> SyntheticSpec {
-        SyntheticSpec { samples: 16, seed: 0, dims: BTreeMap::new(), values: BTreeMap::new() }
+        SyntheticSpec { samples: 16, seed: 0, dims: BTreeMap::new(), shapes: BTreeMap::new(), values: BTreeMap::new() }
     }
 }
 
@@ -102,25 +105,30 @@ pub struct Synthetic {
 impl Synthetic {
     pub fn new(model_inputs: &[InputSpec], spec: &SyntheticSpec) -> Result<Synthetic, DataError> {
         let config = |what: String| DataError::Config { what };
-        for name in spec.values.keys() {
+        for name in spec.values.keys().chain(spec.shapes.keys()) {
             if !model_inputs.iter().any(|i| &i.name == name) {
                 return Err(config(format!("synthetic values for `{name}`, which is not an input of the model")));
             }
         }
         let mut inputs = Vec::new();
         for i in model_inputs {
-            let dims = i
-                .dims
-                .as_ref()
-                .ok_or_else(|| config(format!("input `{}` has no declared rank; synthetic data needs one", i.name)))?;
-            let dims = dims
-                .iter()
-                .map(|d| match d {
-                    DimSpec::Fixed(n) => *n,
-                    DimSpec::Symbol(s) => spec.dims.get(s).copied().unwrap_or(1),
-                    DimSpec::Any => 1,
-                })
-                .collect();
+            let dims = match (spec.shapes.get(&i.name), &i.dims) {
+                (Some(shape), _) => shape.clone(),
+                (None, Some(dims)) => dims
+                    .iter()
+                    .map(|d| match d {
+                        DimSpec::Fixed(n) => *n,
+                        DimSpec::Symbol(s) => spec.dims.get(s).copied().unwrap_or(1),
+                        DimSpec::Any => 1,
+                    })
+                    .collect(),
+                (None, None) => {
+                    return Err(config(format!(
+                        "input `{}` has no declared rank; give its shape for synthetic data",
+                        i.name
+                    )));
+                }
+            };
             let dist = spec.values.get(&i.name).copied().unwrap_or_else(|| Distribution::default_for(i.dtype));
             if !supported(i.dtype) {
                 return Err(config(format!(

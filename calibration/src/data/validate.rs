@@ -63,7 +63,11 @@ pub fn model_inputs(model: &Model) -> Result<Vec<InputSpec>, DataError> {
             dims.iter()
                 .map(|d| match &d.value {
                     DimValue::Known(k) if *k >= 0 => DimSpec::Fixed(*k as usize),
-                    DimValue::Symbol(s) if !s.is_empty() => DimSpec::Symbol(s.clone()),
+                    // A name ties equal dimensions together; placeholders some exporters write
+                    // (`?`, `-1`) name nothing.
+                    DimValue::Symbol(s) if s.starts_with(|c: char| c.is_alphabetic() || c == '_') => {
+                        DimSpec::Symbol(s.clone())
+                    }
                     _ => DimSpec::Any,
                 })
                 .collect()
