@@ -202,7 +202,8 @@ fn mismatched_data_names_the_input_and_the_file() {
         let mut rng = Rng(1);
         cnn_sample(&mut rng).remove(0).1
     };
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
+    type Arrays = Vec<(&'static str, Tensor)>;
+    let cases: Vec<(&str, Arrays, &str)> = vec![
         ("name", vec![("y", good())], "`y`"),
         ("missing", vec![], "`x`"),
         ("dtype", vec![("x", Tensor::from_slice(vec![1, 3, 2, 2], &[0f64; 12]).unwrap())], "`x` has type f64"),

@@ -252,3 +252,38 @@ mod tests {
         assert!(matches!(err, DataError::Empty { .. }), "{err}");
     }
 }
+
+#[cfg(test)]
+mod onnx_sets {
+    use crate::data::{model_inputs, validate};
+
+    #[test]
+    fn conformance_test_data_reads_as_samples() {
+        let cases = kiln_fixtures::conformance_cases().expect("conformance cases: run `cargo xtask fixtures`");
+        let case = cases.iter().find(|c| c.name == "test_add").expect("test_add");
+        let model = kiln_compiler::onnx::load_model(&case.model).unwrap();
+        let inputs = model_inputs(&model).unwrap();
+        let src = crate::data::open(&case.dir, &inputs).unwrap();
+        assert_eq!(src.len(), case.data_sets.len());
+        let s = src.read(0).unwrap();
+        assert_eq!(s.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        validate(&inputs, &s).unwrap();
+    }
+
+    #[test]
+    fn npz_folder_reads_sorted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.npz", "a.npz"] {
+            let mut z = zip::ZipWriter::new(std::fs::File::create(dir.path().join(name)).unwrap());
+            z.start_file("x.npy", zip::write::SimpleFileOptions::default()).unwrap();
+            let t = kiln_compiler::Tensor::from_slice(vec![1], &[name.len() as f32]).unwrap();
+            std::io::Write::write_all(&mut z, &kiln_compiler::npy::encode_npy("x", &t).unwrap()).unwrap();
+            z.finish().unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+        let src = crate::data::open(dir.path(), &[]).unwrap();
+        assert_eq!(src.len(), 2);
+        assert!(src.origin(0).ends_with("a.npz") && src.origin(1).ends_with("b.npz"));
+        assert_eq!(src.read(1).unwrap().inputs[0].0, "x");
+    }
+}
