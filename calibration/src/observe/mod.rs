@@ -1,0 +1,133 @@
+//! Streaming, mergeable statistics of one tensor, and the methods that turn them into ranges.
+
+use kiln_compiler::{DataType, Tensor};
+use rayon::prelude::*;
+
+mod histogram;
+mod methods;
+mod minmax;
+
+pub use histogram::{Histogram, MAX_BINS};
+pub use methods::Method;
+pub use minmax::{MinMax, MovingMinMax};
+
+/// Values per parallel chunk: large tensors are summarized and binned chunk by chunk on the
+/// rayon pool; small ones in one go.
+const CHUNK: usize = 1 << 16;
+
+/// Why a tensor could not be observed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("tensor `{name}` has type {dtype}; only f16, bf16, f32 and f64 activations are observed")]
+pub struct NotFloat {
+    pub name: String,
+    pub dtype: DataType,
+}
+
+/// Everything observed of one tensor: the histogram (with exact min/max) and, when asked for,
+/// the moving-average extremes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorObserver {
+    pub histogram: Histogram,
+    pub moving: Option<MovingMinMax>,
+}
+
+impl TensorObserver {
+    pub fn new(method: &Method) -> TensorObserver {
+        let moving = match method {
+            Method::MovingMinMax { constant } => Some(MovingMinMax::new(*constant)),
+            _ => None,
+        };
+        TensorObserver { histogram: Histogram::new(), moving }
+    }
+
+    /// Observes one sample's value of the tensor.
+    pub fn observe(&mut self, name: &str, t: &Tensor) -> Result<(), NotFloat> {
+        let not_float = || NotFloat { name: name.to_string(), dtype: t.dtype() };
+        let Some(bytes) = t.bytes() else { return Err(not_float()) };
+        let size = match t.dtype() {
+            DataType::F32 => 4,
+            DataType::F64 => 8,
+            DataType::F16 | DataType::BF16 => 2,
+            _ => return Err(not_float()),
+        };
+        let dtype = t.dtype();
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK * size).collect();
+        // Pass 1: extremes per chunk (min/max are order-free, so any reduction order is fine).
+        let stats = chunks
+            .par_iter()
+            .map(|c| {
+                let mut m = MinMax::new();
+                m.add(&decode(dtype, c));
+                m
+            })
+            .reduce(MinMax::new, |mut a, b| {
+                a.merge(&b);
+                a
+            });
+        if let Some(moving) = &mut self.moving {
+            moving.update(&stats);
+        }
+        // Pass 2: bin each chunk into its own counts, then add the counts (integers).
+        self.histogram.grow_to(&stats);
+        let h = &self.histogram;
+        let len = h.counts().len();
+        let counts = chunks
+            .par_iter()
+            .map(|c| {
+                let mut counts = vec![0u64; len];
+                h.bin_into(&decode(dtype, c), &mut counts);
+                counts
+            })
+            .reduce(
+                || vec![0u64; len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        self.histogram.add_counts(&counts);
+        Ok(())
+    }
+
+    /// The range `method` gives, or `None` when no finite value was seen.
+    pub fn range(&self, method: &Method) -> Option<(f64, f64)> {
+        method.range(&self.histogram, self.moving.as_ref())
+    }
+}
+
+/// Little-endian float bytes widened to f64 (exact for every float type here).
+fn decode(dtype: DataType, bytes: &[u8]) -> Vec<f64> {
+    match dtype {
+        DataType::F32 => {
+            bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
+        }
+        DataType::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect(),
+        DataType::F16 => bytes.chunks_exact(2).map(|b| f64::from(half::f16::from_le_bytes([b[0], b[1]]))).collect(),
+        DataType::BF16 => bytes.chunks_exact(2).map(|b| f64::from(half::bf16::from_le_bytes([b[0], b[1]]))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observing_tensors_matches_adding_values() {
+        let v: Vec<f32> = (0..200_000).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 5.0).collect();
+        let t = Tensor::from_slice(vec![v.len()], &v).unwrap();
+        let mut o = TensorObserver::new(&Method::Entropy);
+        o.observe("t", &t).unwrap();
+        let mut h = Histogram::new();
+        h.add(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+        assert_eq!(o.histogram, h);
+        let half = Tensor::from_slice(vec![2], &[half::f16::from_f32(1.5), half::f16::from_f32(-2.0)]).unwrap();
+        o.observe("t", &half).unwrap();
+        assert_eq!(o.histogram.stats().finite(), 200_002);
+        let ints = Tensor::from_slice(vec![1], &[1i64]).unwrap();
+        assert!(o.observe("ids", &ints).is_err());
+    }
+}
