@@ -318,7 +318,7 @@ impl Accumulator {
         self.cos_min = self.cos_min.min(cosine);
         self.cos_count += 1;
         if classify && let Some(&last) = dims.last() {
-            let rows = if last == 0 { 0 } else { expected / last };
+            let rows = expected.checked_div(last).unwrap_or(0);
             for row in 0..rows {
                 let r = &reference[row * last..(row + 1) * last];
                 let c = &candidate[row * last..(row + 1) * last];

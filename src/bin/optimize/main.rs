@@ -1,5 +1,6 @@
 //! `optimize`: the command-line shell over the Kiln library.
 
+mod check;
 mod convert;
 mod inspect;
 mod optimize;
@@ -43,6 +44,9 @@ enum Command {
     /// Run a model on inputs from .npy/.npz files and write or summarize its outputs.
     #[command(after_help = EXIT_CODES_HELP)]
     Run(run::Args),
+    /// Compare a candidate model with a reference: accuracy per output, latency, size, baseline.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check(check::Args),
 }
 
 /// A failure with the exit code it maps to. The message is printed as one `error:` line
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(a)) => inspect::run(a, &ui),
         Some(Command::Convert(a)) => convert::run(a, &ui),
         Some(Command::Run(a)) => run::run(a, &ui),
+        Some(Command::Check(a)) => check::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
     match result {
