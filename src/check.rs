@@ -642,6 +642,8 @@ fn fmt_num(v: f64) -> String {
         if v > 0.0 { "inf".into() } else { "-inf".into() }
     } else if v == 0.0 || v == v.trunc() && v.abs() < 1e9 {
         format!("{v}")
+    } else if v.abs() >= 1e6 && v.abs() < 1e15 {
+        format!("{v:.0}")
     } else if v.abs() >= 1e-3 && v.abs() < 1e6 {
         format!("{v:.6}").trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
@@ -678,11 +680,7 @@ impl Check {
         self.input_types.clone()
     }
 
-    fn run_pair(
-        &mut self,
-        index: usize,
-        inputs: &[(String, Value)],
-    ) -> Result<(Named, Named), CheckError> {
+    fn run_pair(&mut self, index: usize, inputs: &[(String, Value)]) -> Result<(Named, Named), CheckError> {
         let sample = |source: RuntimeError, which: &str| {
             let context = if source.kind() == ErrorKind::BadInput {
                 format!("sample {index} does not fit the {which}")
@@ -728,7 +726,7 @@ impl Check {
                         Err(e @ MetricsError::NotNumeric { .. }) => skipped[k] = Some(e.to_string()),
                         Err(e) => return Err(CheckError::Data(format!("output `{name}`, sample {index}: {e}"))),
                     },
-                    (Some(v), _) => skipped[k] = Some(format!("{} outputs are not compared", v.describe())),
+                    (Some(v), _) => skipped[k] = Some(format!("{}: only tensor outputs are compared", v.describe())),
                     (None, _) => skipped[k] = Some("the executor returned no value".into()),
                 }
             }
@@ -1170,5 +1168,6 @@ mod tests {
         assert_eq!(fmt_num(f64::INFINITY), "inf");
         assert_eq!(fmt_num(3.0), "3");
         assert_eq!(fmt_num(0.999994), "0.999994");
+        assert_eq!(fmt_num(7461392.4), "7461392");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{Outcome, assert_failed, optimize, optimize_env};
 use kiln::compiler::ir::ValueDef;
 use kiln::compiler::npy::encode_npy;
-use kiln::compiler::onnx::{SaveOptions, load_model, save_model};
+use kiln::compiler::onnx::{ExternalData, SaveOptions, load_model, save_model};
 use kiln::compiler::{DataType, Tensor};
 use prost::Message;
 use quick_xml::events::Event;
@@ -292,6 +292,23 @@ fn latency_and_size_budgets() {
     assert_failed(&out, 1, &["size: candidate 6783084 bytes / reference 6783084 bytes"]);
     let out = check(&model, &model, &data, &["--no-latency", "--max-size-ratio", "1"]);
     assert_eq!(out.code, Some(0), "{}", ctx(&out));
+
+    // Size counts external data: the same weights moved out of the .onnx file.
+    let external = dir.path().join("external.onnx");
+    let options = SaveOptions {
+        external: ExternalData::File { location: "external.data".into(), threshold: 1024 },
+        ..SaveOptions::default()
+    };
+    save_model(&load_model(&model).unwrap(), &external, &options).unwrap();
+    let out = check(&model, &external, &data, &["--no-latency", "--json", json.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", ctx(&out));
+    let r = read_json(&json);
+    let on_disk = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let total = on_disk(&external) + on_disk(&dir.path().join("external.data"));
+    assert!(on_disk(&external) < 100_000, "weights were not moved out");
+    assert_eq!(r["candidate"]["bytes"], total);
+    assert_eq!(r["candidate"]["external_files"], serde_json::json!(["external.data"]));
+    assert_eq!(r["outputs"][0]["metrics"]["max_abs"], 0.0);
 }
 
 #[test]
@@ -387,4 +404,20 @@ fn synthetic_inputs_when_no_data() {
     assert_eq!(out.code, Some(0), "{}", ctx(&out));
     assert!(out.stderr.contains("synthetic samples"), "{}", ctx(&out));
     assert!(out.stdout.contains("2 synthetic sample(s), seed 0"), "{}", ctx(&out));
+}
+
+/// tract as a second opinion: the same verdicts on the same models.
+#[cfg(feature = "tract")]
+#[test]
+fn tract_gives_a_second_opinion() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = npz_data(dir.path(), 2);
+    let model = lcnet();
+    let json = dir.path().join("r.json");
+    let out = check(&model, &model, &data, &["--executor", "tract", "--no-latency", "--json", json.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", ctx(&out));
+    assert_eq!(read_json(&json)["executor"], "tract");
+    let candidate = corrupted(dir.path(), "linear_0.w_0_deepcopy_144", 2.0);
+    let out = check(&model, &candidate, &data, &["--executor", "tract", "--no-latency"]);
+    assert_failed(&out, 1, &["fetch_name_0: cosine_min ="]);
 }
