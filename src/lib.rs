@@ -21,5 +21,6 @@ pub use kiln_passes as passes;
 pub use kiln_quantize as quantize;
 pub use kiln_targets as targets;
 
+pub mod check;
 pub mod exit;
 pub mod pipeline;

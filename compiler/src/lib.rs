@@ -9,6 +9,7 @@ pub mod dump;
 pub mod execute;
 pub mod inspect;
 pub mod ir;
+pub mod metrics;
 pub mod npy;
 pub mod onnx;
 pub mod pass;

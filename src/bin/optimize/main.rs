@@ -1,6 +1,7 @@
 //! `optimize`: the command-line shell over the Kiln library.
 
 mod calibrate;
+mod check;
 mod convert;
 mod inspect;
 mod optimize;
@@ -47,6 +48,9 @@ enum Command {
     /// Compute activation ranges from calibration data (or merge ranges computed on shards).
     #[command(after_help = EXIT_CODES_HELP)]
     Calibrate(calibrate::Args),
+    /// Compare a candidate model with a reference: accuracy per output, latency, size, baseline.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check(check::Args),
 }
 
 /// A failure with the exit code it maps to. The message is printed as one `error:` line
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Some(Command::Convert(a)) => convert::run(a, &ui),
         Some(Command::Run(a)) => run::run(a, &ui),
         Some(Command::Calibrate(a)) => calibrate::run(a, &ui),
+        Some(Command::Check(a)) => check::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
     match result {
