@@ -63,6 +63,8 @@ struct Manifest {
     target: &'static str,
     opt_level: OptLevel,
     disabled: Vec<String>,
+    /// Fusions the target leaves out (measured slower there), with the reason.
+    target_excluded: Vec<String>,
     stop_after: Option<usize>,
     model: ModelRecord,
     passes: Vec<PassSummary>,
@@ -188,6 +190,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         target: target.name(),
         opt_level: level,
         disabled: args.disable.clone(),
+        target_excluded: outcome.report.disabled.iter().filter(|d| d.contains("(target ")).cloned().collect(),
         stop_after: args.stop_after,
         model: ModelRecord {
             file: MODEL,
