@@ -34,6 +34,7 @@ use kiln_compiler::metrics::{
 };
 use kiln_compiler::npy::read_npz;
 use kiln_compiler::onnx::{OnnxError, read_value};
+use kiln_compiler::rng::SplitMix64;
 use kiln_compiler::runtime::{ErrorKind, Executor, IoInfo, RuntimeError, Session, SessionConfig, Value, ValueType};
 use kiln_compiler::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -246,28 +247,7 @@ impl Synthetic {
     }
 }
 
-/// SplitMix64: tiny, seedable, the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
-fn synthesize(info: &IoInfo, rng: &mut Rng) -> Result<Tensor, CheckError> {
+fn synthesize(info: &IoInfo, rng: &mut SplitMix64) -> Result<Tensor, CheckError> {
     let ValueType::Tensor { dtype, dims } = &info.ty else {
         return Err(CheckError::Data(format!(
             "cannot make up a value for input `{}` of type {} (give --data)",
@@ -277,12 +257,12 @@ fn synthesize(info: &IoInfo, rng: &mut Rng) -> Result<Tensor, CheckError> {
     let dims: Vec<usize> = dims.iter().map(|d| d.filter(|&d| d >= 0).map_or(1, |d| d as usize)).collect();
     let n: usize = dims.iter().product();
     let err = |e: kiln_compiler::TensorError| CheckError::Data(format!("input `{}`: {e}", info.name));
-    let int = |rng: &mut Rng| (rng.next_u64() % 10) as i64;
+    let int = |rng: &mut SplitMix64| (rng.next_u64() % 10) as i64;
     use DataType as D;
     let t = match dtype {
-        D::F32 => Tensor::from_slice(dims, &(0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>()),
-        D::F64 => Tensor::from_slice(dims, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>()),
-        D::F16 => Tensor::from_slice(dims, &(0..n).map(|_| half::f16::from_f64(rng.normal())).collect::<Vec<_>>()),
+        D::F32 => Tensor::from_slice(dims, &(0..n).map(|_| rng.next_normal() as f32).collect::<Vec<_>>()),
+        D::F64 => Tensor::from_slice(dims, &(0..n).map(|_| rng.next_normal()).collect::<Vec<_>>()),
+        D::F16 => Tensor::from_slice(dims, &(0..n).map(|_| half::f16::from_f64(rng.next_normal())).collect::<Vec<_>>()),
         D::I64 => Tensor::from_slice(dims, &(0..n).map(|_| int(rng)).collect::<Vec<_>>()),
         D::I32 => Tensor::from_slice(dims, &(0..n).map(|_| int(rng) as i32).collect::<Vec<_>>()),
         D::U8 => Tensor::from_slice(dims, &(0..n).map(|_| int(rng) as u8).collect::<Vec<_>>()),
@@ -309,7 +289,7 @@ impl Samples for Synthetic {
         self.count
     }
     fn load(&mut self, index: usize) -> Result<Vec<(String, Value)>, CheckError> {
-        let mut rng = Rng(self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(index as u64));
+        let mut rng = SplitMix64::new(self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(index as u64));
         self.inputs
             .iter()
             .filter(|i| !matches!(i.ty, ValueType::Optional(_)))

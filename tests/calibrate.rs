@@ -9,25 +9,18 @@ use std::path::{Path, PathBuf};
 use common::{Outcome, assert_failed, assert_ok, optimize};
 use kiln::compiler::Tensor;
 use kiln::compiler::npy::encode_npy;
+use kiln::compiler::rng::SplitMix64;
 
-/// A seeded generator (SplitMix64), so the data never depends on another crate.
-struct Rng(u64);
+/// The seeded generator, with the two draws these samples need.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        (self.0.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
 }
 
@@ -111,7 +104,7 @@ fn transformer_sample(rng: &mut Rng) -> Vec<(&'static str, Tensor)> {
 fn data_folder(dir: &Path, n: usize, seed: u64, sample: fn(&mut Rng) -> Vec<(&'static str, Tensor)>) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     for i in 0..n {
         write_npz(&data.join(format!("sample_{i:04}.npz")), &sample(&mut rng));
     }
@@ -199,7 +192,7 @@ fn mismatched_data_names_the_input_and_the_file() {
     let m = model("cnn");
     let dir = tempfile::tempdir().unwrap();
     let good = || {
-        let mut rng = Rng(1);
+        let mut rng = Rng(SplitMix64::new(1));
         cnn_sample(&mut rng).remove(0).1
     };
     type Arrays = Vec<(&'static str, Tensor)>;
@@ -217,7 +210,7 @@ fn mismatched_data_names_the_input_and_the_file() {
     for (case, arrays, needle) in cases {
         let data = dir.path().join(case);
         std::fs::create_dir_all(&data).unwrap();
-        let mut rng = Rng(2);
+        let mut rng = Rng(SplitMix64::new(2));
         write_npz(&data.join("a_good.npz"), &cnn_sample(&mut rng));
         write_npz(&data.join("b_bad.npz"), &arrays);
         let out = dir.path().join(format!("{case}.json"));

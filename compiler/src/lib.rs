@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod npy;
 pub mod onnx;
 pub mod pass;
+pub mod rng;
 pub mod runtime;
 pub mod safetensors;
 pub mod shape;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use half::{bf16, f16};
+use kiln_compiler::rng::SplitMix64;
 use kiln_compiler::{DataType, Tensor};
 
 use super::{DataError, DimSpec, InputSpec, Sample, SampleSource};
@@ -162,21 +163,17 @@ fn supported(d: DataType) -> bool {
     )
 }
 
-/// SplitMix64: tiny, seedable, and fixed here so that data never changes with a crate update.
-struct Rng(u64);
+/// The generator, with the draws synthetic data needs.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.next_f64()
     }
 
     fn draw(&mut self, d: Distribution) -> f64 {
@@ -247,8 +244,9 @@ impl SampleSource for Synthetic {
         for (k, (name, dtype, dims, dist)) in self.inputs.iter().enumerate() {
             // One stream per (seed, sample, input): mixing through one SplitMix step keeps
             // neighbouring indices uncorrelated.
-            let mut mix = Rng(self.seed ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (k as u64) << 56);
-            let mut rng = Rng(mix.next());
+            let mut mix =
+                Rng(SplitMix64::new(self.seed ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (k as u64) << 56));
+            let mut rng = Rng(SplitMix64::new(mix.next()));
             let n = dims.iter().product();
             let t = fill(*dtype, dims.clone(), n, *dist, &mut rng).map_err(|m| DataError::read(&origin, m))?;
             inputs.push((name.clone(), t));

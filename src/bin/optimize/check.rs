@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use kiln::check::{Check, CheckError, CheckOptions, CheckReport, LatencyConfig, Synthetic, junit_xml, open_data};
 use kiln::compiler::metrics::{MetricsConfig, Precision, ToleranceSpec};
-use kiln::compiler::runtime::{Executor, OrtExecutor, SessionConfig};
+use kiln::compiler::runtime::SessionConfig;
 use kiln::exit::ExitStatus;
 
-use crate::run::ExecutorChoice;
+use crate::run::{ExecutorChoice, executor};
 use crate::{Failure, Ui, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,18 +71,6 @@ pub struct Args {
     /// Intra-op threads for both sessions (default: the runtime's choice).
     #[arg(long)]
     threads: Option<usize>,
-}
-
-fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
-    match choice {
-        ExecutorChoice::Ort => Ok(Box::new(OrtExecutor::new())),
-        #[cfg(feature = "tract")]
-        ExecutorChoice::Tract => Ok(Box::new(kiln::compiler::runtime::TractExecutor::new())),
-        #[cfg(not(feature = "tract"))]
-        ExecutorChoice::Tract => {
-            Err(Failure::bad_input("this build has no tract executor (build with --features tract)"))
-        }
-    }
 }
 
 fn failure(e: CheckError) -> Failure {

@@ -38,7 +38,8 @@ pub struct Args {
     threads: Option<usize>,
 }
 
-fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
+/// The executor a command was asked for.
+pub fn executor(choice: ExecutorChoice) -> Result<Box<dyn Executor>, Failure> {
     match choice {
         ExecutorChoice::Ort => Ok(Box::new(OrtExecutor::new())),
         #[cfg(feature = "tract")]
