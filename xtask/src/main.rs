@@ -76,7 +76,80 @@ const DEMO_STEPS: &[DemoStep] = &[
         title: "Inspect the voice-activity detector: LSTM inside 25 If subgraphs",
         args: &["inspect", "{fixture:recurrent}"],
     },
+    DemoStep {
+        title: "Optimize a BERT sentence-embedding model for ONNX Runtime CPU (O3: simplify, fuse attention)",
+        args: &["{fixture:transformer}", "--opt", "O3", "--target", "cpu", "-o", "{out}/minilm"],
+    },
+    DemoStep {
+        title: "Gate the optimized model against the original (accuracy per output, latency, size)",
+        args: &[
+            "check",
+            "--reference",
+            "{fixture:transformer}",
+            "--candidate",
+            "{out}/minilm/model.onnx",
+            "--data",
+            "{out}/minilm-data",
+            "--junit",
+            "{out}/minilm-check.xml",
+        ],
+    },
 ];
+
+/// Appends a protobuf varint.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// An ONNX `TensorProto` of int64 values (dims = 1, data_type = 2, raw_data = 9), written by
+/// hand so xtask needs no protobuf crate.
+fn int64_tensor_pb(dims: &[u64], values: &[i64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &d in dims {
+        out.push(0x08);
+        varint(&mut out, d);
+    }
+    out.push(0x10);
+    varint(&mut out, 7);
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    out.push(0x4a);
+    varint(&mut out, raw.len() as u64);
+    out.extend_from_slice(&raw);
+    out
+}
+
+/// Writes sentences for the transformer as ONNX test data sets: token ids in the vocabulary
+/// ([CLS] … [SEP]) and attention masks with right padding.
+fn write_demo_sentences(dir: &Path) -> Result<()> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for set in 0..4u64 {
+        let folder = dir.join(format!("test_data_set_{set}"));
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        let real = 6 + 3 * set as usize;
+        let mut ids = vec![0i64; 16];
+        let mut mask = vec![0i64; 16];
+        for i in 0..real {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ids[i] = if i == 0 {
+                101
+            } else if i == real - 1 {
+                102
+            } else {
+                1000 + (state % 28_000) as i64
+            };
+            mask[i] = 1;
+        }
+        std::fs::write(folder.join("input_0.pb"), int64_tensor_pb(&[1, 16], &ids))?;
+        std::fs::write(folder.join("input_1.pb"), int64_tensor_pb(&[1, 16], &mask))?;
+    }
+    Ok(())
+}
 
 /// Writes the demo's image input: a seeded f32 [1, 3, 48, 192] `.npy` in [-1, 1).
 fn write_demo_input(path: &Path) -> Result<()> {
@@ -220,6 +293,7 @@ fn demo() -> Result<()> {
     let out = inst.cache.join("demo");
     std::fs::create_dir_all(out.join("cnn")).with_context(|| format!("creating {}", out.display()))?;
     write_demo_input(&out.join("x.npy"))?;
+    write_demo_sentences(&out.join("minilm-data"))?;
     for (i, step) in DEMO_STEPS.iter().enumerate() {
         let args = demo_args(step.args, &m, &inst, &out)?;
         eprintln!("\n== demo step {}/{}: {}", i + 1, DEMO_STEPS.len(), step.title);
