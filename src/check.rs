@@ -234,7 +234,8 @@ pub fn open_data(path: &Path, inputs: &[InputSpec]) -> Result<Box<dyn Samples>, 
 }
 
 /// Seeded random inputs from the model's declared input types; dynamic dimensions are 1.
-/// Floats are standard normal, integers uniform in 0..10, bools fair coins.
+/// Floats are standard normal, integers 0 or 1 (valid token ids, masks and flags alike, as
+/// calibration's synthetic data), bools fair coins.
 pub struct Synthetic {
     inputs: Vec<IoInfo>,
     count: usize,
@@ -257,7 +258,7 @@ fn synthesize(info: &IoInfo, rng: &mut SplitMix64) -> Result<Tensor, CheckError>
     let dims: Vec<usize> = dims.iter().map(|d| d.filter(|&d| d >= 0).map_or(1, |d| d as usize)).collect();
     let n: usize = dims.iter().product();
     let err = |e: kiln_compiler::TensorError| CheckError::Data(format!("input `{}`: {e}", info.name));
-    let int = |rng: &mut SplitMix64| (rng.next_u64() % 10) as i64;
+    let int = |rng: &mut SplitMix64| (rng.next_u64() % 2) as i64;
     use DataType as D;
     let t = match dtype {
         D::F32 => Tensor::from_slice(dims, &(0..n).map(|_| rng.next_normal() as f32).collect::<Vec<_>>()),
@@ -1138,7 +1139,7 @@ mod tests {
         assert_ne!(s0, a.load(1).unwrap());
         assert!(a.synthetic());
         let ids = s0[1].1.as_tensor().unwrap().to_vec::<i64>().unwrap();
-        assert!(ids.iter().all(|&i| (0..10).contains(&i)));
+        assert!(ids.iter().all(|&i| (0..2).contains(&i)));
     }
 
     #[test]
