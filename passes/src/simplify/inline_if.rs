@@ -2,6 +2,11 @@
 //! branch it takes. Exporters leave such Ifs behind once shape inference and folding settle
 //! the condition; ONNX Runtime still pays for the branch dispatch and the subgraph session.
 //!
+//! The condition is known when it is a constant (an initializer, a `Constant` output, a constant
+//! of an enclosing scope) or a small integer computation over declared shapes that folding
+//! leaves alone because the shape is partly symbolic: PyTorch exports `if state.size(0)` as
+//! `Cast(Squeeze(Gather(Shape(state), 0)))`, known whenever `state`'s first dim is.
+//!
 //! The branch's nodes and initializers move into the parent graph in place of the `If`. Their
 //! values keep their names unless the parent (or a subgraph of the parent, by capture) already
 //! uses the name; then they get a fresh one. Values the branch read from enclosing scopes are
@@ -14,12 +19,12 @@
 use std::collections::{HashMap, HashSet};
 
 use kiln_compiler::DataType;
-use kiln_compiler::ir::{AttrValue, Graph, Model, NodeId, NodeSpec, ValueDef, ValueId};
+use kiln_compiler::ir::{AttrLookup, AttrValue, Graph, Model, NodeId, NodeSpec, ValueDef, ValueId};
 use kiln_compiler::pass::{Changed, Pass, PassContext, PassError};
 
 use super::common::{
-    Scope, cannot_forward, captured, constant_of, forward, initializers_allowed, is_live, is_pinned, label,
-    prune_value_info, visit_with_scope,
+    Scope, as_i64s, cannot_forward, captured, constant_of, forward, initializers_allowed, ints_attr_or_input, is_live,
+    is_pinned, known, label, prune_value_info, shape_of, visit_with_scope,
 };
 
 const RULE: &str = "inline-constant-if";
@@ -82,13 +87,166 @@ fn inline_graph(g: &mut Graph, scope: &Scope, path: &str, allow_init: bool, cx: 
     changed
 }
 
-/// The constant condition of `If` node `id`, if it has one.
+/// The constant condition of `If` node `id`, if it has one: a constant, or a small integer
+/// computation over declared shapes (see [`partial`]) whose result is known.
 fn condition(g: &Graph, id: NodeId, scope: &Scope) -> Option<bool> {
-    let c = constant_of(g, g.node(id).input(0)?, scope)?;
-    if c.dtype() != DataType::Bool || c.dims().iter().product::<usize>() != 1 {
+    let c = g.node(id).input(0)?;
+    if let Some(t) = constant_of(g, c, scope) {
+        if t.dtype() != DataType::Bool || t.dims().iter().product::<usize>() != 1 {
+            return None;
+        }
+        return t.to_vec::<bool>().ok()?.first().copied();
+    }
+    let p = partial(g, c, scope, 0)?;
+    match p.vals.as_slice() {
+        [Some(v)] if p.bool => Some(*v != 0),
+        _ => None,
+    }
+}
+
+/// A small integer or boolean tensor whose elements may be partly known.
+struct Partial {
+    dims: Vec<usize>,
+    vals: Vec<Option<i64>>,
+    /// Whether the elements are booleans (0 or 1).
+    bool: bool,
+}
+
+/// Largest tensor [`partial`] tracks: shape vectors and the scalars computed from them.
+const PARTIAL_MAX: usize = 64;
+
+/// What is known of `v`, following the integer computations exporters wrap around shapes
+/// (`Shape`, `Size`, `Gather`, `Squeeze`, `Unsqueeze`, `Cast`, `Equal`, `Not`, `Identity`)
+/// down to constants and declared shapes. Folding gives up on `Shape` of a partly symbolic
+/// shape; a condition such as `Cast(Squeeze(Gather(Shape(state), 0)))` is still known when
+/// `state`'s first dimension is. `None`: not an integer computation this follows.
+fn partial(g: &Graph, v: ValueId, scope: &Scope, depth: usize) -> Option<Partial> {
+    if depth > 32 {
         return None;
     }
-    c.to_vec::<bool>().ok()?.first().copied()
+    if let Some(t) = constant_of(g, v, scope) {
+        if t.dims().iter().product::<usize>() > PARTIAL_MAX {
+            return None;
+        }
+        let (vals, bool) = match t.dtype() {
+            DataType::Bool => (t.to_vec::<bool>().ok()?.into_iter().map(i64::from).collect(), true),
+            _ => (as_i64s(&t)?, false),
+        };
+        return Some(Partial { dims: t.dims().to_vec(), vals: vals.into_iter().map(Some).collect(), bool });
+    }
+    let n = g.get_node(g.value(v).producer()?)?;
+    if !n.domain().is_empty() || n.output(0) != Some(v) {
+        return None;
+    }
+    let input = |i: usize| n.input(i).and_then(|x| partial(g, x, scope, depth + 1));
+    match n.op_type.as_str() {
+        "Identity" => input(0),
+        "Shape" => {
+            let dims = shape_of(g, n.input(0)?, scope)?;
+            let rank = dims.len() as i64;
+            let clamp = |i: i64| if i < 0 { (i + rank).max(0) } else { i.min(rank) };
+            let start = clamp(n.attr_int("start").unwrap_or(0)) as usize;
+            let end = clamp(n.attr_int("end").unwrap_or(rank)) as usize;
+            let vals: Vec<Option<i64>> = dims.get(start..end.max(start))?.iter().map(known).collect();
+            Some(Partial { dims: vec![vals.len()], vals, bool: false })
+        }
+        "Size" => {
+            if let Some(x) = input(0) {
+                let size = i64::try_from(x.dims.iter().product::<usize>()).ok();
+                return Some(Partial { dims: vec![], vals: vec![size], bool: false });
+            }
+            let dims = shape_of(g, n.input(0)?, scope)?;
+            let size = dims.iter().map(known).try_fold(1i64, |acc, d| d.and_then(|d| acc.checked_mul(d)));
+            Some(Partial { dims: vec![], vals: vec![size], bool: false })
+        }
+        "Gather" => {
+            let data = input(0)?;
+            let idx = input(1)?;
+            if data.dims.len() != 1 || n.attr_int("axis").unwrap_or(0) != 0 || idx.bool {
+                return None;
+            }
+            let len = data.vals.len() as i64;
+            let vals = idx
+                .vals
+                .iter()
+                .map(|i| {
+                    let i = i.filter(|&i| (-len..len).contains(&i))?;
+                    Some(data.vals[(if i < 0 { i + len } else { i }) as usize])
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Partial { dims: idx.dims, vals, bool: data.bool })
+        }
+        "Squeeze" | "Unsqueeze" => {
+            let mut x = input(0)?;
+            let axes = ints_attr_or_input(g, n, "axes", 1, scope).ok()?;
+            x.dims = if n.op_type == "Squeeze" { squeezed(&x.dims, axes)? } else { unsqueezed(&x.dims, axes?)? };
+            Some(x)
+        }
+        "Cast" => {
+            let mut x = input(0)?;
+            let to = DataType::from_onnx(i32::try_from(n.attr_int("to")?).ok()?)?;
+            match to {
+                DataType::Bool => {
+                    x.vals = x.vals.iter().map(|v| v.map(|v| i64::from(v != 0))).collect();
+                    x.bool = true;
+                }
+                DataType::I64 | DataType::I32 => x.bool = false,
+                _ => return None,
+            }
+            Some(x)
+        }
+        "Not" => {
+            let mut x = input(0)?;
+            if !x.bool {
+                return None;
+            }
+            x.vals = x.vals.iter().map(|v| v.map(|v| 1 - v)).collect();
+            Some(x)
+        }
+        "Equal" => {
+            let (a, b) = (input(0)?, input(1)?);
+            if a.bool != b.bool {
+                return None;
+            }
+            let (big, small) = if a.vals.len() >= b.vals.len() { (a, b) } else { (b, a) };
+            let dims = if big.dims.len() >= small.dims.len() { big.dims.clone() } else { small.dims.clone() };
+            let vals = match small.vals.as_slice() {
+                [s] => big.vals.iter().map(|x| Some(i64::from(x.as_ref()? == s.as_ref()?))).collect(),
+                s if s.len() == big.vals.len() && small.dims == big.dims => {
+                    big.vals.iter().zip(s).map(|(x, y)| Some(i64::from(x.as_ref()? == y.as_ref()?))).collect()
+                }
+                _ => return None,
+            };
+            Some(Partial { dims, vals, bool: true })
+        }
+        _ => None,
+    }
+}
+
+/// `Squeeze`'s output dims (all 1-dims without axes).
+fn squeezed(dims: &[usize], axes: Option<Vec<i64>>) -> Option<Vec<usize>> {
+    let rank = dims.len() as i64;
+    let Some(axes) = axes else { return Some(dims.iter().copied().filter(|&d| d != 1).collect()) };
+    let axes: Vec<usize> = axes.iter().map(|&a| (if a < 0 { a + rank } else { a }) as usize).collect();
+    if axes.iter().any(|&a| dims.get(a) != Some(&1)) {
+        return None;
+    }
+    Some(dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect())
+}
+
+/// `Unsqueeze`'s output dims.
+fn unsqueezed(dims: &[usize], axes: Vec<i64>) -> Option<Vec<usize>> {
+    let rank = (dims.len() + axes.len()) as i64;
+    let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
+    axes.sort_unstable();
+    if axes.iter().any(|&a| !(0..rank).contains(&a)) {
+        return None;
+    }
+    let mut out = dims.to_vec();
+    for a in axes {
+        out.insert(a as usize, 1);
+    }
+    Some(out)
 }
 
 /// The branch graph held by attribute `name` of node `id`.
@@ -577,5 +735,70 @@ mod tests {
         assert_eq!(changed, Changed::Yes);
         assert_eq!(count_op(&m, "Add"), 1);
         check_same_outputs(&before, &m, 0, Tolerance::EXACT).unwrap();
+    }
+
+    /// `If(cond)` where `cond` is computed from the shape of `state: [2, batch, 128]`.
+    fn shape_condition(cond_of: impl FnOnce(&mut Graph, ValueId) -> ValueId) -> Model {
+        let mut g = Graph::new();
+        g.add_input("x", Some(tensor_ty(DataType::F32, &[3])));
+        let state = g.add_input("state", Some(tensor_ty_sym(DataType::F32, &[Some(2), None, Some(128)])));
+        let cond = cond_of(&mut g, state);
+        let y = op(&mut g, if_spec(cond, branch("Add", 1.0, "t", "ty"), branch("Mul", 2.0, "e", "ey"), &["y"]));
+        output(&mut g, y, tensor_ty(DataType::F32, &[3]));
+        model(g, 17)
+    }
+
+    /// `Cast(Squeeze(Gather(Shape(state), [i])), bool)`, as PyTorch exports `if state.size(i)`.
+    fn dim_is_nonzero(g: &mut Graph, state: ValueId, i: i64) -> ValueId {
+        let s = op(g, NodeSpec::new("Shape").inputs([state]).outputs(["s"]));
+        let idx = constant(g, "idx", Tensor::from_slice(vec![1], &[i]).unwrap());
+        let d = op(g, NodeSpec::new("Gather").inputs([s, idx]).outputs(["d"]));
+        let axes = constant(g, "axes", Tensor::from_slice(vec![1], &[0i64]).unwrap());
+        let q = op(g, NodeSpec::new("Squeeze").inputs([d, axes]).outputs(["q"]));
+        op(g, NodeSpec::new("Cast").inputs([q]).outputs(["c"]).attr(Attribute::int("to", 9)))
+    }
+
+    #[test]
+    fn a_condition_known_from_declared_shapes_inlines() {
+        require_ort().unwrap();
+        let before = shape_condition(|g, state| dim_is_nonzero(g, state, 0));
+        let mut after = before.clone();
+        let (changed, report) = apply(&InlineConstantIf, &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes, "{report:?}");
+        assert!(entries(&report, "applied", RULE)[0].detail.contains("then_branch"), "{report:?}");
+        assert_eq!(count_op(&after, "If"), 0);
+        assert_eq!(count_op(&after, "Add"), 1);
+        for seed in 0..3 {
+            check_same_outputs(&before, &after, seed, Tolerance::EXACT).unwrap();
+        }
+        // The rank through Size(Shape(..)): Not(Equal(Size(Shape(state)), 0)) is true.
+        let before = shape_condition(|g, state| {
+            let s = op(g, NodeSpec::new("Shape").inputs([state]).outputs(["s"]));
+            let r = op(g, NodeSpec::new("Size").inputs([s]).outputs(["r"]));
+            let zero = constant(g, "zero", Tensor::scalar(0i64));
+            let eq = op(g, NodeSpec::new("Equal").inputs([r, zero]).outputs(["eq"]));
+            op(g, NodeSpec::new("Not").inputs([eq]).outputs(["c"]))
+        });
+        let mut after = before.clone();
+        assert_eq!(apply(&InlineConstantIf, &mut after).unwrap().0, Changed::Yes);
+        assert_eq!(count_op(&after, "Add"), 1);
+        check_same_outputs(&before, &after, 0, Tolerance::EXACT).unwrap();
+    }
+
+    #[test]
+    fn a_condition_on_a_symbolic_dim_stays() {
+        let mut m = shape_condition(|g, state| dim_is_nonzero(g, state, 1));
+        let (changed, report) = apply(&InlineConstantIf, &mut m).unwrap();
+        assert_eq!(changed, Changed::No);
+        assert!(report.is_empty(), "{report:?}");
+        assert_eq!(count_op(&m, "If"), 1);
+        // A float computation is not followed either.
+        let mut m = shape_condition(|g, state| {
+            let s = op(g, NodeSpec::new("Shape").inputs([state]).outputs(["s"]));
+            let f = op(g, NodeSpec::new("Cast").inputs([s]).outputs(["f"]).attr(Attribute::int("to", 1)));
+            let r = op(g, NodeSpec::new("ReduceSum").inputs([f]).outputs(["r"]));
+            op(g, NodeSpec::new("Cast").inputs([r]).outputs(["c"]).attr(Attribute::int("to", 9)))
+        });
+        assert_eq!(apply(&InlineConstantIf, &mut m).unwrap().0, Changed::No);
     }
 }
