@@ -10,6 +10,6 @@ pub mod testing;
 
 pub use fuse::FusionPass;
 pub use simplify::{
-    EliminateCommonSubexpressions, EliminateDeadCode, EliminateNoOps, FoldConstants, LegalizeScalarInputs,
-    LiftConstants, simplify, simplify_manager, simplify_pipeline,
+    EliminateCommonSubexpressions, EliminateDeadCode, EliminateNoOps, FoldConstants, InlineConstantIf,
+    LegalizeScalarInputs, LiftConstants, simplify, simplify_manager, simplify_pipeline,
 };

@@ -1,4 +1,5 @@
-//! Graph simplification (the O1 pipeline): lift constants, fold them, remove no-ops, make
+//! Graph simplification (the O1 pipeline): lift constants, fold them, inline Ifs with a constant
+//! condition, remove no-ops, make
 //! scalar inputs explicit, merge common subexpressions, drop dead code. Every pass visits If/Loop/Scan bodies too and says
 //! in its report what it did and what it left alone.
 
@@ -6,6 +7,7 @@ mod common;
 mod cse;
 mod dce;
 mod fold;
+mod inline_if;
 mod legalize;
 mod lift;
 mod noop;
@@ -16,18 +18,21 @@ use kiln_compiler::pass::{Pass, PassError, PassManager, PipelineReport};
 pub use cse::{DEFAULT_CSE_INITIALIZER_BYTES, EliminateCommonSubexpressions};
 pub use dce::EliminateDeadCode;
 pub use fold::{DEFAULT_FOLD_LIMIT, FoldConstants};
+pub use inline_if::InlineConstantIf;
 pub use legalize::LegalizeScalarInputs;
 pub use lift::LiftConstants;
 pub use noop::EliminateNoOps;
 
 /// The O1 passes in order. Lifting first makes `Constant` outputs plain constants for every
-/// other pass; folding before no-op elimination gives it constant shapes and axes; no-op
+/// other pass; inlining Ifs whose condition folding settled exposes their branches to the
+/// rest; folding before no-op elimination gives it constant shapes and axes; no-op
 /// elimination before CSE exposes more identical nodes; scalar legalization keeps what
 /// folding made static loadable; DCE last sweeps what they left.
 pub fn simplify_pipeline() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(LiftConstants),
         Box::new(FoldConstants::new()),
+        Box::new(InlineConstantIf),
         Box::new(EliminateNoOps),
         Box::new(LegalizeScalarInputs),
         Box::new(EliminateCommonSubexpressions::new()),
@@ -64,6 +69,7 @@ mod tests {
             [
                 "lift-constants",
                 "fold-constants",
+                "inline-constant-if",
                 "eliminate-no-ops",
                 "legalize-scalar-inputs",
                 "eliminate-common-subexpressions",
