@@ -437,14 +437,18 @@ impl Graph {
         id
     }
 
-    /// Declares that `node`'s output `index` is the existing value `v` (used by importers for
-    /// values referenced before their producer appears; `v` must be `Outer` or `Detached`).
+    /// Declares that `node`'s output `index` is the existing value `v` (importers bind values
+    /// referenced before their producer appears; passes rebind an output to keep a name). The
+    /// value the node wrote there before, if any, is detached.
     pub fn bind_output(&mut self, node: NodeId, index: usize, v: ValueId) {
         if let Some(Some(n)) = self.nodes.get_mut(node.index()) {
             if n.outputs.len() <= index {
                 n.outputs.resize(index + 1, None);
             }
-            n.outputs[index] = Some(v);
+            let previous = n.outputs[index].replace(v);
+            if let Some(old) = previous.filter(|&old| old != v) {
+                self.values[old.index()].def = ValueDef::Detached;
+            }
             self.values[v.index()].def = ValueDef::Node { node, output: index };
         }
     }
@@ -634,6 +638,17 @@ mod tests {
         assert_eq!(g.value(x).uses(), &[Use { node: b, input: 0 }]);
         assert!(matches!(g.value(av).def(), ValueDef::Detached));
         assert_eq!(g.nodes().count(), 1);
+    }
+
+    #[test]
+    fn rebinding_an_output_detaches_the_old_value() {
+        let (mut g, _, a, _) = tiny();
+        let old = g.node(a).output(0).unwrap();
+        let keep = g.add_outer("kept_name");
+        g.bind_output(a, 0, keep);
+        assert_eq!(g.node(a).output(0), Some(keep));
+        assert!(matches!(g.value(old).def(), ValueDef::Detached));
+        assert!(matches!(g.value(keep).def(), ValueDef::Node { output: 0, .. }));
     }
 
     #[test]

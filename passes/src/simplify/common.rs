@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use kiln_compiler::DataType;
 use kiln_compiler::ir::{AttrLookup, AttrValue, Dim, DimValue, Graph, Model, Node, NodeId, ValueDef, ValueId};
+use kiln_compiler::pass::PassContext;
 use kiln_compiler::tensor::Tensor;
 
 /// Constants visible from enclosing scopes, by name (for subgraphs).
@@ -58,6 +59,16 @@ pub(crate) fn initializers_allowed(model: &Model) -> bool {
     model.ir_version.is_none_or(|v| v >= 4)
 }
 
+/// For passes that create initializers: reports and returns `true` when the model's IR
+/// version does not allow them, so the pass leaves the model alone.
+pub(crate) fn skip_without_initializers(model: &Model, rule: &str, cx: &mut PassContext) -> bool {
+    if initializers_allowed(model) {
+        return false;
+    }
+    cx.skipped(rule, "model", "IR version below 4: every initializer would have to be a graph input");
+    true
+}
+
 /// Why readers of `from` cannot be moved onto `to`, or `None` if they can (see [`forward`]).
 pub(crate) fn cannot_forward(g: &Graph, from: ValueId, to: ValueId, captured: &HashSet<String>) -> Option<String> {
     if from == to {
@@ -93,24 +104,11 @@ pub(crate) fn forward(g: &mut Graph, from: ValueId, to: ValueId, captured: &Hash
     }
     g.replace_uses(to, from);
     g.bind_output(node, output, from);
-    detach(g, to);
 }
 
-/// Marks a value that nothing defines any more as detached. `remove_initializers` is the
-/// graph API that detaches a value; `v` is in no initializer or input list here, so it only
-/// detaches.
-pub(crate) fn detach(g: &mut Graph, v: ValueId) {
-    g.remove_initializers(&[v]);
-}
-
-/// Whether a value still has its definition (nodes rebound by [`forward`] leave the old
-/// output value behind with a stale definition until it is detached).
+/// Whether a value still has its definition (removed nodes and rebound outputs detach theirs).
 pub(crate) fn is_live(g: &Graph, v: ValueId) -> bool {
-    match g.value(v).def() {
-        ValueDef::Detached => false,
-        ValueDef::Node { node, output } => g.get_node(*node).is_some_and(|n| n.output(*output) == Some(v)),
-        _ => true,
-    }
+    !matches!(g.value(v).def(), ValueDef::Detached)
 }
 
 /// Drops `value_info` entries of values that no longer exist.

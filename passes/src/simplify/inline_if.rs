@@ -449,9 +449,7 @@ fn inline(g: &mut Graph, id: NodeId, branch: &str, renames: &HashMap<String, Str
                 Some(next) => g.insert_node_before(next, spec),
                 None => g.add_node(spec),
             };
-            let Some(tv) = g.node(nid).output(0) else { continue };
             g.bind_output(nid, 0, o);
-            super::common::detach(g, tv);
         }
     }
     moved
