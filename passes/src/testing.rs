@@ -16,11 +16,11 @@ use kiln_compiler::ir::{
 };
 use kiln_compiler::onnx::load_model;
 use kiln_compiler::pass::{Changed, Pass, PassContext, ReportEntry};
+use kiln_compiler::rng::SplitMix64;
 use kiln_compiler::runtime::{OptLevel, OrtExecutor, RuntimeError, SessionConfig, init_ort};
 use kiln_compiler::verify::check_model;
 use kiln_compiler::{DataType, Tensor};
 use kiln_fixtures::ConformanceCase;
-use kiln_fixtures::generate::SplitMix64;
 
 pub use kiln_compiler::compare::{Tolerance, compare_values};
 pub use kiln_compiler::ir::Attribute as A;

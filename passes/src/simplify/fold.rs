@@ -19,8 +19,8 @@ use kiln_compiler::runtime::{Executor, OptLevel, OrtExecutor, RuntimeError, Sess
 use kiln_compiler::tensor::Tensor;
 
 use super::common::{
-    Scope, as_i64s, captured, constant_of, describe, has_subgraphs, initializers_allowed, is_pinned, is_random,
-    is_used, known_domain, label, prune_value_info, shape_of, visit_with_scope,
+    Scope, as_i64s, captured, constant_of, describe, has_subgraphs, is_pinned, is_random, is_used, known_domain, label,
+    prune_value_info, shape_of, skip_without_initializers, visit_with_scope,
 };
 
 const RULE: &str = "fold-constants";
@@ -99,8 +99,7 @@ impl Pass for FoldConstants {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed, PassError> {
-        if !initializers_allowed(model) {
-            cx.skipped(RULE, "model", "IR version below 4: every initializer would have to be a graph input");
+        if skip_without_initializers(model, RULE, cx) {
             return Ok(Changed::No);
         }
         if let Err(e) = self.probe() {

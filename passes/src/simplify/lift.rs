@@ -7,7 +7,7 @@
 use kiln_compiler::ir::{Graph, Model};
 use kiln_compiler::pass::{Changed, Pass, PassContext, PassError};
 
-use super::common::{Scope, constant_node_value, initializers_allowed, label, visit_with_scope};
+use super::common::{Scope, constant_node_value, label, skip_without_initializers, visit_with_scope};
 
 const RULE: &str = "lift-constants";
 
@@ -21,8 +21,7 @@ impl Pass for LiftConstants {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<Changed, PassError> {
-        if !initializers_allowed(model) {
-            cx.skipped(RULE, "model", "IR version below 4: every initializer would have to be a graph input");
+        if skip_without_initializers(model, RULE, cx) {
             return Ok(Changed::No);
         }
         let Some(g) = model.graph.as_mut() else { return Ok(Changed::No) };
