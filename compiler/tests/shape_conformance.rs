@@ -8,11 +8,9 @@ use kiln_compiler::ir::{DimValue, Model, Type, TypeKind, ValueDef};
 use kiln_compiler::onnx::load_model;
 use kiln_compiler::shape::infer_model;
 
-fn node_tests_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_ONNX_NODE_TESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/wheels/onnx/onnx/backend/test/data/node"));
-    dir.is_dir().then_some(dir)
+/// The installed conformance suite; a missing suite fails the test (`cargo xtask fixtures`).
+fn node_tests_dir() -> PathBuf {
+    kiln_fixtures::conformance_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,10 +182,7 @@ fn summarize(label: &str, t: &Tally) -> f64 {
 
 #[test]
 fn conformance_node_tests_infer_declared_types() {
-    let Some(dir) = node_tests_dir() else {
-        eprintln!("conformance data missing; skipped");
-        return;
-    };
+    let dir = node_tests_dir();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     cases.sort();
     let mut t = Tally::default();
@@ -219,31 +214,12 @@ fn conformance_node_tests_infer_declared_types() {
     assert!(rate > 0.8, "exact rate {rate:.3} below 80%");
 }
 
-fn onnx_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            onnx_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "onnx") {
-            out.push(p);
-        }
-    }
-}
-
-/// Trained fixture models, when the cache holds them.
+/// Every trained fixture infers without conflicting with its declared types.
 #[test]
 fn fixture_models_infer_without_conflicts() {
-    let dir = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/main/.kiln-cache/fixtures"));
-    let mut files = Vec::new();
-    onnx_files(&dir, &mut files);
-    if files.is_empty() {
-        eprintln!("no fixture models; skipped");
-        return;
-    }
-    files.sort();
+    let names = kiln_fixtures::fixture_names().unwrap_or_else(|e| panic!("{e}"));
+    let files: Vec<PathBuf> = names.iter().map(|n| kiln_fixtures::model(n).unwrap_or_else(|e| panic!("{e}"))).collect();
+    assert!(files.len() >= 6, "{files:?}");
     let mut t = Tally::default();
     for f in &files {
         let Ok(model) = load_model(f) else { continue };
@@ -272,50 +248,6 @@ fn fixture_models_infer_without_conflicts() {
     summarize("fixtures", &t);
     assert!(t.panics.is_empty(), "inference panicked");
     assert!(t.conflicts.is_empty(), "{} conflicts", t.conflicts.len());
-}
-
-/// Debug aid: `KILN_SHAPE_CASE=<path to model.onnx>` prints the model after inference.
-#[test]
-fn dump_one_case() {
-    let Some(p) = std::env::var_os("KILN_SHAPE_CASE") else { return };
-    let path = Path::new(&p);
-    let mut model = if std::env::var_os("KILN_SHAPE_BIND").is_some() {
-        with_input_data(path.parent().unwrap()).unwrap()
-    } else {
-        load_model(path).unwrap()
-    };
-    if let Some(g) = model.graph.as_mut() {
-        let outs: Vec<_> = g.outputs().to_vec();
-        for v in outs {
-            if matches!(g.value(v).def(), ValueDef::Node { .. }) {
-                g.value_mut(v).ty = None;
-            }
-        }
-    }
-    let r = infer_model(&mut model);
-    if std::env::var_os("KILN_SHAPE_DUMP").is_some() {
-        eprintln!("{}", kiln_compiler::dump::dump_model(&model));
-    }
-    if let Some(top) = model.graph.as_ref() {
-        top.visit_graphs(&mut |g| {
-            eprintln!("-- graph {}", g.name.as_deref().unwrap_or(""));
-            for (_, n) in g.nodes() {
-                let ins: Vec<String> = n
-                    .inputs()
-                    .iter()
-                    .map(|v| {
-                        v.map_or_else(String::new, |v| g.value(v).ty.as_ref().map_or("?".into(), |t| t.to_string()))
-                    })
-                    .collect();
-                for v in n.outputs().iter().flatten() {
-                    let val = g.value(*v);
-                    let ty = val.ty.as_ref().map_or("?".into(), |t| t.to_string());
-                    eprintln!("{} {} = {}({})", val.name, ty, n.op_type, ins.join(", "));
-                }
-            }
-        });
-    }
-    eprintln!("skipped: {:?}\nunknown: {:?}\nconflicts: {:?}", r.skipped, r.unknown_ops, r.conflicts);
 }
 
 /// The case with its first test inputs bound as initializers, so every runtime parameter
@@ -351,7 +283,7 @@ fn with_input_data(case: &Path) -> Option<Model> {
 /// this checks the known-value arithmetic itself.
 #[test]
 fn conformance_with_input_data_bound() {
-    let Some(dir) = node_tests_dir() else { return };
+    let dir = node_tests_dir();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     cases.sort();
     let mut t = Tally::default();
