@@ -24,3 +24,4 @@ pub use kiln_targets as targets;
 pub mod check;
 pub mod exit;
 pub mod pipeline;
+pub mod stages;

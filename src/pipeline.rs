@@ -21,6 +21,40 @@ use kiln_compiler::shape::InferShapes;
 use kiln_passes::fuse::{FusionPass, Rule};
 use serde::Serialize;
 
+use crate::stages::half::HalfOptions;
+use crate::stages::int4::Int4Options;
+use crate::stages::int8::Int8Options;
+use crate::stages::prune::PruneOptions;
+use crate::stages::{StageContext, StageError, StageReport};
+
+/// The numeric precision of the artifact.
+#[derive(Debug, Clone, Default)]
+pub enum Precision {
+    /// Unchanged (FP32 stays FP32).
+    #[default]
+    Fp32,
+    /// FP16 or BF16 (see [`HalfOptions::kind`]).
+    Half(HalfOptions),
+    /// INT8, static QDQ or dynamic.
+    Int8(Int8Options),
+    /// INT4 weight-only.
+    Int4(Int4Options),
+}
+
+impl Precision {
+    /// The name used in reports and `--precision`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Half(o) if o.kind == crate::stages::half::HalfKind::Bf16 => "bf16",
+            Precision::Half(_) => "fp16",
+            Precision::Int8(o) if o.dynamic => "int8-dynamic",
+            Precision::Int8(_) => "int8",
+            Precision::Int4(_) => "int4",
+        }
+    }
+}
+
 /// How much to optimize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum OptLevel {
@@ -36,10 +70,11 @@ pub enum OptLevel {
 }
 
 /// The deployment target, as far as the graph optimizer needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// ONNX Runtime, CPU execution provider.
+    #[default]
     Cpu,
     /// ONNX Runtime, CUDA execution provider.
     Cuda,
@@ -86,6 +121,11 @@ pub struct Pipeline {
     pub disable: Vec<String>,
     /// Stop after this many pass runs (bisection).
     pub stop_after: Option<usize>,
+    /// Structured pruning after graph optimization, before precision.
+    pub prune: Option<PruneOptions>,
+    pub precision: Precision,
+    /// Data, executor settings and where external data lives, for the stages.
+    pub context: StageContext,
 }
 
 /// What a pipeline run produced.
@@ -93,17 +133,59 @@ pub struct Pipeline {
 pub struct Outcome {
     pub model: Model,
     pub report: PipelineReport,
+    /// What pruning and the precision stage did, in order.
+    pub stages: Vec<StageReport>,
     /// Findings a person must see (for example: a transformer in which no attention fused).
     pub warnings: Vec<String>,
 }
 
+/// Why a pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
 impl Pipeline {
     pub fn new(level: OptLevel) -> Pipeline {
-        Pipeline { level, target: TargetKind::Cpu, disable: Vec::new(), stop_after: None }
+        Pipeline {
+            level,
+            target: TargetKind::Cpu,
+            disable: Vec::new(),
+            stop_after: None,
+            prune: None,
+            precision: Precision::Fp32,
+            context: StageContext::default(),
+        }
     }
 
     pub fn target(mut self, target: TargetKind) -> Pipeline {
         self.target = target;
+        self.context.target = target;
+        self
+    }
+
+    pub fn precision(mut self, precision: Precision) -> Pipeline {
+        self.precision = precision;
+        self
+    }
+
+    pub fn prune(mut self, prune: Option<PruneOptions>) -> Pipeline {
+        self.prune = prune;
+        self
+    }
+
+    /// Calibration samples for the stages that need data.
+    pub fn calibration_data(mut self, source: Option<kiln_calibration::SharedSource>) -> Pipeline {
+        self.context.calibration = source;
+        self
+    }
+
+    /// Where the model's external data lives (the input model's folder).
+    pub fn base_dir(mut self, dir: Option<std::path::PathBuf>) -> Pipeline {
+        self.context.base_dir = dir;
         self
     }
 
@@ -159,8 +241,8 @@ impl Pipeline {
         names
     }
 
-    /// Runs the pipeline on a model.
-    pub fn run(&self, mut model: Model) -> Result<Outcome, PassError> {
+    /// Runs the pipeline on a model: graph passes, then pruning, then the precision stage.
+    pub fn run(&self, mut model: Model) -> Result<Outcome, PipelineError> {
         let mut pm = PassManager::new().disable(self.disable.clone()).stop_after(self.stop_after);
         for p in self.passes() {
             pm = pm.add_boxed(p);
@@ -171,8 +253,19 @@ impl Pipeline {
                 report.disabled.push(format!("{rule} (target {}: {why})", self.target.name()));
             }
         }
-        let warnings = self.findings(&model);
-        Ok(Outcome { model, report, warnings })
+        let mut stages = Vec::new();
+        if let Some(prune) = &self.prune {
+            stages.push(crate::stages::prune::run(&mut model, prune, &self.context)?);
+        }
+        match &self.precision {
+            Precision::Fp32 => {}
+            Precision::Half(o) => stages.push(crate::stages::half::run(&mut model, o, &self.context)?),
+            Precision::Int8(o) => stages.push(crate::stages::int8::run(&mut model, o, &self.context)?),
+            Precision::Int4(o) => stages.push(crate::stages::int4::run(&mut model, o, &self.context)?),
+        }
+        let mut warnings = self.findings(&model);
+        warnings.extend(stages.iter().flat_map(|s| s.warnings.iter().cloned()));
+        Ok(Outcome { model, report, stages, warnings })
     }
 
     fn findings(&self, model: &Model) -> Vec<String> {

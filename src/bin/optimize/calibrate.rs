@@ -7,25 +7,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln::calibration::collect::{CalibError, CollectOptions, collect};
-use kiln::calibration::data::{
-    self, Distribution, SYNTHETIC_WARNING, SharedSource, Synthetic, SyntheticSpec, held_apart, model_inputs, shard,
-};
+use kiln::calibration::data::{SharedSource, model_inputs, shard};
 use kiln::calibration::{Method, Ranges};
 use kiln::compiler::runtime::{ErrorKind, OrtExecutor};
 use kiln::exit::ExitStatus;
 
+use crate::data_args::DataArgs;
 use crate::{Failure, Ui, load_verified};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The .onnx model (not with --merge).
     model: Option<PathBuf>,
-    /// Calibration data: a folder of .npz files (one sample each, keys = input names), a folder
-    /// of sample folders holding <input>.npy files, a folder of ONNX test_data_set_N folders, or
-    /// one .npz/.safetensors whose arrays have a leading sample axis. Without it, seeded
-    /// synthetic inputs are used (with a warning).
-    #[arg(long, value_name = "DIR|FILE")]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// minmax, moving-minmax:C, percentile:P (e.g. percentile:99.99), entropy or mse.
     #[arg(long, default_value = "minmax", value_name = "METHOD")]
     method: String,
@@ -41,27 +36,8 @@ pub struct Args {
     /// Observe only this tensor (repeatable; default: every float activation).
     #[arg(long = "tensor", value_name = "NAME")]
     tensors: Vec<String>,
-    /// Calibrate on the first PCT% of the samples only, keeping the rest apart for evaluation.
-    #[arg(long, value_name = "PCT")]
-    calibration_split: Option<f64>,
-    /// Synthetic data: number of samples.
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    samples: usize,
-    /// Synthetic data: the seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Synthetic data: the size of a symbolic dimension (repeatable; others are 1).
-    #[arg(long = "dim", value_name = "SYMBOL=SIZE")]
-    dims: Vec<String>,
-    /// Synthetic data: an input's whole shape (repeatable; for unnamed dynamic dimensions).
-    #[arg(long = "shape", value_name = "INPUT=D0,D1,…")]
-    shapes: Vec<String>,
-    /// Synthetic data: an input's values, uniform:LOW,HIGH | normal:MEAN,STD | int:LOW,HIGH |
-    /// fill:V (repeatable; default uniform:-1,1 for floats, int:0,2 otherwise).
-    #[arg(long = "synthetic", value_name = "INPUT=DIST")]
-    synthetic: Vec<String>,
     /// Merge ranges files computed on shards of the same data (instead of calibrating).
-    #[arg(long, num_args = 1.., value_name = "RANGES.json", conflicts_with_all = ["model", "data", "shard"])]
+    #[arg(long, num_args = 1.., value_name = "RANGES.json", conflicts_with_all = ["model", "shard"])]
     merge: Vec<PathBuf>,
     /// Where to write the ranges (default: print them).
     #[arg(long, short, value_name = "RANGES.json")]
@@ -89,29 +65,6 @@ fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
         return Err(bad());
     }
     Ok((i, n))
-}
-
-fn synthetic_spec(a: &Args) -> Result<SyntheticSpec, Failure> {
-    let mut spec = SyntheticSpec { samples: a.samples, seed: a.seed, ..Default::default() };
-    for d in &a.dims {
-        let (k, v) =
-            d.split_once('=').ok_or_else(|| Failure::bad_input(format!("--dim '{d}': expected SYMBOL=SIZE")))?;
-        let v = v.parse().map_err(|_| Failure::bad_input(format!("--dim '{d}': SIZE is not a number")))?;
-        spec.dims.insert(k.to_string(), v);
-    }
-    for s in &a.shapes {
-        let bad = || Failure::bad_input(format!("--shape '{s}': expected INPUT=D0,D1,…"));
-        let (k, v) = s.split_once('=').ok_or_else(bad)?;
-        let dims = v.split(',').map(|d| d.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>().map_err(|_| bad())?;
-        spec.shapes.insert(k.to_string(), dims);
-    }
-    for s in &a.synthetic {
-        let (k, v) =
-            s.split_once('=').ok_or_else(|| Failure::bad_input(format!("--synthetic '{s}': expected INPUT=DIST")))?;
-        let dist = Distribution::parse(v).map_err(|e| Failure::bad_input(format!("--synthetic '{s}': {e}")))?;
-        spec.values.insert(k.to_string(), dist);
-    }
-    Ok(spec)
 }
 
 fn write_ranges(ranges: &Ranges, output: Option<&Path>) -> Result<(), Failure> {
@@ -163,17 +116,7 @@ pub fn run(a: Args, ui: &Ui) -> Result<(), Failure> {
     let model = load_verified(path)?;
     let inputs = model_inputs(&model).map_err(|e| Failure::bad_input(format!("{}: {e}", path.display())))?;
 
-    let source: SharedSource = match &a.data {
-        Some(d) => data::open(d, &inputs).map_err(Failure::bad_input)?,
-        None => {
-            ui.warn(SYNTHETIC_WARNING);
-            Arc::new(Synthetic::new(&inputs, &synthetic_spec(&a)?).map_err(Failure::bad_input)?)
-        }
-    };
-    let source: SharedSource = match a.calibration_split {
-        Some(pct) => Arc::new(held_apart(source, pct, None).map_err(Failure::bad_input)?.calibration),
-        None => source,
-    };
+    let source = a.data.calibration_source(&inputs, ui)?;
     let source: SharedSource = match &a.shard {
         Some(s) => {
             let (i, n) = parse_shard(s)?;

@@ -3,6 +3,7 @@
 mod calibrate;
 mod check;
 mod convert;
+mod data_args;
 mod inspect;
 mod optimize;
 mod run;

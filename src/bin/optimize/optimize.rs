@@ -4,12 +4,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kiln::calibration::Method;
+use kiln::calibration::data::model_inputs;
 use kiln::compiler::onnx::SaveOptions;
 use kiln::compiler::pass::{PassRecord, ReportEntry};
-use kiln::pipeline::{OptLevel, Pipeline, TargetKind, op_histogram};
+use kiln::pipeline::PipelineError;
+use kiln::pipeline::{OptLevel, Pipeline, Precision, TargetKind, op_histogram};
+use kiln::stages::half::{HalfKind, HalfOptions};
+use kiln::stages::int4::{Int4Method, Int4Options};
+use kiln::stages::int8::Int8Options;
+use kiln::stages::prune::PruneOptions;
+use kiln::stages::{StageError, StageReport};
 use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
 use serde::Serialize;
 
+use crate::data_args::DataArgs;
 use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +61,78 @@ pub struct Args {
     /// Print the full report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Numeric precision of the artifact.
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
+    /// INT8: quantize activations at run time (no calibration data needed).
+    #[arg(long)]
+    dynamic: bool,
+    /// INT8: how activation ranges are computed: minmax, percentile:99.99, entropy or mse.
+    #[arg(long, default_value = "minmax", value_name = "METHOD")]
+    calibration: String,
+    /// INT4: weights per block along K (16 to 256).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    block: usize,
+    /// INT4: how weights are rounded.
+    #[arg(long, value_enum, default_value = "rtn")]
+    int4_method: Int4MethodArg,
+    /// Leave these nodes (by name) or op types in their original precision (repeatable).
+    #[arg(long, value_name = "NODE|OP")]
+    exclude: Vec<String>,
+    /// Structured pruning before quantization, e.g. channels:0.3,heads:0.25,ffn:0.2.
+    #[arg(long, value_name = "SPEC")]
+    prune: Option<String>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Evaluation samples (same forms as --data); default: a held-apart share of --data.
+    #[arg(long, value_name = "DIR|FILE")]
+    eval_data: Option<PathBuf>,
+    /// Intra-op threads of the runtime used for calibration and validation.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    Fp16,
+    Bf16,
+    Int8,
+    Int4,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Int4MethodArg {
+    Rtn,
+    Gptq,
+    Awq,
+    Learned,
+}
+
+/// The precision stage the arguments ask for.
+fn precision(args: &Args) -> Result<Precision, Failure> {
+    let exclude = args.exclude.clone();
+    Ok(match args.precision {
+        PrecisionArg::Fp32 => Precision::Fp32,
+        PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
+            let kind = if args.precision == PrecisionArg::Fp16 { HalfKind::F16 } else { HalfKind::Bf16 };
+            Precision::Half(HalfOptions { exclude, ..HalfOptions::new(kind) })
+        }
+        PrecisionArg::Int8 => {
+            let method = Method::parse(&args.calibration)
+                .map_err(|e| Failure::bad_input(format!("--calibration {}: {e}", args.calibration)))?;
+            Precision::Int8(Int8Options { dynamic: args.dynamic, method, exclude })
+        }
+        PrecisionArg::Int4 => {
+            let method = match args.int4_method {
+                Int4MethodArg::Rtn => Int4Method::Rtn,
+                Int4MethodArg::Gptq => Int4Method::Gptq,
+                Int4MethodArg::Awq => Int4Method::Awq,
+                Int4MethodArg::Learned => Int4Method::Learned,
+            };
+            Precision::Int4(Int4Options { block: args.block, method, exclude, ..Int4Options::default() })
+        }
+    })
 }
 
 /// `manifest.json`: deterministic (no timings, no absolute paths), so that the same inputs
@@ -68,6 +149,9 @@ struct Manifest {
     stop_after: Option<usize>,
     model: ModelRecord,
     passes: Vec<PassSummary>,
+    precision: &'static str,
+    /// Pruning and precision: what each did, and the precision chosen per node.
+    stages: Vec<StageReport>,
     warnings: Vec<String>,
 }
 
@@ -157,7 +241,32 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         Target::Cuda => TargetKind::Cuda,
         Target::Tensorrt => TargetKind::TensorRt,
     };
-    let pipeline = Pipeline::new(level).target(target).disable(args.disable.clone()).stop_after(args.stop_after);
+    let precision = precision(&args)?;
+    let prune = match &args.prune {
+        Some(spec) => Some(PruneOptions::parse(spec).map_err(|e| Failure::bad_input(format!("--prune {e}")))?),
+        None => None,
+    };
+    let needs_data = match &precision {
+        Precision::Int8(o) => !o.dynamic,
+        Precision::Int4(o) => o.method != Int4Method::Rtn,
+        Precision::Half(_) => args.data.data.is_some(),
+        Precision::Fp32 => false,
+    };
+    let calibration = if needs_data {
+        let inputs = model_inputs(&model).map_err(|e| Failure::bad_input(format!("{}: {e}", model_path.display())))?;
+        Some(args.data.split(&inputs, args.eval_data.as_deref(), None, ui)?.calibration)
+    } else {
+        None
+    };
+    let base_dir = model_path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty());
+    let pipeline = Pipeline::new(level)
+        .target(target)
+        .disable(args.disable.clone())
+        .stop_after(args.stop_after)
+        .prune(prune)
+        .precision(precision)
+        .calibration_data(calibration)
+        .base_dir(base_dir);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
         if !known.contains(&d.as_str()) {
@@ -170,7 +279,13 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let before = op_histogram(&model);
     let nodes_before = before.values().sum();
     let opt_started = Instant::now();
-    let outcome = pipeline.run(model).map_err(|e| Failure::runtime(format!("{}: {e}", model_path.display())))?;
+    let outcome = pipeline.run(model).map_err(|e| {
+        let message = format!("{}: {e}", model_path.display());
+        match e {
+            PipelineError::Stage(StageError::BadInput { .. }) => Failure::bad_input(message),
+            _ => Failure::runtime(message),
+        }
+    })?;
     let optimize_millis = opt_started.elapsed().as_secs_f64() * 1000.0;
     for w in &outcome.warnings {
         ui.warn(w);
@@ -200,6 +315,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
             external_files: saved.external_files.clone(),
         },
         passes: outcome.report.passes.iter().map(summarize_pass).collect(),
+        precision: pipeline.precision.name(),
+        stages: outcome.stages.clone(),
         warnings: outcome.warnings.clone(),
     };
     writer.write_manifest(&manifest).map_err(Failure::runtime)?;

@@ -8,7 +8,7 @@
 //! 1. Makes a Python virtual environment at `$KILN_CACHE_DIR/bench-venv` with the peers pinned
 //!    in `xtask/bench/requirements.txt` (reused while that file is unchanged).
 //! 2. Builds `optimize` in release: Kiln's times come from the binary a user would run.
-//! 3. For every fixture and every tool in [`TOOLS`], optimizes the model [`Options::repeats`]
+//! 3. For every fixture and every tool in [`tools::GROUPS`], optimizes the model [`Options::repeats`]
 //!    times, each in a fresh process, and keeps the median wall time (process start, imports and
 //!    model I/O included, the same for Kiln and the peers). A tool that fails is recorded with the
 //!    line of its error output that says why, and the bench goes on.
@@ -26,7 +26,7 @@
 //!    transformer optimizer's.
 //!
 //! Rows are compared within a group (`fp32` today): a later `kiln-int8` row and INT8 peers
-//! join [`TOOLS`] under a group of their own with a looser output tolerance, and the summary
+//! join [`tools::GROUPS`] under a group of their own with a looser output tolerance, and the summary
 //! compares them among themselves.
 //!
 //! Numbers on a shared or busy machine are noisy: the round-robin timing makes the comparison
@@ -56,7 +56,7 @@ use process::{Ended, timed_run};
 use report::{
     FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render, summarize,
 };
-use tools::{Invocation, KILN_ARGS, Program, TOOLS, Tool};
+use tools::{Invocation, KILN_ARGS, Program, Tool, all_tools};
 use venv::{ensure_venv, python_versions, venv_bin};
 
 /// Fixtures measured by default, in report order.
@@ -284,7 +284,7 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         latency: BTreeMap::new(),
         latency_vs_original: BTreeMap::new(),
     }];
-    for tool in TOOLS {
+    for tool in all_tools() {
         rows.push(optimize_with(tool, f, model_str, &work.join(tool.id), opts, env)?);
     }
 
@@ -296,7 +296,7 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         let Some(m) = measured.get(&row.tool) else { continue };
         row.latency = m.latency.clone();
         row.max_abs_diff = m.max_abs_diff;
-        let tolerance = TOOLS.iter().find(|t| t.id == row.tool).map_or(0.0, |t| t.tolerance);
+        let tolerance = all_tools().find(|t| t.id == row.tool).map_or(0.0, |t| t.tolerance);
         if let Some(e) = &m.error {
             row.status = format!("ORT failed: {e}");
         } else if let Some(why) = &m.mismatch {

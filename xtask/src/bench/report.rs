@@ -8,7 +8,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use super::measure::Latency;
-use super::tools::{OPT_TIME_BASELINES, TOOLS};
+use super::tools::{OPT_TIME_BASELINES, all_tools};
 use super::{Options, clip};
 
 /// One tool on one fixture (or the original model).
@@ -88,7 +88,7 @@ pub(super) struct Report {
 
 /// Kiln's rows against the peers of their group.
 pub(super) fn ratios(rows: &[Row]) -> Vec<Ratios> {
-    let mut groups: Vec<&str> = TOOLS.iter().map(|t| t.group).collect();
+    let mut groups: Vec<&str> = all_tools().map(|t| t.group).collect();
     groups.dedup();
     let mut out = Vec::new();
     for group in groups {

@@ -41,8 +41,17 @@ pub(super) struct Tool {
     pub(super) tolerance: f64,
 }
 
-/// Every tool, in row order. Add INT8/FP16/pruning rows here.
-pub(super) const TOOLS: &[Tool] = &[
+/// Every group's tools, in row order. A precision adds its rows as a `const` slice in a file
+/// of its own (`tools_int8.rs`, …) and one line here.
+pub(super) const GROUPS: &[&[Tool]] = &[FP32_TOOLS];
+
+/// Every tool of every group, in row order.
+pub(super) fn all_tools() -> impl Iterator<Item = &'static Tool> {
+    GROUPS.iter().flat_map(|g| g.iter())
+}
+
+/// The graph optimizers, compared at FP32.
+pub(super) const FP32_TOOLS: &[Tool] = &[
     Tool { id: "kiln", group: "fp32", peer: false, program: Program::Kiln, args: kiln_args, tolerance: FP32_TOLERANCE },
     Tool {
         id: "ort-transformers",
@@ -119,7 +128,7 @@ mod tests {
     fn tools_build_their_command_lines() {
         let kiln_template = split_args(KILN_ARGS);
         let inv = Invocation { fixture: "transformer", model: "/m.onnx", out: "/o", kiln_args: &kiln_template };
-        let by_id = |id: &str| TOOLS.iter().find(|t| t.id == id).unwrap();
+        let by_id = |id: &str| all_tools().find(|t| t.id == id).unwrap();
         assert_eq!((by_id("kiln").args)(&inv), ["/m.onnx", "--opt", "O3", "--target", "cpu", "-o", "/o"]);
         assert_eq!((by_id("onnxsim").args)(&inv), ["/m.onnx", "/o/model.onnx"]);
         let ort = (by_id("ort-transformers").args)(&inv);
@@ -132,13 +141,13 @@ mod tests {
         let cnn = Invocation { fixture: "cnn", ..inv };
         assert!((by_id("ort-transformers").args)(&cnn).windows(2).any(|w| w == ["--model_type", "bert"]));
         // Every group has a Kiln row and at least one peer, and ids are unique.
-        for t in TOOLS {
-            assert!(TOOLS.iter().any(|k| k.group == t.group && !k.peer), "{}", t.id);
-            assert!(TOOLS.iter().any(|p| p.group == t.group && p.peer), "{}", t.id);
-            assert_eq!(TOOLS.iter().filter(|o| o.id == t.id).count(), 1);
+        for t in all_tools() {
+            assert!(all_tools().any(|k| k.group == t.group && !k.peer), "{}", t.id);
+            assert!(all_tools().any(|p| p.group == t.group && p.peer), "{}", t.id);
+            assert_eq!(all_tools().filter(|o| o.id == t.id).count(), 1);
         }
         for base in OPT_TIME_BASELINES {
-            assert!(TOOLS.iter().any(|t| t.id == *base && t.peer));
+            assert!(all_tools().any(|t| t.id == *base && t.peer));
         }
     }
 }
