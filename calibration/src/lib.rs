@@ -10,6 +10,7 @@
 
 pub mod collect;
 pub mod data;
+pub mod gram;
 pub mod observe;
 pub mod ranges;
 
