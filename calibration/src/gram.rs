@@ -121,20 +121,20 @@ pub fn collect_grams(
             let ids = names.iter().filter_map(|n| g.find_value(n)).collect();
             g.set_outputs(ids);
         }
-        let mut session = kiln_compiler::execute::load_session(executor, &m, base_dir, &options.session)
-            .map_err(CalibError::Load)?;
+        let mut session =
+            kiln_compiler::execute::load_session(executor, &m, base_dir, &options.session).map_err(CalibError::Load)?;
         let mut grams: Vec<Gram> = group.iter().map(|(n, k)| Gram::new(n.clone(), *k)).collect();
         for i in 0..source.len() {
             let s = source.read(i)?;
             validate(&inputs, &s)?;
             let feed: Vec<(String, Value)> =
                 s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
-            let out =
-                session.run(&feed, Some(&names)).map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
+            let out = session
+                .run(&feed, Some(&names))
+                .map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
             grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(gram, (_, value))| {
-                let t = value
-                    .as_tensor()
-                    .ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
+                let t =
+                    value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
                 let last = t.dims().last().copied().unwrap_or(0);
                 if last != gram.dim {
                     return Err(CalibError::Model(format!(
@@ -161,7 +161,7 @@ pub fn collect_grams(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{SyntheticSpec, Synthetic};
+    use crate::data::{Synthetic, SyntheticSpec};
     use kiln_compiler::ir::{Graph, NodeSpec, OpsetImport, TensorType, Type};
     use kiln_compiler::runtime::OrtExecutor;
     use kiln_compiler::{DataType, Tensor};
@@ -219,9 +219,8 @@ mod tests {
         let y = &got[1];
         assert_eq!((y.dim, y.rows), (2, 6));
         let want = &want;
-        let yy = |p: &[usize], q: &[usize]| -> f64 {
-            p.iter().flat_map(|&a| q.iter().map(move |&b| want[a * 3 + b])).sum()
-        };
+        let yy =
+            |p: &[usize], q: &[usize]| -> f64 { p.iter().flat_map(|&a| q.iter().map(move |&b| want[a * 3 + b])).sum() };
         assert!((y.xtx[1] - yy(&[0, 2], &[1, 2])).abs() < 1e-4);
         assert_eq!(y.xtx[1], y.xtx[2]);
     }

@@ -1,1 +1,2 @@
 //! kiln-quantize: filled by its issue; see ../shared/DESIGN.md.
+pub mod int4;
