@@ -18,6 +18,10 @@ pub struct QuantSpec {
     pub block: usize,
     /// No zero point: codes are centred on `2^(bits-1)`.
     pub symmetric: bool,
+    /// A symmetric block may take a negative scale, so that its largest magnitude, whatever its
+    /// sign, lands on the code with 2^(bits-1) steps (-8 for 4 bits) rather than on the side with
+    /// one step fewer. ONNX Runtime takes any scale; TensorRT wants strictly positive ones.
+    pub negative_scales: bool,
 }
 
 impl QuantSpec {
@@ -193,9 +197,20 @@ pub fn block_params(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) ->
     let mut best = (f32::INFINITY, 1.0f32, 0u8);
     for alpha in CLIP_GRID {
         let (scale, zp) = params_for_range(lo * alpha, hi * alpha, spec);
-        let err = block_error(values, weights, scale, zp, spec);
-        if err < best.0 {
-            best = (err, scale, zp);
+        let mut candidates = vec![(scale, zp)];
+        if spec.symmetric && spec.negative_scales {
+            // The mirrored grid: -scale' covers [-(c-1)·s', c·s'].
+            let c = f32::from(spec.center());
+            let s = (hi * alpha / c).max(-lo * alpha / (c - 1.0));
+            if s > 0.0 {
+                candidates.push((-s, zp));
+            }
+        }
+        for (scale, zp) in candidates {
+            let err = block_error(values, weights, scale, zp, spec);
+            if err < best.0 {
+                best = (err, scale, zp);
+            }
         }
     }
     (best.1, best.2)
@@ -276,7 +291,7 @@ mod tests {
     use super::*;
 
     fn spec(bits: u8, block: usize, symmetric: bool) -> QuantSpec {
-        QuantSpec { bits, block, symmetric }
+        QuantSpec { bits, block, symmetric, negative_scales: false }
     }
 
     #[test]
@@ -323,6 +338,20 @@ mod tests {
         assert_eq!(q.scales[0], 1.0);
         assert_eq!(q.codes, (0..16).collect::<Vec<u8>>());
         assert_eq!(q.dequantize().values, w.values);
+    }
+
+    #[test]
+    fn negative_scales_give_the_positive_extreme_the_long_side() {
+        // Largest magnitude +8: with a positive scale it needs a step of 8/7, with a negative
+        // one the step is 1 and every integer from -7 to 8 is exact.
+        let values: Vec<f32> = (0..16).map(|i| 8.0 - i as f32).collect();
+        let w = RowMajor { n: 1, k: 16, values: values.clone() };
+        let q = rtn(&w, QuantSpec { negative_scales: true, ..spec(4, 16, true) }, None);
+        assert_eq!(q.scales[0], -1.0);
+        assert_eq!(q.dequantize().values, values);
+        let q = rtn(&w, spec(4, 16, true), None);
+        assert!(q.scales[0] > 0.0);
+        assert_ne!(q.dequantize().values, values);
     }
 
     #[test]

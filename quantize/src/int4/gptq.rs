@@ -114,52 +114,81 @@ pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
     Some(u)
 }
 
+/// What GPTQ needs from a layer's input, prepared once and shared by every layer that reads
+/// it (Q, K and V projections read the same activation).
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    pub k: usize,
+    /// Column order.
+    pub perm: Vec<usize>,
+    /// Upper Cholesky factor of the damped, permuted inverse Hessian.
+    pub u: Vec<f64>,
+    /// Each input feature's share of the Hessian diagonal, for the scale search (K order).
+    pub importance: Vec<f32>,
+    pub act_order: bool,
+    /// The damping that made it factorable.
+    pub damp: f64,
+}
+
+impl Hessian {
+    /// Prepares the Gram matrix `h` (`k×k`, row-major) of a layer's input. Damping grows ten
+    /// times at a time (to at most 10× the mean diagonal) until the matrix factors.
+    pub fn new(h: &[f64], k: usize, options: &GptqOptions) -> Result<Hessian, GptqError> {
+        if h.len() != k * k {
+            return Err(GptqError::GramSize { got: h.len(), k });
+        }
+        if h.iter().any(|v| !v.is_finite()) {
+            return Err(GptqError::NotFinite);
+        }
+        let diag: Vec<f64> = (0..k).map(|i| h[i * k + i]).collect();
+        // Column order: most active input features first under act order.
+        let mut perm: Vec<usize> = (0..k).collect();
+        if options.act_order {
+            perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
+        }
+        let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
+        let mut damp = options.damp.max(0.0);
+        let u = loop {
+            let mut hp = vec![0.0f64; k * k];
+            for (i, &pi) in perm.iter().enumerate() {
+                for (j, &pj) in perm.iter().enumerate() {
+                    hp[i * k + j] = h[pi * k + pj];
+                }
+                // An input feature that is always zero: its weights do not matter, keep it solvable.
+                if hp[i * k + i] == 0.0 {
+                    hp[i * k + i] = 1.0;
+                }
+                hp[i * k + i] += damp * mean_diag;
+            }
+            if let Some(u) = inverse_upper_cholesky(&hp, k) {
+                break u;
+            }
+            if damp >= 10.0 {
+                return Err(GptqError::NotPositiveDefinite { damp });
+            }
+            damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
+        };
+        let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
+        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp })
+    }
+}
+
 /// Quantizes `w` (rows of K) with GPTQ against the Gram matrix `h` (`k×k`, row-major) of the
 /// layer's input.
 pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> Result<BlockQuantized, GptqError> {
-    let (n, k) = (w.n, w.k);
-    if h.len() != k * k {
-        return Err(GptqError::GramSize { got: h.len(), k });
-    }
-    if h.iter().any(|v| !v.is_finite()) {
-        return Err(GptqError::NotFinite);
-    }
-    let diag: Vec<f64> = (0..k).map(|i| h[i * k + i]).collect();
-    // Column order: most active input features first under act order.
-    let mut perm: Vec<usize> = (0..k).collect();
-    if options.act_order {
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
-    }
-    let mean_diag = diag.iter().sum::<f64>() / k.max(1) as f64;
-    let mut damp = options.damp.max(0.0);
-    let u = loop {
-        let mut hp = vec![0.0f64; k * k];
-        for (i, &pi) in perm.iter().enumerate() {
-            for (j, &pj) in perm.iter().enumerate() {
-                hp[i * k + j] = h[pi * k + pj];
-            }
-            // An input feature that is always zero: its weights do not matter, keep it solvable.
-            if hp[i * k + i] == 0.0 {
-                hp[i * k + i] = 1.0;
-            }
-            hp[i * k + i] += damp * mean_diag.max(f64::MIN_POSITIVE);
-        }
-        if let Some(u) = inverse_upper_cholesky(&hp, k) {
-            break u;
-        }
-        if damp >= 10.0 {
-            return Err(GptqError::NotPositiveDefinite { damp });
-        }
-        damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
-    };
+    let hessian = Hessian::new(h, w.k, options)?;
+    Ok(gptq_prepared(w, &hessian, spec, options.batch))
+}
 
-    // Importance of each input feature for the scale search: its share of the Hessian diagonal.
-    let importance: Vec<f32> = diag.iter().map(|&d| (d / mean_diag.max(f64::MIN_POSITIVE)) as f32).collect();
+/// [`gptq`] with the input's [`Hessian`] prepared; `batch` columns per lazy update.
+pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> BlockQuantized {
+    let (n, k) = (w.n, w.k);
+    let (perm, u, importance) = (&hessian.perm, &hessian.u, &hessian.importance);
     let block = spec.block;
     let kb = k.div_ceil(block);
     let mut scales = vec![0.0f32; n * kb];
     let mut zps = vec![0u8; n * kb];
-    if options.act_order {
+    if hessian.act_order {
         for r in 0..n {
             for b in 0..kb {
                 let range = b * block..((b + 1) * block).min(k);
@@ -172,12 +201,12 @@ pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> 
 
     // Rows are independent given U: each runs on its own thread, so the result does not depend
     // on the thread count.
-    let batch = options.batch.max(1).div_ceil(block) * block;
+    let batch = batch.max(1).div_ceil(block) * block;
     let rows: Vec<RowOut> = (0..n)
         .into_par_iter()
         .map(|r| {
-            let fixed = options.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
-            gptq_row(w.row(r), &perm, &u, &importance, spec, batch, fixed)
+            let fixed = hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
+            gptq_row(w.row(r), perm, u, importance, spec, batch, fixed)
         })
         .collect();
     let mut codes = Vec::with_capacity(n * k);
@@ -186,7 +215,7 @@ pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> 
         scales[r * kb..(r + 1) * kb].copy_from_slice(&row.scales);
         zps[r * kb..(r + 1) * kb].copy_from_slice(&row.zps);
     }
-    Ok(BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) })
+    BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) }
 }
 
 /// One quantized row: codes in K order, and its blocks' parameters.
@@ -268,22 +297,22 @@ fn gptq_row(
 pub fn output_error(w: &RowMajor, q: &BlockQuantized, h: &[f64]) -> f64 {
     let k = w.k;
     let d = q.dequantize();
-    let mut total = 0.0;
-    let mut e = vec![0.0f64; k];
-    for r in 0..w.n {
-        for (i, v) in e.iter_mut().enumerate() {
-            *v = f64::from(w.values[r * k + i]) - f64::from(d.values[r * k + i]);
-        }
-        for i in 0..k {
-            if e[i] == 0.0 {
-                continue;
+    // Per row in parallel, summed in row order: independent of the thread count.
+    let per_row: Vec<f64> = (0..w.n)
+        .into_par_iter()
+        .map(|r| {
+            let e: Vec<f64> = (0..k).map(|i| f64::from(w.values[r * k + i]) - f64::from(d.values[r * k + i])).collect();
+            let mut total = 0.0;
+            for i in 0..k {
+                if e[i] != 0.0 {
+                    let s: f64 = h[i * k..(i + 1) * k].iter().zip(&e).map(|(a, b)| a * b).sum();
+                    total += e[i] * s;
+                }
             }
-            let hrow = &h[i * k..(i + 1) * k];
-            let s: f64 = hrow.iter().zip(&e).map(|(a, b)| a * b).sum();
-            total += e[i] * s;
-        }
-    }
-    total
+            total
+        })
+        .collect();
+    per_row.iter().sum()
 }
 
 #[cfg(test)]
@@ -351,7 +380,7 @@ mod tests {
         let mut r = stream(5);
         let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
         for symmetric in [true, false] {
-            let spec = QuantSpec { bits: 4, block: 16, symmetric };
+            let spec = QuantSpec { bits: 4, block: 16, symmetric, negative_scales: true };
             let base = output_error(&w, &rtn(&w, spec, None), &h);
             for act_order in [false, true] {
                 let q = gptq(&w, &h, spec, &GptqOptions { act_order, batch: 32, ..Default::default() }).unwrap();
@@ -372,7 +401,7 @@ mod tests {
         }
         let mut r = stream(9);
         let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
-        let spec = QuantSpec { bits: 4, block: 32, symmetric: true };
+        let spec = QuantSpec { bits: 4, block: 32, symmetric: true, negative_scales: false };
         let q = gptq(&w, &h, spec, &GptqOptions::default()).unwrap();
         assert_eq!(q, rtn(&w, spec, Some(&vec![1.0; k])));
     }
@@ -380,7 +409,7 @@ mod tests {
     #[test]
     fn bad_gram_matrices_are_refused() {
         let w = RowMajor { n: 1, k: 4, values: vec![0.5; 4] };
-        let spec = QuantSpec { bits: 4, block: 16, symmetric: true };
+        let spec = QuantSpec { bits: 4, block: 16, symmetric: true, negative_scales: false };
         let err = gptq(&w, &[1.0; 9], spec, &GptqOptions::default()).unwrap_err();
         assert!(matches!(err, GptqError::GramSize { got: 9, k: 4 }));
         let mut h = vec![0.0; 16];

@@ -178,10 +178,15 @@ impl Int4Error {
 
 /// How one layer is quantized under `config`.
 pub fn layer_spec(layer: &Layer, config: &Int4Config) -> QuantSpec {
+    let negative_scales = config.format == Format::MatMulNBits;
     match (layer.precision, config.format) {
-        (LayerPrecision::Int8, Format::Dequantize) => QuantSpec { bits: 8, block: layer.k, symmetric: true },
-        (LayerPrecision::Int8, _) => QuantSpec { bits: 8, block: config.block, symmetric: config.symmetric },
-        _ => QuantSpec { bits: 4, block: config.block, symmetric: config.symmetric },
+        (LayerPrecision::Int8, Format::Dequantize) => {
+            QuantSpec { bits: 8, block: layer.k, symmetric: true, negative_scales }
+        }
+        (LayerPrecision::Int8, _) => {
+            QuantSpec { bits: 8, block: config.block, symmetric: config.symmetric, negative_scales }
+        }
+        _ => QuantSpec { bits: 4, block: config.block, symmetric: config.symmetric, negative_scales },
     }
 }
 
@@ -227,8 +232,9 @@ pub fn quantize_model(
             }
             let mut failure: Option<Int4Error> = None;
             let mut sink = |gram: Gram| -> Result<(), CalibError> {
+                let hessian = gptq::Hessian::new(&gram.xtx, gram.dim, options);
                 for (i, l) in layers.iter().enumerate().filter(|(_, l)| l.activation == gram.name) {
-                    match quantize_gptq(l, config, &gram, options, fold_alpha) {
+                    match quantize_gptq(l, config, &gram, &hessian, options.batch, fold_alpha) {
                         Ok((q, ratio, warning)) => {
                             results[i] = Some((q, ratio));
                             report.warnings.extend(warning);
@@ -288,13 +294,14 @@ fn quantize_gptq(
     layer: &Layer,
     config: &Int4Config,
     gram: &Gram,
-    options: &GptqOptions,
+    hessian: &Result<gptq::Hessian, GptqError>,
+    batch: usize,
     fold_alpha: bool,
 ) -> Result<(BlockQuantized, Option<f64>, Option<String>), Int4Error> {
     let w = emit::layer_rows(layer, fold_alpha)?;
     let spec = layer_spec(layer, config);
     let baseline = block::rtn(&w, spec, None);
-    match gptq::gptq(&w, &gram.xtx, spec, options) {
+    match hessian.as_ref().map(|h| gptq::gptq_prepared(&w, h, spec, batch)) {
         Ok(q) => {
             let base = gptq::output_error(&w, &baseline, &gram.xtx);
             let err = gptq::output_error(&w, &q, &gram.xtx);
@@ -312,8 +319,9 @@ fn quantize_gptq(
             Ok((q, (base > 0.0).then(|| err / base), None))
         }
         Err(e @ (GptqError::NotPositiveDefinite { .. } | GptqError::NotFinite)) => {
+            let e = e.clone();
             Ok((baseline, None, Some(format!("{}: GPTQ impossible ({e}); rounded to nearest instead", layer.name))))
         }
-        Err(e) => Err(Int4Error::Weight { node: layer.name.clone(), message: e.to_string() }),
+        Err(e) => Err(Int4Error::Weight { node: layer.name.clone(), message: format!("{}: {e}", gram.name) }),
     }
 }

@@ -125,6 +125,7 @@ fn decode_blocked_dq(model: &Model) -> Vec<f64> {
     let scales = init(g, node, 1).unwrap();
     assert_eq!(scales.dims(), [k.div_ceil(block), n]);
     let scales = scales.to_vec::<f32>().unwrap();
+    assert!(scales.iter().all(|&s| s > 0.0), "TensorRT takes strictly positive scales only");
     let zp = init(g, node, 2);
     let mut w = vec![0.0f64; n * k];
     for kk in 0..k {
@@ -196,7 +197,7 @@ fn matmul_nbits_layout_matches_onnx_runtime() {
         assert_eq!((kk, nn), (k, n));
         // The decoded weight is what the quantizer meant.
         let original = RowMajor::from_k_by_n(k, n, &values(1, k * n));
-        let q = block::rtn(&original, QuantSpec { bits: 4, block: 16, symmetric }, None);
+        let q = block::rtn(&original, QuantSpec { bits: 4, block: 16, symmetric, negative_scales: true }, None);
         assert_close(&w, &q.dequantize().values);
         let got = run_ort(&model, &x, k);
         let err = against_reference(&got, &x, &w, None, k, n);
@@ -257,7 +258,7 @@ fn blocked_dequantize_layout_matches_onnx_runtime() {
         assert!(g.initializers().iter().all(|&v| g.value(v).name != "w"), "the float weight is gone");
         let w = decode_blocked_dq(&model);
         let original = RowMajor::from_k_by_n(k, n, &values(1, k * n));
-        let q = block::rtn(&original, QuantSpec { bits: 4, block: 16, symmetric }, None);
+        let q = block::rtn(&original, QuantSpec { bits: 4, block: 16, symmetric, negative_scales: false }, None);
         assert_close(&w, &q.dequantize().values);
         let got = run_ort(&model, &x, k);
         let err = against_reference(&got, &x, &w, None, k, n);
