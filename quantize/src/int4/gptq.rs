@@ -45,12 +45,30 @@ pub enum GptqError {
     NotFinite,
 }
 
+/// A dot product with eight independent accumulators, summed in a fixed order: the compiler
+/// vectorizes it, and the result does not depend on anything but the inputs.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
 /// In-place lower Cholesky factor of a row-major `k×k` symmetric matrix; `false` if it is not
 /// positive definite.
 fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
     for j in 0..k {
         let row_j: Vec<f64> = a[j * k..j * k + j].to_vec();
-        let d = a[j * k + j] - row_j.iter().map(|v| v * v).sum::<f64>();
+        let d = a[j * k + j] - dot(&row_j, &row_j);
         if d <= 0.0 || !d.is_finite() {
             return false;
         }
@@ -59,7 +77,7 @@ fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
         a[j * k + j + 1..(j + 1) * k].fill(0.0);
         for i in j + 1..k {
             let row_i = &mut a[i * k..(i + 1) * k];
-            let s = row_i[j] - row_i[..j].iter().zip(&row_j).map(|(x, y)| x * y).sum::<f64>();
+            let s = row_i[j] - dot(&row_i[..j], &row_j);
             row_i[j] = s / d;
         }
     }
@@ -75,10 +93,7 @@ fn invert_lower(l: &[f64], k: usize) -> Vec<f64> {
         col[j] = 1.0 / l[j * k + j];
         for i in j + 1..k {
             let row = &l[i * k..(i + 1) * k];
-            let mut s = 0.0;
-            for m in j..i {
-                s += row[m] * col[m];
-            }
+            let s = dot(&row[j..i], &col[j..i]);
             col[i] = -s / row[i];
         }
     }
@@ -305,8 +320,7 @@ pub fn output_error(w: &RowMajor, q: &BlockQuantized, h: &[f64]) -> f64 {
             let mut total = 0.0;
             for i in 0..k {
                 if e[i] != 0.0 {
-                    let s: f64 = h[i * k..(i + 1) * k].iter().zip(&e).map(|(a, b)| a * b).sum();
-                    total += e[i] * s;
+                    total += e[i] * dot(&h[i * k..(i + 1) * k], &e);
                 }
             }
             total
