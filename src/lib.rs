@@ -25,3 +25,4 @@ pub mod check;
 pub mod exit;
 pub mod pipeline;
 pub mod stages;
+pub mod validate;

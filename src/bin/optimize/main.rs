@@ -7,6 +7,7 @@ mod data_args;
 mod inspect;
 mod optimize;
 mod run;
+mod validation;
 
 use std::fmt::Display;
 use std::process::ExitCode;

@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::calibration::Method;
-use kiln::calibration::data::model_inputs;
+
+use kiln::compiler::metrics::ToleranceSpec;
 use kiln::compiler::onnx::SaveOptions;
 use kiln::compiler::pass::{PassRecord, ReportEntry};
+use kiln::compiler::runtime::SessionConfig;
+use kiln::exit::ExitStatus;
 use kiln::pipeline::PipelineError;
 use kiln::pipeline::{OptLevel, Pipeline, Precision, TargetKind, op_histogram};
 use kiln::stages::half::{HalfKind, HalfOptions};
@@ -16,9 +19,11 @@ use kiln::stages::int8::Int8Options;
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
 use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
+use kiln::validate::{ValidationRecord, check_first_sample, default_tolerance};
 use serde::Serialize;
 
 use crate::data_args::DataArgs;
+use crate::validation::{plan_data, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +95,13 @@ pub struct Args {
     /// Intra-op threads of the runtime used for calibration and validation.
     #[arg(long)]
     threads: Option<usize>,
+    /// The accuracy the artifact must keep against the original, e.g.
+    /// `sentence_embedding:cosine>=0.995,*:top1>=0.99` (default: by precision).
+    #[arg(long, value_name = "SPEC")]
+    tolerance: Option<String>,
+    /// Do not validate the artifact against the original (the manifest says so).
+    #[arg(long)]
+    skip_validation: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +164,8 @@ struct Manifest {
     precision: &'static str,
     /// Pruning and precision: what each did, and the precision chosen per node.
     stages: Vec<StageReport>,
+    /// The artifact against the original on evaluation samples; `None` with --skip-validation.
+    validation: Option<ValidationRecord>,
     warnings: Vec<String>,
 }
 
@@ -214,6 +228,9 @@ struct Report<'a> {
     applied: Vec<&'a ReportEntry>,
     missed: Vec<&'a ReportEntry>,
     skipped: Vec<&'a ReportEntry>,
+    stages: &'a [StageReport],
+    /// Validation with latency (the manifest keeps only the deterministic part).
+    validation: Option<&'a kiln::check::CheckReport>,
     warnings: &'a [String],
 }
 
@@ -252,12 +269,14 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         Precision::Half(_) => args.data.data.is_some(),
         Precision::Fp32 => false,
     };
-    let calibration = if needs_data {
-        let inputs = model_inputs(&model).map_err(|e| Failure::bad_input(format!("{}: {e}", model_path.display())))?;
-        Some(args.data.split(&inputs, args.eval_data.as_deref(), None, ui)?.calibration)
-    } else {
-        None
+    let tolerance = match &args.tolerance {
+        Some(text) => ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--tolerance: {e}")))?,
+        None => default_tolerance(&precision),
     };
+    let data_plan = plan_data(&args.data, args.eval_data.as_deref(), model_path, &model, needs_data, ui)?;
+    for source in data_plan.calibration.iter().chain(&data_plan.evaluation) {
+        check_first_sample(source.as_ref(), &data_plan.inputs).map_err(Failure::bad_input)?;
+    }
     let base_dir = model_path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty());
     let pipeline = Pipeline::new(level)
         .target(target)
@@ -265,7 +284,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         .stop_after(args.stop_after)
         .prune(prune)
         .precision(precision)
-        .calibration_data(calibration)
+        .calibration_data(data_plan.calibration.clone())
         .base_dir(base_dir);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
@@ -293,6 +312,25 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
 
     let writer = ArtifactWriter::create(out).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
+    let mut warnings = outcome.warnings.clone();
+    let validation = if args.skip_validation {
+        None
+    } else {
+        let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
+        let quantized = !matches!(pipeline.precision, Precision::Fp32);
+        validate_artifact(
+            model_path,
+            &writer.staged_path(MODEL),
+            &data_plan,
+            tolerance,
+            quantized,
+            session,
+            &mut warnings,
+        )?
+    };
+    for w in warnings.iter().skip(outcome.warnings.len()) {
+        ui.warn(w);
+    }
     let after = op_histogram(&outcome.model);
     let manifest = Manifest {
         kiln_version: env!("CARGO_PKG_VERSION"),
@@ -317,7 +355,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         passes: outcome.report.passes.iter().map(summarize_pass).collect(),
         precision: pipeline.precision.name(),
         stages: outcome.stages.clone(),
-        warnings: outcome.warnings.clone(),
+        validation: validation.as_ref().map(ValidationRecord::from),
+        warnings: warnings.clone(),
     };
     writer.write_manifest(&manifest).map_err(Failure::runtime)?;
     let dest = writer.commit().map_err(Failure::runtime)?;
@@ -330,7 +369,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         applied: outcome.report.entries_of("applied").collect(),
         missed: outcome.report.entries_of("missed").collect(),
         skipped: outcome.report.entries_of("skipped").collect(),
-        warnings: &outcome.warnings,
+        stages: &outcome.stages,
+        validation: validation.as_ref(),
+        warnings: &warnings,
     };
     if let Some(path) = &args.report {
         write_json(path, &report)?;
@@ -355,6 +396,23 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         for (rule, n) in by_rule {
             ui.say(format!("  {n:>5}  {rule}"));
         }
+        if let Some(v) = &validation {
+            ui.say(validation_summary(v));
+        }
     }
-    Ok(())
+    match &validation {
+        Some(v) if !ValidationRecord::from(v).pass => {
+            let failed: Vec<String> = v.failures().map(|c| c.message.clone()).collect();
+            Err(Failure {
+                status: ExitStatus::CheckFailed,
+                message: format!(
+                    "the artifact at {} misses its accuracy tolerance ({}):\n  {}",
+                    dest.display(),
+                    v.tolerance,
+                    failed.join("\n  ")
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
