@@ -24,5 +24,6 @@ pub use kiln_targets as targets;
 pub mod check;
 pub mod exit;
 pub mod pipeline;
+pub mod sensitivity;
 pub mod stages;
 pub mod validate;

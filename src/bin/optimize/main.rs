@@ -6,7 +6,9 @@ mod convert;
 mod data_args;
 mod inspect;
 mod optimize;
+mod precision_args;
 mod run;
+mod sensitivity;
 mod validation;
 
 use std::fmt::Display;
@@ -53,6 +55,9 @@ enum Command {
     /// Compare a candidate model with a reference: accuracy per output, latency, size, baseline.
     #[command(after_help = EXIT_CODES_HELP)]
     Check(check::Args),
+    /// Rank nodes by the error each adds when lowered alone (table, JSON, SVG plot).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Sensitivity(sensitivity::Args),
 }
 
 /// A failure with the exit code it maps to. The message is printed as one `error:` line
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run::run(a, &ui),
         Some(Command::Calibrate(a)) => calibrate::run(a, &ui),
         Some(Command::Check(a)) => check::run(a, &ui),
+        Some(Command::Sensitivity(a)) => sensitivity::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
     match result {

@@ -4,18 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln::calibration::Method;
-
 use kiln::compiler::metrics::ToleranceSpec;
 use kiln::compiler::onnx::SaveOptions;
 use kiln::compiler::pass::{PassRecord, ReportEntry};
 use kiln::compiler::runtime::SessionConfig;
 use kiln::exit::ExitStatus;
 use kiln::pipeline::PipelineError;
-use kiln::pipeline::{OptLevel, Pipeline, Precision, TargetKind, op_histogram};
-use kiln::stages::half::{HalfKind, HalfOptions};
-use kiln::stages::int4::{Int4Method, Int4Options};
-use kiln::stages::int8::Int8Options;
+use kiln::pipeline::{AccuracyBudget, OptLevel, Pipeline, Precision, TargetKind, op_histogram};
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
 use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
@@ -23,7 +18,8 @@ use kiln::validate::{ValidationRecord, check_first_sample, default_tolerance};
 use serde::Serialize;
 
 use crate::data_args::DataArgs;
-use crate::validation::{plan_data, validate_artifact, validation_summary};
+use crate::precision_args::PrecisionArgs;
+use crate::validation::{fallback_summary, plan_data, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,6 +35,16 @@ pub enum Target {
     Cpu,
     Cuda,
     Tensorrt,
+}
+
+/// The library's level for the CLI's.
+pub fn opt_level(level: Level) -> OptLevel {
+    match level {
+        Level::O0 => OptLevel::O0,
+        Level::O1 => OptLevel::O1,
+        Level::O2 => OptLevel::O2,
+        Level::O3 => OptLevel::O3,
+    }
 }
 
 #[derive(clap::Args)]
@@ -66,24 +72,8 @@ pub struct Args {
     /// Print the full report as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Numeric precision of the artifact.
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: PrecisionArg,
-    /// INT8: quantize activations at run time (no calibration data needed).
-    #[arg(long)]
-    dynamic: bool,
-    /// INT8: how activation ranges are computed: minmax, percentile:99.99, entropy or mse.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    calibration: String,
-    /// INT4: weights per block along K (16 to 256).
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    block: usize,
-    /// INT4: how weights are rounded.
-    #[arg(long, value_enum, default_value = "rtn")]
-    int4_method: Int4MethodArg,
-    /// Leave these nodes (by name) or op types in their original precision (repeatable).
-    #[arg(long, value_name = "NODE|OP")]
-    exclude: Vec<String>,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Structured pruning before quantization, e.g. channels:0.3,heads:0.25,ffn:0.2.
     #[arg(long, value_name = "SPEC")]
     prune: Option<String>,
@@ -99,52 +89,16 @@ pub struct Args {
     /// `sentence_embedding:cosine>=0.995,*:top1>=0.99` (default: by precision).
     #[arg(long, value_name = "SPEC")]
     tolerance: Option<String>,
+    /// Keep the most sensitive nodes in the original precision until this holds against the
+    /// FP32 graph on the evaluation samples, e.g. `*:cosine_min>=0.99` or `*:top1>=0.99`.
+    #[arg(long, value_name = "SPEC")]
+    accuracy_budget: Option<String>,
+    /// Evaluation samples each --accuracy-budget measurement uses (the first ones).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    budget_samples: usize,
     /// Do not validate the artifact against the original (the manifest says so).
     #[arg(long)]
     skip_validation: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionArg {
-    Fp32,
-    Fp16,
-    Bf16,
-    Int8,
-    Int4,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Int4MethodArg {
-    Rtn,
-    Gptq,
-    Awq,
-    Learned,
-}
-
-/// The precision stage the arguments ask for.
-fn precision(args: &Args) -> Result<Precision, Failure> {
-    let exclude = args.exclude.clone();
-    Ok(match args.precision {
-        PrecisionArg::Fp32 => Precision::Fp32,
-        PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
-            let kind = if args.precision == PrecisionArg::Fp16 { HalfKind::F16 } else { HalfKind::Bf16 };
-            Precision::Half(HalfOptions { exclude, ..HalfOptions::new(kind) })
-        }
-        PrecisionArg::Int8 => {
-            let method = Method::parse(&args.calibration)
-                .map_err(|e| Failure::bad_input(format!("--calibration {}: {e}", args.calibration)))?;
-            Precision::Int8(Int8Options { dynamic: args.dynamic, method, exclude })
-        }
-        PrecisionArg::Int4 => {
-            let method = match args.int4_method {
-                Int4MethodArg::Rtn => Int4Method::Rtn,
-                Int4MethodArg::Gptq => Int4Method::Gptq,
-                Int4MethodArg::Awq => Int4Method::Awq,
-                Int4MethodArg::Learned => Int4Method::Learned,
-            };
-            Precision::Int4(Int4Options { block: args.block, method, exclude, ..Int4Options::default() })
-        }
-    })
 }
 
 /// `manifest.json`: deterministic (no timings, no absolute paths), so that the same inputs
@@ -164,6 +118,8 @@ struct Manifest {
     precision: &'static str,
     /// Pruning and precision: what each did, and the precision chosen per node.
     stages: Vec<StageReport>,
+    /// What --accuracy-budget measured and which nodes it kept in the original precision.
+    fallback: Option<kiln::sensitivity::Fallback>,
     /// The artifact against the original on evaluation samples; `None` with --skip-validation.
     validation: Option<ValidationRecord>,
     warnings: Vec<String>,
@@ -247,36 +203,45 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
     let model = load_verified(model_path)?;
-    let level = match args.opt {
-        Level::O0 => OptLevel::O0,
-        Level::O1 => OptLevel::O1,
-        Level::O2 => OptLevel::O2,
-        Level::O3 => OptLevel::O3,
-    };
+    let level = opt_level(args.opt);
     let target = match args.target {
         Target::Cpu => TargetKind::Cpu,
         Target::Cuda => TargetKind::Cuda,
         Target::Tensorrt => TargetKind::TensorRt,
     };
-    let precision = precision(&args)?;
+    let precision = args.precision.precision()?;
     let prune = match &args.prune {
         Some(spec) => Some(PruneOptions::parse(spec).map_err(|e| Failure::bad_input(format!("--prune {e}")))?),
         None => None,
     };
-    let needs_data = match &precision {
-        Precision::Int8(o) => !o.dynamic,
-        Precision::Int4(o) => o.method != Int4Method::Rtn,
-        Precision::Half(_) => args.data.data.is_some(),
-        Precision::Fp32 => false,
+    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    let budget_spec = match &args.accuracy_budget {
+        Some(text) => {
+            Some(ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--accuracy-budget: {e}")))?)
+        }
+        None => None,
     };
-    let tolerance = match &args.tolerance {
-        Some(text) => ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--tolerance: {e}")))?,
-        None => default_tolerance(&precision),
+    // The budget is what the artifact is held to, unless --tolerance says otherwise.
+    let tolerance = match (&args.tolerance, &budget_spec) {
+        (Some(text), _) => ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--tolerance: {e}")))?,
+        (None, Some(b)) => b.clone(),
+        (None, None) => default_tolerance(&precision),
     };
     let data_plan = plan_data(&args.data, args.eval_data.as_deref(), model_path, &model, needs_data, ui)?;
     for source in data_plan.calibration.iter().chain(&data_plan.evaluation) {
         check_first_sample(source.as_ref(), &data_plan.inputs).map_err(Failure::bad_input)?;
     }
+    let budget = match (&budget_spec, &data_plan.evaluation) {
+        (Some(spec), Some(evaluation)) => Some(AccuracyBudget {
+            tolerance: spec.clone(),
+            evaluation: evaluation.clone(),
+            max_samples: args.budget_samples,
+        }),
+        (Some(_), None) => {
+            return Err(Failure::bad_input("--accuracy-budget needs evaluation samples: give --data or --eval-data"));
+        }
+        (None, _) => None,
+    };
     let base_dir = model_path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty());
     let pipeline = Pipeline::new(level)
         .target(target)
@@ -285,6 +250,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         .prune(prune)
         .precision(precision)
         .calibration_data(data_plan.calibration.clone())
+        .accuracy_budget(budget)
         .base_dir(base_dir);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
@@ -355,6 +321,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         passes: outcome.report.passes.iter().map(summarize_pass).collect(),
         precision: pipeline.precision.name(),
         stages: outcome.stages.clone(),
+        fallback: outcome.fallback.clone(),
         validation: validation.as_ref().map(ValidationRecord::from),
         warnings: warnings.clone(),
     };
@@ -396,9 +363,29 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         for (rule, n) in by_rule {
             ui.say(format!("  {n:>5}  {rule}"));
         }
+        if let Some(f) = &outcome.fallback {
+            ui.say(fallback_summary(f));
+        }
         if let Some(v) = &validation {
             ui.say(validation_summary(v));
         }
+    }
+    if let Some(f) = outcome.fallback.as_ref().filter(|f| !f.met) {
+        let best = f.probes.iter().max_by(|a, b| a.cosine_min.total_cmp(&b.cosine_min));
+        return Err(Failure {
+            status: ExitStatus::CheckFailed,
+            message: format!(
+                "--accuracy-budget {} cannot be met even with all {} nodes in the original precision{}; the \
+                 best candidate is written to {}",
+                f.budget,
+                f.nodes.len(),
+                best.map_or(String::new(), |p| format!(
+                    " (best: SQNR {:.2} dB, cosine min {:.6})",
+                    p.sqnr_db, p.cosine_min
+                )),
+                dest.display()
+            ),
+        });
     }
     match &validation {
         Some(v) if !ValidationRecord::from(v).pass => {

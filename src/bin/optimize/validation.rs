@@ -156,3 +156,30 @@ pub fn validation_summary(v: &kiln::check::CheckReport) -> String {
     }
     lines.join("\n")
 }
+
+/// What --accuracy-budget did, for people.
+pub fn fallback_summary(f: &kiln::sensitivity::Fallback) -> String {
+    let mut lines = vec![format!(
+        "accuracy budget {}: {} — {} nodes kept in the original precision, {} lowered ({} verification runs)",
+        f.budget,
+        if f.met { "met" } else { "NOT MET" },
+        f.nodes.len(),
+        f.lowered,
+        f.probes.len()
+    )];
+    for p in &f.probes {
+        lines.push(format!(
+            "  {:>4} kept: SQNR {:>7.2} dB, cosine min {:.6} {}",
+            p.fallback,
+            p.sqnr_db,
+            p.cosine_min,
+            if p.pass { "pass" } else { "miss" }
+        ));
+    }
+    if !f.nodes.is_empty() {
+        let shown: Vec<&str> = f.nodes.iter().take(8).map(String::as_str).collect();
+        let more = if f.nodes.len() > 8 { format!(" and {} more", f.nodes.len() - 8) } else { String::new() };
+        lines.push(format!("  kept: {}{more}", shown.join(", ")));
+    }
+    lines.join("\n")
+}
