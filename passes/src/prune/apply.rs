@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kiln_compiler::Tensor;
-use kiln_compiler::ir::{AttrValue, Attribute, Graph, Model, NodeId, ValueId};
+use kiln_compiler::ir::{AttrValue, Attribute, Graph, Model, NodeId, TensorType, Type, ValueId};
 
 use super::PruneError;
 use super::channels::{Action, Analysis, Layout, Seg, constant};
@@ -42,17 +42,26 @@ pub(crate) fn kept_indices(a: &Analysis, l: &Layout, keep: &BTreeMap<usize, Vec<
 pub(crate) type Slices = BTreeMap<(NodeId, usize), Vec<(usize, Vec<usize>)>>;
 
 /// Applies the channel actions of `a` for the chosen `keep` sets.
+///
+/// With `zero`, nothing is removed: the channels that would go are set to zero where they
+/// are produced (weights, biases, normalization and elementwise parameters), which leaves
+/// the outputs exactly as the pruned model computes them (a mask, for checking and for
+/// sensitivity studies).
 pub(crate) fn apply_channels(
     g: &mut Graph,
     a: &Analysis,
     keep: &BTreeMap<usize, Vec<usize>>,
+    zero: bool,
 ) -> Result<(), PruneError> {
     let mut slices = Slices::new();
     let mut groups: Vec<(NodeId, usize)> = Vec::new();
     let mut shape_elems: Vec<(NodeId, usize, usize)> = Vec::new();
     for act in &a.actions {
         match act {
-            Action::Slice { node, input, axis, layout } => {
+            Action::Slice { node, input, axis, layout, consumer } => {
+                if zero && *consumer {
+                    continue;
+                }
                 if let Some(k) = kept_indices(a, layout, keep) {
                     slices.entry((*node, *input)).or_default().push((*axis, k));
                 }
@@ -68,6 +77,9 @@ pub(crate) fn apply_channels(
                 }
             }
         }
+    }
+    if zero {
+        return zero_constants(g, &slices);
     }
     slice_constants(g, &slices)?;
     for (node, n) in groups {
@@ -98,12 +110,45 @@ pub(crate) fn slice_constants(g: &mut Graph, slices: &Slices) -> Result<(), Prun
     Ok(())
 }
 
+/// Sets to zero what [`slice_constants`] would remove.
+fn zero_constants(g: &mut Graph, slices: &Slices) -> Result<(), PruneError> {
+    let mut replaced: BTreeSet<ValueId> = BTreeSet::new();
+    for (&(node, input), cuts) in slices {
+        let Some(v) = g.node(node).input(input) else { continue };
+        let name = g.value(v).name.clone();
+        let Some(t) = constant(g, v) else {
+            return Err(PruneError::Invalid(format!("'{name}' should be a constant")));
+        };
+        let bad = |e: kiln_compiler::TensorError| PruneError::Tensor { tensor: name.clone(), message: e.to_string() };
+        let mut vals = t.to_vec::<f32>().map_err(bad)?;
+        let dims = t.dims();
+        for (axis, keep) in cuts {
+            let len = dims[*axis];
+            let inner: usize = dims[axis + 1..].iter().product();
+            for (i, x) in vals.iter_mut().enumerate() {
+                if keep.binary_search(&((i / inner.max(1)) % len.max(1))).is_err() {
+                    *x = 0.0;
+                }
+            }
+        }
+        let nt = Tensor::from_slice(dims.to_vec(), &vals).map_err(bad)?;
+        replace_constant(g, node, input, Arc::new(nt));
+        replaced.insert(v);
+    }
+    remove_unused(g, &replaced);
+    Ok(())
+}
+
 /// Gives input `input` of `node` the constant `t`: in place when only that input reads the
 /// constant, else as a new initializer.
 pub(crate) fn replace_constant(g: &mut Graph, node: NodeId, input: usize, t: Arc<Tensor>) {
     let Some(v) = g.node(node).input(input) else { return };
     let only_reader = g.value(v).uses().len() == 1 && !g.is_output(v) && !g.inputs().contains(&v);
     if only_reader {
+        if g.value(v).ty.is_some() {
+            let ty = TensorType::with_dims(t.dtype(), t.dims());
+            g.value_mut(v).ty = Some(Type::tensor(ty));
+        }
         g.set_initializer(v, t);
     } else {
         let name = g.fresh_name(&format!("{}_pruned", g.value(v).name));
@@ -144,8 +189,10 @@ pub(crate) fn set_shape_element(
     };
     let name = g.value(s).name.clone();
     let t = constant(g, s).ok_or_else(|| PruneError::Invalid(format!("shape '{name}' should be a constant")))?;
-    let mut vals = t.to_vec::<i64>().map_err(|e| PruneError::Tensor { tensor: name.clone(), message: e.to_string() })?;
-    let slot = vals.get_mut(index).ok_or_else(|| PruneError::Invalid(format!("shape '{name}' has no element {index}")))?;
+    let mut vals =
+        t.to_vec::<i64>().map_err(|e| PruneError::Tensor { tensor: name.clone(), message: e.to_string() })?;
+    let slot =
+        vals.get_mut(index).ok_or_else(|| PruneError::Invalid(format!("shape '{name}' has no element {index}")))?;
     *slot = v;
     let nt = Tensor::from_slice(t.dims().to_vec(), &vals)
         .map_err(|e| PruneError::Tensor { tensor: name, message: e.to_string() })?;
@@ -157,7 +204,8 @@ pub(crate) fn set_shape_element(
 /// infers them again from the (pruned) inputs and constants.
 pub(crate) fn reinfer_types(model: &mut Model) {
     if let Some(g) = model.graph.as_mut() {
-        let outs: Vec<ValueId> = g.nodes().flat_map(|(_, n)| n.outputs().iter().flatten().copied().collect::<Vec<_>>()).collect();
+        let outs: Vec<ValueId> =
+            g.nodes().flat_map(|(_, n)| n.outputs().iter().flatten().copied().collect::<Vec<_>>()).collect();
         for v in outs {
             if !g.is_output(v) {
                 g.value_mut(v).ty = None;

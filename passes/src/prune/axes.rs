@@ -47,9 +47,7 @@ pub(crate) fn rule(n: &Node) -> AxisRule {
             | "Reciprocal" | "Identity" | "Dropout" | "Cast" | "Floor" | "Ceil" | "Round" | "Sin" | "Cos"
             | "ThresholdedRelu" | "Sign" => Unary,
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "PRelu" | "Where" => Broadcast,
-            "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" | "LpPool" | "GlobalLpPool" => {
-                PerChannel
-            }
+            "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" | "LpPool" | "GlobalLpPool" => PerChannel,
             "Conv" => Conv,
             "MatMul" => MatMul,
             "Gemm" => Gemm,

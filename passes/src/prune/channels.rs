@@ -30,9 +30,11 @@ pub(crate) enum Seg {
 pub(crate) type Layout = Vec<Seg>;
 
 pub(crate) fn layout_len(l: &Layout) -> usize {
-    l.iter().map(|s| match s {
-        Seg::Group(_, n) | Seg::Fixed(n) => *n,
-    }).sum()
+    l.iter()
+        .map(|s| match s {
+            Seg::Group(_, n) | Seg::Fixed(n) => *n,
+        })
+        .sum()
 }
 
 /// What created a group's channels.
@@ -71,7 +73,9 @@ pub(crate) struct Group {
 #[derive(Debug, Clone)]
 pub(crate) enum Action {
     /// Keep only the layout's surviving indices along `axis` of the constant at `input`.
-    Slice { node: NodeId, input: usize, axis: usize, layout: Layout },
+    /// `consumer`: the constant reads the channels (a next layer's weight) rather than
+    /// producing or scaling them.
+    Slice { node: NodeId, input: usize, axis: usize, layout: Layout, consumer: bool },
     /// Set a depthwise Conv's `group` to the layout's surviving length.
     ConvGroups { node: NodeId, layout: Layout },
     /// Set element `index` of a Reshape's constant shape to the layout's surviving length.
@@ -190,7 +194,7 @@ pub(crate) fn analyze(g: &Graph) -> Analysis {
     }
     let captured: HashSet<String> = g.nodes().flat_map(|(_, n)| Graph::captured_names(n)).collect();
     let mut ends: Vec<(ValueId, String)> = Vec::new();
-    for (&v, _) in &a.tracked {
+    for &v in a.tracked.keys() {
         if g.is_output(v) {
             ends.push((v, format!("reaches the model output '{}'", g.value(v).name)));
         } else if captured.contains(&g.value(v).name) {
@@ -240,8 +244,7 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
         AxisRule::Broadcast => broadcast(g, a, id, n, &tracked_in, &label),
         AxisRule::PerChannel => {
             if let Some((i, _, ax, l)) = tracked_in.first() {
-                if *i != 0 || *ax != 1 || n.outputs().iter().skip(1).flatten().any(|o| !g.value(*o).uses().is_empty())
-                {
+                if *i != 0 || *ax != 1 || n.outputs().iter().skip(1).flatten().any(|o| !g.value(*o).uses().is_empty()) {
                     block_all(a, format!("{label} does not keep channels on axis 1"));
                 } else {
                     a.track(n.output(0), 1, l.clone());
@@ -267,7 +270,7 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
                 return;
             };
             for &i in params {
-                a.actions.push(Action::Slice { node: id, input: i, axis: 0, layout: l.clone() });
+                a.actions.push(Action::Slice { node: id, input: i, axis: 0, layout: l.clone(), consumer: false });
             }
             if rule(n) == AxisRule::BatchNorm {
                 record_bn_scale(g, a, x, &l, &consts, n.attributes.attr_float("epsilon").unwrap_or(1e-5));
@@ -317,7 +320,14 @@ fn record_bn_scale(g: &Graph, a: &mut Analysis, x: ValueId, l: &Layout, consts: 
     }
 }
 
-fn broadcast(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn broadcast(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     if tracked_in.is_empty() {
         return;
     }
@@ -358,7 +368,7 @@ fn broadcast(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(u
         match known(&d[ia]) {
             Some(1) => {}
             Some(k) if k as usize == len && constant(g, v).is_some() => {
-                a.actions.push(Action::Slice { node: id, input: i, axis: ia, layout: l0.clone() });
+                a.actions.push(Action::Slice { node: id, input: i, axis: ia, layout: l0.clone(), consumer: false });
             }
             _ => {
                 let why = format!(
@@ -376,7 +386,14 @@ fn broadcast(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(u
     }
 }
 
-fn conv(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn conv(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     let weight = n.input(1).and_then(|v| constant(g, v));
     let group = n.attributes.attr_int("group").unwrap_or(1);
     let has_z = n.input(3).is_some();
@@ -402,12 +419,12 @@ fn conv(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize,
             return;
         }
         if group == 1 {
-            a.actions.push(Action::Slice { node: id, input: 1, axis: 1, layout: l.clone() });
+            a.actions.push(Action::Slice { node: id, input: 1, axis: 1, layout: l.clone(), consumer: true });
         } else if group as usize == len && cin_per_group == 1 && cout == len && bias_const {
             // Depthwise: every output channel follows its input channel.
-            a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone() });
+            a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone(), consumer: false });
             if n.input(2).is_some() {
-                a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone() });
+                a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone(), consumer: false });
             }
             a.actions.push(Action::ConvGroups { node: id, layout: l.clone() });
             a.track(n.output(0), 1, l.clone());
@@ -422,14 +439,21 @@ fn conv(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize,
     }
     let grp = a.new_group(cout, Kind::Channels, Producer { node: id, weight: 1, axis: 0, scale: None });
     let l = vec![Seg::Group(grp, cout)];
-    a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone() });
+    a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone(), consumer: false });
     if n.input(2).is_some() {
-        a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone() });
+        a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone(), consumer: false });
     }
     a.track(n.output(0), 1, l);
 }
 
-fn matmul(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn matmul(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     let w = n.input(1).and_then(|v| constant(g, v)).filter(|w| w.rank() == 2);
     let Some(w) = w else {
         for t in tracked_in {
@@ -444,17 +468,24 @@ fn matmul(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usiz
             a.block(l, &format!("{label} reads the channels on a batch axis"));
             return;
         }
-        a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone() });
+        a.actions.push(Action::Slice { node: id, input: 1, axis: 0, layout: l.clone(), consumer: true });
     }
     let (Some(rank), Some(out)) = (rank, n.output(0)) else { return };
     let cols = w.dims()[1];
     let grp = a.new_group(cols, Kind::Ffn, Producer { node: id, weight: 1, axis: 1, scale: None });
     let l = vec![Seg::Group(grp, cols)];
-    a.actions.push(Action::Slice { node: id, input: 1, axis: 1, layout: l.clone() });
+    a.actions.push(Action::Slice { node: id, input: 1, axis: 1, layout: l.clone(), consumer: false });
     a.track(Some(out), rank.max(2) - 1, l);
 }
 
-fn gemm(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn gemm(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     let w = n.input(1).and_then(|v| constant(g, v)).filter(|w| w.rank() == 2);
     let trans_a = n.attributes.attr_int("transA").unwrap_or(0) != 0;
     let trans_b = n.attributes.attr_int("transB").unwrap_or(0) != 0;
@@ -475,7 +506,7 @@ fn gemm(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize,
     }
     if let Some((_, _, _, l)) = tracked_in.first() {
         let axis = if trans_b { 1 } else { 0 };
-        a.actions.push(Action::Slice { node: id, input: 1, axis, layout: l.clone() });
+        a.actions.push(Action::Slice { node: id, input: 1, axis, layout: l.clone(), consumer: true });
     }
     if !bias_const {
         return;
@@ -483,11 +514,15 @@ fn gemm(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize,
     let (out_axis, cols) = if trans_b { (0, w.dims()[0]) } else { (1, w.dims()[1]) };
     let grp = a.new_group(cols, Kind::Ffn, Producer { node: id, weight: 1, axis: out_axis, scale: None });
     let l = vec![Seg::Group(grp, cols)];
-    a.actions.push(Action::Slice { node: id, input: 1, axis: out_axis, layout: l.clone() });
+    a.actions.push(Action::Slice { node: id, input: 1, axis: out_axis, layout: l.clone(), consumer: false });
     if let Some(b) = bias.and_then(|b| constant(g, b)) {
         match b.dims() {
-            [k] if *k == cols => a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone() }),
-            [_, k] if *k == cols => a.actions.push(Action::Slice { node: id, input: 2, axis: 1, layout: l.clone() }),
+            [k] if *k == cols => {
+                a.actions.push(Action::Slice { node: id, input: 2, axis: 0, layout: l.clone(), consumer: false })
+            }
+            [_, k] if *k == cols => {
+                a.actions.push(Action::Slice { node: id, input: 2, axis: 1, layout: l.clone(), consumer: false })
+            }
             d if d.iter().all(|&x| x == 1) => {}
             _ => a.block_group(grp, &format!("{label} has a bias of shape {:?}", b.dims())),
         }
@@ -510,14 +545,24 @@ fn product(d: &[Dim]) -> Option<(i64, Vec<String>)> {
     Some((k, syms))
 }
 
-fn reshape(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn reshape(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     let Some((i, x, ax, l)) = tracked_in.first().cloned() else { return };
     let fail = |a: &mut Analysis, why: String| a.block(&l, &why);
     if i != 0 {
         return fail(a, format!("{label} takes its shape from channel data"));
     }
     let Some(shape) = n.input(1).and_then(|s| constant(g, s)).and_then(|t| t.to_vec::<i64>().ok()) else {
-        return fail(a, format!("{label} computes its target shape at run time, so Kiln cannot prove where the channels go"));
+        return fail(
+            a,
+            format!("{label} computes its target shape at run time, so Kiln cannot prove where the channels go"),
+        );
     };
     let (Some(din), Some(dout)) = (dims(g, x), n.output(0).and_then(|o| dims(g, o))) else {
         return fail(a, format!("{label} has unknown input or output shapes"));
@@ -526,7 +571,10 @@ fn reshape(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usi
     let before = product(&din[..ax]);
     let after = product(&din[ax + 1..]);
     let target = (0..dout.len()).find(|&j| {
-        known(&dout[j]) == Some(len) && before.is_some() && product(&dout[..j]) == before && product(&dout[j + 1..]) == after
+        known(&dout[j]) == Some(len)
+            && before.is_some()
+            && product(&dout[..j]) == before
+            && product(&dout[j + 1..]) == after
     });
     let Some(j) = target else {
         return fail(a, format!("{label} mixes the channel axis with other axes"));
@@ -540,7 +588,14 @@ fn reshape(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usi
     a.track(n.output(0), j, l);
 }
 
-fn concat(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usize, ValueId, usize, Layout)], label: &str) {
+fn concat(
+    g: &Graph,
+    a: &mut Analysis,
+    id: NodeId,
+    n: &Node,
+    tracked_in: &[(usize, ValueId, usize, Layout)],
+    label: &str,
+) {
     if tracked_in.is_empty() {
         return;
     }
@@ -588,7 +643,7 @@ fn concat(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node, tracked_in: &[(usiz
             continue;
         }
         if constant(g, v).is_some() {
-            a.actions.push(Action::Slice { node: id, input: i, axis: ax, layout: l0.clone() });
+            a.actions.push(Action::Slice { node: id, input: i, axis: ax, layout: l0.clone(), consumer: false });
         } else {
             a.block(&l0, &format!("{label} joins '{}', which Kiln does not track", g.value(v).name));
             return;

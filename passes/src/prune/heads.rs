@@ -153,7 +153,7 @@ fn check_weight(g: &Graph, mm: NodeId) -> Result<(), String> {
 /// Readers of a projection other than its head split must only read batch or sequence sizes.
 fn only_split_reads(g: &Graph, v: ValueId, split: NodeId) -> Result<(), String> {
     if g.is_output(v) {
-        return Err("a projection is a model output".into());
+        return Err(format!("'{}' is a model output", g.value(v).name));
     }
     for u in g.value(v).uses() {
         if u.node == split {
@@ -162,14 +162,18 @@ fn only_split_reads(g: &Graph, v: ValueId, split: NodeId) -> Result<(), String> 
         let n = g.node(u.node);
         let shape_out = n.output(0).filter(|_| n.is_onnx("Shape") && n.attributes.is_empty());
         let Some(s) = shape_out else {
-            return Err(format!("{} also reads a projection", n.label(u.node)));
+            return Err(format!("{} also reads '{}'", n.label(u.node), g.value(v).name));
         };
         for su in g.value(s).uses() {
             let gn = g.node(su.node);
             let idx = gn.input(1).and_then(|i| constant(g, i)).and_then(|t| t.to_vec::<i64>().ok());
             let ok = gn.is_onnx("Gather") && su.input == 0 && idx.is_some_and(|i| i.iter().all(|&k| k == 0 || k == 1));
             if !ok {
-                return Err(format!("{} reads the hidden size of a projection", gn.label(su.node)));
+                return Err(format!(
+                    "{} reads more than the batch and sequence sizes of '{}'",
+                    gn.label(su.node),
+                    g.value(v).name
+                ));
             }
         }
     }
@@ -228,11 +232,12 @@ fn unfused(g: &Graph, softmax: NodeId) -> Result<Block, String> {
             n.input(0)
         } else if n.is_onnx("Mul") || n.is_onnx("Add") {
             let (a, b) = (n.input(0).ok_or("missing input")?, n.input(1).ok_or("missing input")?);
-            let (s, other) = if leads_to_qk(g, Some(a)) || g.value(a).producer().is_some_and(|x| g.node(x).is_onnx("MatMul")) {
-                (a, b)
-            } else {
-                (b, a)
-            };
+            let (s, other) =
+                if leads_to_qk(g, Some(a)) || g.value(a).producer().is_some_and(|x| g.node(x).is_onnx("MatMul")) {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
             let od = dims(g, other).unwrap_or_default();
             let per_head = od.len() >= 3 && od[od.len() - 3].as_known() != Some(1);
             if n.is_onnx("Mul") && !scalar_const(g, Some(other)) || per_head {
@@ -258,12 +263,16 @@ fn unfused(g: &Graph, softmax: NodeId) -> Result<Block, String> {
     let vt = g.node(ctx_mm).input(1).ok_or("no V")?;
     let v = through_transpose(g, vt, &[0, 2, 1, 3]).ok_or("V is not a transposed head split")?;
     let ctx = g.node(ctx_mm).output(0).ok_or("no context")?;
-    let tr = only_consumer(g, ctx).filter(|&t| g.node(t).is_onnx("Transpose") && perm(g, t).as_deref() == Some(&[0, 2, 1, 3]));
+    let tr = only_consumer(g, ctx)
+        .filter(|&t| g.node(t).is_onnx("Transpose") && perm(g, t).as_deref() == Some(&[0, 2, 1, 3]));
     let tr = tr.ok_or("the context is not transposed back")?;
-    let merge = g.node(tr).output(0).and_then(|o| only_consumer(g, o)).filter(|&r| g.node(r).is_onnx("Reshape"));
+    let ctx_t = g.node(tr).output(0).ok_or("no transposed context")?;
+    let merge = g.value(ctx_t).uses().iter().map(|u| u.node).find(|&r| g.node(r).is_onnx("Reshape"));
     let merge = merge.ok_or("the context is not merged by a Reshape")?;
+    only_split_reads(g, ctx_t, merge)?;
     let merged = g.node(merge).output(0).ok_or("no merged context")?;
-    let out_mm = only_consumer(g, merged).filter(|&m| g.node(m).is_onnx("MatMul") && g.node(m).input(0) == Some(merged));
+    let out_mm =
+        only_consumer(g, merged).filter(|&m| g.node(m).is_onnx("MatMul") && g.node(m).input(0) == Some(merged));
     let out_mm = out_mm.ok_or("the merged context is not read by one output projection")?;
     check_weight(g, out_mm)?;
 
@@ -347,9 +356,8 @@ pub(crate) fn importance(g: &Graph, b: &Block, norm: Norm) -> Result<Vec<f64>, P
         }
         let name = g.node(node).label(node);
         let cols = slice_norms(&t, axis, norm, &name)?;
-        let per: Vec<f64> = (0..b.heads)
-            .map(|h| cols[offset + h * b.head_size..offset + (h + 1) * b.head_size].iter().sum())
-            .collect();
+        let per: Vec<f64> =
+            (0..b.heads).map(|h| cols[offset + h * b.head_size..offset + (h + 1) * b.head_size].iter().sum()).collect();
         let mean = per.iter().sum::<f64>() / b.heads as f64;
         for (s, p) in score.iter_mut().zip(&per) {
             *s += if mean > 0.0 { p / mean } else { 0.0 };
@@ -384,13 +392,15 @@ pub(crate) fn apply(g: &mut Graph, b: &Block, keep: &[usize]) -> Result<(), Prun
         let Some(v) = g.node(node).input(input) else { continue };
         let name = g.value(v).name.clone();
         let t = constant(g, v).ok_or_else(|| PruneError::Invalid(format!("shape '{name}' should be a constant")))?;
-        let mut vals = t.to_vec::<i64>().map_err(|e| PruneError::Tensor { tensor: name.clone(), message: e.to_string() })?;
+        let mut vals =
+            t.to_vec::<i64>().map_err(|e| PruneError::Tensor { tensor: name.clone(), message: e.to_string() })?;
         for (i, x) in sets {
             if let Some(slot) = vals.get_mut(i) {
                 *slot = x;
             }
         }
-        let nt = Tensor::from_slice(t.dims().to_vec(), &vals).map_err(|e| PruneError::Tensor { tensor: name, message: e.to_string() })?;
+        let nt = Tensor::from_slice(t.dims().to_vec(), &vals)
+            .map_err(|e| PruneError::Tensor { tensor: name, message: e.to_string() })?;
         replace_constant(g, node, input, Arc::new(nt));
     }
     if let Some(f) = b.fused {

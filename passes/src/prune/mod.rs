@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use kiln_compiler::ir::{Graph, Model};
 use kiln_compiler::pass::{Pass, PassContext};
 
-pub use cost::{flops, parameters};
+pub use cost::{flops, flops_at, parameters};
 pub use tensor::Norm;
 
 use channels::{Analysis, Kind};
@@ -64,11 +64,25 @@ pub struct PruneConfig {
     /// Leave the first conv's output channels and the last weighted layer's input channels
     /// alone (the stem and the classifier input are the most sensitive).
     pub protect_ends: bool,
+    /// Conv channels kept are rounded up to a multiple of this (ONNX Runtime's CPU kernels
+    /// block channels by 8 or 16; odd counts measured slower than unpruned). 1: no rounding.
+    pub align: usize,
+    /// Concrete input shapes (name → dims) for the FLOP estimate; dims left symbolic count 1.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
 }
 
 impl Default for PruneConfig {
     fn default() -> PruneConfig {
-        PruneConfig { channels: 0.0, heads: 0.0, ffn: 0.0, norm: Norm::L1, scope: Scope::PerLayer, protect_ends: true }
+        PruneConfig {
+            channels: 0.0,
+            heads: 0.0,
+            ffn: 0.0,
+            norm: Norm::L1,
+            scope: Scope::PerLayer,
+            protect_ends: true,
+            align: 8,
+            input_shapes: Vec::new(),
+        }
     }
 }
 
@@ -135,11 +149,28 @@ fn check_ratio(name: &str, r: f64) -> Result<(), PruneError> {
 /// by `Reshape(constant)`) and shapes inferred, so the original export and an optimized graph
 /// are handled alike.
 pub fn prune(model: &mut Model, config: &PruneConfig) -> Result<PruneReport, PruneError> {
+    run(model, config, false)
+}
+
+/// Like [`prune`] for channels and FFN neurons, but the chosen channels are set to zero
+/// where they are produced instead of removed: the model keeps its shapes and computes
+/// what the pruned model computes (heads are not masked). For sensitivity studies, and the
+/// check that slicing is right: `prune(mask(m))` gives `mask(m)`'s outputs.
+pub fn mask(model: &mut Model, config: &PruneConfig) -> Result<PruneReport, PruneError> {
+    let config = PruneConfig { heads: 0.0, ..config.clone() };
+    run(model, &config, true)
+}
+
+fn run(model: &mut Model, config: &PruneConfig, zero: bool) -> Result<PruneReport, PruneError> {
     check_ratio("channels", config.channels)?;
     check_ratio("heads", config.heads)?;
     check_ratio("ffn", config.ffn)?;
     prepare(model)?;
-    let mut report = PruneReport { parameters_before: parameters(model), flops_before: flops(model), ..PruneReport::default() };
+    let mut report = PruneReport {
+        parameters_before: parameters(model),
+        flops_before: flops_at(model, &config.input_shapes),
+        ..PruneReport::default()
+    };
     let g = model.graph.as_mut().ok_or_else(|| PruneError::Invalid("the model has no graph".into()))?;
 
     if config.heads > 0.0 {
@@ -149,11 +180,12 @@ pub fn prune(model: &mut Model, config: &PruneConfig) -> Result<PruneReport, Pru
     let g = model.graph.as_mut().ok_or_else(|| PruneError::Invalid("the model has no graph".into()))?;
     let analysis = channels::analyze(g);
     let keep = choose_channels(g, &analysis, config, &mut report)?;
-    apply::apply_channels(g, &analysis, &keep)?;
+    apply::apply_channels(g, &analysis, &keep, zero)?;
     apply::reinfer_types(model);
-    kiln_compiler::verify::check_model(model).map_err(|e| PruneError::Invalid(format!("pruning left an invalid model: {e}")))?;
+    kiln_compiler::verify::check_model(model)
+        .map_err(|e| PruneError::Invalid(format!("pruning left an invalid model: {e}")))?;
     report.parameters_after = parameters(model);
-    report.flops_after = flops(model);
+    report.flops_after = flops_at(model, &config.input_shapes);
     Ok(report)
 }
 
@@ -284,7 +316,8 @@ fn choose_channels(
     let mut protected: BTreeMap<usize, String> = BTreeMap::new();
     if config.protect_ends {
         // The first conv (in graph order) and the input of the last weighted layer.
-        let order: BTreeMap<kiln_compiler::ir::NodeId, usize> = g.nodes().enumerate().map(|(i, (id, _))| (id, i)).collect();
+        let order: BTreeMap<kiln_compiler::ir::NodeId, usize> =
+            g.nodes().enumerate().map(|(i, (id, _))| (id, i)).collect();
         let producers: Vec<(usize, kiln_compiler::ir::NodeId, usize)> = roots
             .iter()
             .flat_map(|&r| {
@@ -297,7 +330,8 @@ fn choose_channels(
         {
             protected.insert(r, format!("first layer {} (protected)", node_name(g, id)));
         }
-        let last = g.nodes().filter(|(_, n)| matches!(n.op_type.as_str(), "Conv" | "FusedConv" | "Gemm" | "MatMul")).last();
+        let last =
+            g.nodes().filter(|(_, n)| matches!(n.op_type.as_str(), "Conv" | "FusedConv" | "Gemm" | "MatMul")).last();
         if let Some((id, n)) = last
             && let Some(x) = n.input(0)
             && let Some((_, l)) = a.tracked.get(&x)
@@ -306,7 +340,9 @@ fn choose_channels(
                 if let channels::Seg::Group(gr, _) = s
                     && a.groups[a.root(*gr)].kind == Kind::Channels
                 {
-                    protected.entry(a.root(*gr)).or_insert_with(|| format!("input of the last layer {} (protected)", node_name(g, id)));
+                    protected
+                        .entry(a.root(*gr))
+                        .or_insert_with(|| format!("input of the last layer {} (protected)", node_name(g, id)));
                 }
             }
         }
@@ -341,7 +377,12 @@ fn choose_channels(
         let noun = if kind == Kind::Channels { "channels" } else { "neurons" };
         for (u, (r, layers)) in units.into_iter().enumerate() {
             let size = a.groups[r].size;
-            let k = keep_after_removing(&scores[u], removals[u]);
+            let mut remove = removals[u];
+            if kind == Kind::Channels && config.align > 1 {
+                let kept = (size - remove).div_ceil(config.align) * config.align;
+                remove = size - kept.min(size);
+            }
+            let k = keep_after_removing(&scores[u], remove);
             let removed = size - k.len();
             if removed > 0 {
                 for p in &a.groups[r].producers {

@@ -11,7 +11,7 @@ use crate::testing::{A, B, Rng, Tolerance, assert_same, count_in, require_ort, r
 const CLOSE: Tolerance = Tolerance { rtol: 1e-4, atol: 1e-5 };
 
 fn cfg(channels: f64, heads: f64, ffn: f64) -> PruneConfig {
-    PruneConfig { channels, heads, ffn, protect_ends: false, ..PruneConfig::default() }
+    PruneConfig { channels, heads, ffn, protect_ends: false, align: 1, ..PruneConfig::default() }
 }
 
 /// A seeded weight whose slices `zero` along `axis` are exactly zero.
@@ -163,11 +163,12 @@ fn residual_channels_prune_together_and_exactly() {
     assert_eq!(pruned[0].removed, 2);
     add_shapes_match(&after);
     let g = after.graph.as_ref().unwrap();
-    let dw = g.nodes().find(|(_, n)| n.is_onnx("Conv") && n.attributes.iter().any(|a| a.name == "group")).map(|(_, n)| n.clone());
-    let groups: Vec<i64> = g
+    let dw = g
         .nodes()
-        .filter_map(|(_, n)| kiln_compiler::ir::AttrLookup::attr_int(&n.attributes, "group"))
-        .collect();
+        .find(|(_, n)| n.is_onnx("Conv") && n.attributes.iter().any(|a| a.name == "group"))
+        .map(|(_, n)| n.clone());
+    let groups: Vec<i64> =
+        g.nodes().filter_map(|(_, n)| kiln_compiler::ir::AttrLookup::attr_int(&n.attributes, "group")).collect();
     assert!(groups.contains(&6), "depthwise group count follows: {groups:?} {dw:?}");
     let inputs = seeded_inputs(&m, 5, 1).unwrap();
     assert_same(&m, &after, &inputs, CLOSE);
@@ -305,7 +306,12 @@ fn zero_ffn_neurons_prune_exactly() {
     let dead: Vec<usize> = (0..32).step_by(4).collect();
     let m = ffn(&dead);
     let (after, report) = prune_checked(&m, &cfg(0.0, 0.0, 0.25));
-    assert_eq!(report.decisions.get("MatMul_1").map(String::as_str), Some("pruned 8/32 neurons"), "{:?}", report.decisions);
+    assert_eq!(
+        report.decisions.get("MatMul_1").map(String::as_str),
+        Some("pruned 8/32 neurons"),
+        "{:?}",
+        report.decisions
+    );
     let inputs = seeded_inputs(&m, 2, 1).unwrap();
     assert_same(&m, &after, &inputs, CLOSE);
     // The channels ratio does not touch FFN neurons.
