@@ -225,6 +225,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let tolerance = match (&args.tolerance, &budget_spec) {
         (Some(text), _) => ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--tolerance: {e}")))?,
         (None, Some(b)) => b.clone(),
+        // Pruning without fine-tuning costs accuracy by design: measured and reported, not
+        // judged, unless the user sets a tolerance.
+        (None, None) if prune.is_some() => ToleranceSpec::default(),
         (None, None) => default_tolerance(&precision),
     };
     let data_plan = plan_data(&args.data, args.eval_data.as_deref(), model_path, &model, needs_data, ui)?;
