@@ -86,7 +86,8 @@ def main():
             schemas[(s.domain, s.name)].append(s)
     lines = [
         "# Type constraints per operator version, from the schemas ONNX Runtime 1.31.1 validates",
-        "# against (written by gen_type_constraints.py). A line: `OP SINCE | INPUTS -> OUTPUTS | PARAMS`.",
+        "# against (written by gen_type_constraints.py). A line: `OP VERSIONS | INPUTS -> OUTPUTS | PARAMS`,",
+        "# VERSIONS the since-versions sharing this signature.",
         "# A slot is `name:TYPE` where TYPE is a type parameter or a literal set `{...}`; `?` optional,",
         "# `*` variadic (homogeneous), `*~` variadic heterogeneous. `[domain]` starts a domain.",
     ]
@@ -94,12 +95,15 @@ def main():
     for domain in sorted({d for d, _ in schemas}):
         lines.append(f"[{domain}]")
         for (d, op) in sorted(k for k in schemas if k[0] == domain):
-            last = None
+            groups = []  # [versions, signature]: consecutive versions with one signature share a line
             for s in sorted(schemas[(d, op)], key=lambda s: s.since_version):
                 sig = signature(s)
-                if sig != last:
-                    lines.append(f"{op} {s.since_version} | {sig}")
-                    last = sig
+                if groups and groups[-1][1] == sig:
+                    groups[-1][0].append(s.since_version)
+                else:
+                    groups.append([[s.since_version], sig])
+            for versions, sig in groups:
+                lines.append(f"{op} {','.join(map(str, versions))} | {sig}")
     (HERE / "type_constraints.txt").write_text("\n".join(lines) + "\n")
     print(f"{len(schemas)} ops written; without a schema: {missing}")
 

@@ -293,13 +293,17 @@ fn parse_slot(text: &str, params: &[TypeParam]) -> Result<Slot, String> {
     Ok(Slot { name: name.to_string(), ty, arity })
 }
 
-fn parse_line(domain: &str, line: &str) -> Result<OpSchema, String> {
+/// One signature per since-version listed on the line.
+fn parse_line(domain: &str, line: &str) -> Result<Vec<OpSchema>, String> {
     let mut parts = line.split('|').map(str::trim);
     let head = parts.next().unwrap_or_default();
     let sig = parts.next().ok_or("no signature")?;
     let cons = parts.next().unwrap_or_default();
     let (op_type, since) = head.split_once(' ').ok_or("no version")?;
-    let since_version = since.trim().parse::<i64>().map_err(|e| format!("version `{since}`: {e}"))?;
+    let versions = since
+        .split(',')
+        .map(|v| v.trim().parse::<i64>().map_err(|e| format!("version `{v}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut params = Vec::new();
     for c in cons.split_whitespace() {
         let (name, set) = c.split_once('=').ok_or(format!("constraint `{c}`"))?;
@@ -307,14 +311,18 @@ fn parse_line(domain: &str, line: &str) -> Result<OpSchema, String> {
     }
     let (ins, outs) = sig.split_once("->").ok_or("no `->`")?;
     let slots = |s: &str| s.split_whitespace().map(|t| parse_slot(t, &params)).collect::<Result<Vec<_>, _>>();
-    Ok(OpSchema {
-        domain: domain.to_string(),
-        op_type: op_type.to_string(),
-        since_version,
-        inputs: slots(ins)?,
-        outputs: slots(outs)?,
-        params: params.clone(),
-    })
+    let (inputs, outputs) = (slots(ins)?, slots(outs)?);
+    Ok(versions
+        .into_iter()
+        .map(|since_version| OpSchema {
+            domain: domain.to_string(),
+            op_type: op_type.to_string(),
+            since_version,
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+            params: params.clone(),
+        })
+        .collect())
 }
 
 /// Parses a table in the format of `type_constraints.txt`.
@@ -330,7 +338,7 @@ pub fn parse(text: &str) -> Result<Vec<OpSchema>, TableError> {
             domain = normalize(d).to_string();
             continue;
         }
-        out.push(parse_line(&domain, line).map_err(|message| TableError { line: i + 1, message })?);
+        out.extend(parse_line(&domain, line).map_err(|message| TableError { line: i + 1, message })?);
     }
     Ok(out)
 }
@@ -364,7 +372,7 @@ pub fn schemas() -> &'static [OpSchema] {
 }
 
 /// The signature of `(domain, op_type)` in force at `opset` (the latest version not newer than
-/// it), or `None` when the table does not know the op or the op did not exist yet.
+/// it; `since_version` is the exact one), or `None` when the table does not know the op or the op did not exist yet.
 pub fn schema(domain: &str, op_type: &str, opset: i64) -> Option<&'static OpSchema> {
     let ix = index();
     let versions = ix.by_op.get(&(normalize(domain).to_string(), op_type.to_string()))?;
@@ -391,7 +399,8 @@ mod tests {
     #[test]
     fn resize_scales_are_always_float_and_sizes_int64() {
         let s = schema("", "Resize", 19).unwrap();
-        assert!((13..=19).contains(&s.since_version));
+        assert_eq!(s.since_version, 19);
+        assert_eq!(schema("", "Reshape", 15).unwrap().since_version, 14);
         let b = s.bindings(4, 1);
         let x = b.iter().find(|b| b.param.as_deref() == Some("T1")).unwrap();
         assert_eq!((x.inputs.as_slice(), x.outputs.as_slice()), (&[0][..], &[0][..]));
