@@ -79,13 +79,11 @@ pub fn run(model: &mut Model, options: &HalfOptions, cx: &StageContext) -> Resul
     if config.kernels.is_some() {
         out.fact("kernels", "onnxruntime-1.31.1 cpu");
     }
-    let saturating: Vec<serde_json::Value> = r
-        .saturating_initializers
-        .iter()
-        .map(|(name, m)| serde_json::json!({ "name": name, "max_abs": m }))
-        .collect();
+    let saturating: Vec<serde_json::Value> =
+        r.saturating_initializers.iter().map(|(name, m)| serde_json::json!({ "name": name, "max_abs": m })).collect();
     for (name, m) in &r.saturating_initializers {
-        out.warnings.push(format!("fp16: initializer '{name}' reaches |x| = {m:.4e}, beyond fp16's range; its uses stay fp32"));
+        out.warnings
+            .push(format!("fp16: initializer '{name}' reaches |x| = {m:.4e}, beyond fp16's range; its uses stay fp32"));
     }
     out.fact("saturating_initializers", saturating);
     out.decisions = r.decisions;

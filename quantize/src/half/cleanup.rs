@@ -2,6 +2,7 @@
 //! that undoes the one before it (`f32 → f16 → f32`: the value before the pair is used, which
 //! is also the more exact one), and a cast of a constant (the constant is converted instead).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -22,13 +23,13 @@ fn is_float(d: Option<DataType>) -> bool {
 }
 
 /// Folds casts in `g` and every subgraph; returns how many were removed.
-pub(super) fn fold_casts(g: &mut Graph) -> usize {
+pub(super) fn fold_casts(g: &mut Graph, names: &RefCell<HashSet<String>>) -> usize {
     let mut removed = 0;
-    g.visit_graphs_mut(&mut |sg| removed += fold_in(sg));
+    g.visit_graphs_mut(&mut |sg| removed += fold_in(sg, names));
     removed
 }
 
-fn fold_in(g: &mut Graph) -> usize {
+fn fold_in(g: &mut Graph, names: &RefCell<HashSet<String>>) -> usize {
     // Values read by name from subgraphs must keep their definitions.
     let captured: HashSet<String> =
         g.nodes().filter(|(_, n)| n.subgraphs().next().is_some()).flat_map(|(_, n)| Graph::captured_names(n)).collect();
@@ -39,7 +40,7 @@ fn fold_in(g: &mut Graph) -> usize {
             if g.get_node(id).is_none_or(|n| !n.is_onnx("Cast")) {
                 continue;
             }
-            if fold_one(g, id, &captured) {
+            if fold_one(g, id, &captured, names) {
                 changed = true;
             }
         }
@@ -75,7 +76,7 @@ fn fold_in(g: &mut Graph) -> usize {
 }
 
 /// Redirects the uses of one foldable Cast; the Cast itself goes once it has none.
-fn fold_one(g: &mut Graph, id: NodeId, captured: &HashSet<String>) -> bool {
+fn fold_one(g: &mut Graph, id: NodeId, captured: &HashSet<String>, names: &RefCell<HashSet<String>>) -> bool {
     let n = g.node(id);
     let (Some(input), Some(out)) = (n.input(0), n.output(0)) else { return false };
     let Some(to) = n.attr_int("to").and_then(|c| i32::try_from(c).ok()).and_then(DataType::from_onnx) else {
@@ -106,7 +107,8 @@ fn fold_one(g: &mut Graph, id: NodeId, captured: &HashSet<String>) -> bool {
         && !g.inputs().contains(&input)
         && let Ok(c) = convert_tensor(&t, to)
     {
-        let name = g.fresh_name(&format!("{}_{}", g.value(input).name, to.name()));
+        let base = format!("{}_{}", g.value(input).name, to.name());
+        let name = super::fresh_name(names, g, &base);
         let v = g.add_initializer(name, Arc::new(c));
         g.value_mut(v).ty = g.value(out).ty.clone();
         return g.replace_uses(out, v) > 0;

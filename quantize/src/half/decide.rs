@@ -140,7 +140,11 @@ fn shape_islands(g: &Graph, env: &Env, scope: &Scope) -> HashSet<NodeId> {
         let into_back = n.outputs().iter().flatten().any(|v| back.contains(v));
         let fixed: Vec<usize> = schema(n.domain(), &n.op_type, env.opsets.version(n.domain()))
             .map(|s| {
-                s.bindings(n.inputs().len(), 0).into_iter().filter(|b| b.param.is_none()).flat_map(|b| b.inputs).collect()
+                s.bindings(n.inputs().len(), 0)
+                    .into_iter()
+                    .filter(|b| b.param.is_none())
+                    .flat_map(|b| b.inputs)
+                    .collect()
             })
             .unwrap_or_default();
         for (i, v) in n.inputs().iter().enumerate() {
@@ -254,7 +258,10 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
     if let Some((_, _, why)) = BLOCKED_OPS.iter().find(|(d, op, _)| *d == domain && *op == n.op_type) {
         return keep("block list", format!("block list: {why}"));
     }
-    if env.config.block.iter().any(|b| *b == n.op_type) {
+    if let Some(why) = super::blocked_node(n) {
+        return keep("block list", format!("block list: {why}"));
+    }
+    if env.config.block.contains(&n.op_type) {
         return keep("block list", "block list (user)".into());
     }
     if candidates.is_empty() {
@@ -262,12 +269,12 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
         return keep(
             "type constraints",
             format!(
-            "{} (opset {}) allows no {} for {}",
-            n.op_type,
-            sch.since_version,
-            target.name(),
-            if params.is_empty() { "its fixed-type inputs".to_string() } else { params.join(", ") }
-        ),
+                "{} (opset {}) allows no {} for {}",
+                n.op_type,
+                sch.since_version,
+                target.name(),
+                if params.is_empty() { "its fixed-type inputs".to_string() } else { params.join(", ") }
+            ),
         );
     }
     if islands.contains(&id) {
@@ -278,7 +285,10 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
             return keep("range", why);
         }
         if let Some((name, m)) = saturating_input(g, id, &candidates) {
-            return keep("saturating initializer", format!("initializer '{name}' reaches |x| = {m:.4e}, beyond fp16's range"));
+            return keep(
+                "saturating initializer",
+                format!("initializer '{name}' reaches |x| = {m:.4e}, beyond fp16's range"),
+            );
         }
     }
     let chosen: Vec<&Binding> = match env.config.kernels {
@@ -288,8 +298,7 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
             let k = candidates.len().min(8);
             let mut best: Option<Vec<&Binding>> = None;
             for mask in (1u32..(1 << k)).rev() {
-                let subset: Vec<&Binding> =
-                    (0..k).filter(|i| mask & (1 << i) != 0).map(|i| candidates[i]).collect();
+                let subset: Vec<&Binding> = (0..k).filter(|i| mask & (1 << i) != 0).map(|i| candidates[i]).collect();
                 if best.as_ref().is_some_and(|b| b.len() >= subset.len()) {
                     continue;
                 }
@@ -311,10 +320,10 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
                     return keep(
                         "no kernel",
                         format!(
-                        "no {} kernel for {} in the target runtime",
-                        target.name(),
-                        qualified(domain, &n.op_type)
-                    ),
+                            "no {} kernel for {} in the target runtime",
+                            target.name(),
+                            qualified(domain, &n.op_type)
+                        ),
                     );
                 }
             }
@@ -353,13 +362,13 @@ pub(super) fn decide_graph(g: &Graph, env: &Env, scope: &Scope, required: &Requi
         let mut plan = if n.is_onnx("If") {
             plan_if(g, id, env, scope)
         } else if n.subgraphs().next().is_some() {
-            let any_f32 = n
-                .inputs()
-                .iter()
-                .chain(n.outputs())
-                .flatten()
-                .any(|&v| orig_dtype(g, v, scope) == Some(DataType::F32));
-            let v = if any_f32 { Verdict::Fp32("loop interface", "loop interface keeps its types; body converted".into()) } else { Verdict::NoFloat };
+            let any_f32 =
+                n.inputs().iter().chain(n.outputs()).flatten().any(|&v| orig_dtype(g, v, scope) == Some(DataType::F32));
+            let v = if any_f32 {
+                Verdict::Fp32("loop interface", "loop interface keeps its types; body converted".into())
+            } else {
+                Verdict::NoFloat
+            };
             NodePlan::keep(n.inputs().len(), n.outputs().len(), v)
         } else {
             plan_node(g, id, env, scope, &islands)
@@ -380,7 +389,11 @@ pub(super) fn decide_graph(g: &Graph, env: &Env, scope: &Scope, required: &Requi
         let used = g.value(v).uses().iter().any(|u| {
             plans[u.node.index()].as_ref().is_some_and(|p| p.is_half() && p.half_in.get(u.input) == Some(&true))
         });
-        let out = g.outputs().iter().position(|&o| o == v).is_some_and(|i| required.get(i).copied().flatten() == Some(target));
+        let out = g
+            .outputs()
+            .iter()
+            .position(|&o| o == v)
+            .is_some_and(|i| required.get(i).copied().flatten() == Some(target));
         used || out
     };
     // Followers: 16-bit when a neighbour on a converted binding is.
@@ -396,14 +409,20 @@ pub(super) fn decide_graph(g: &Graph, env: &Env, scope: &Scope, required: &Requi
                 let Some(v) = *v else { return false };
                 plan.half_in[i]
                     && (input_half(v)
-                        || scope.get(&g.value(v).name).is_some_and(|e| e.storage == Some(target) && e.orig != e.storage)
+                        || scope
+                            .get(&g.value(v).name)
+                            .is_some_and(|e| e.storage == Some(target) && e.orig != e.storage)
                             && matches!(g.value(v).def(), ValueDef::Outer)
                         || g.value(v).producer().is_some_and(|p| {
                             let ValueDef::Node { output, .. } = *g.value(v).def() else { return false };
                             plans[p.index()].as_ref().is_some_and(|pp| pp.is_half() && pp.half_out[output])
                         }))
             });
-            let to_out = n.outputs().iter().enumerate().any(|(o, v)| plan.half_out[o] && v.is_some_and(|v| wants_half(&plans, v)));
+            let to_out = n
+                .outputs()
+                .iter()
+                .enumerate()
+                .any(|(o, v)| plan.half_out[o] && v.is_some_and(|v| wants_half(&plans, v)));
             if from_in || to_out {
                 if let Some(p) = plans[id.index()].as_mut() {
                     p.verdict = Verdict::Half;
@@ -445,9 +464,8 @@ pub(super) fn decide_graph(g: &Graph, env: &Env, scope: &Scope, required: &Requi
 fn plan_if(g: &Graph, id: NodeId, env: &Env, scope: &Scope) -> NodePlan {
     let n = g.node(id);
     let (n_in, n_out) = (n.inputs().len(), n.outputs().len());
-    let f32_outs: Vec<usize> = (0..n_out)
-        .filter(|&o| n.output(o).is_some_and(|v| orig_dtype(g, v, scope) == Some(DataType::F32)))
-        .collect();
+    let f32_outs: Vec<usize> =
+        (0..n_out).filter(|&o| n.output(o).is_some_and(|v| orig_dtype(g, v, scope) == Some(DataType::F32))).collect();
     if f32_outs.is_empty() {
         return NodePlan::keep(n_in, n_out, Verdict::NoFloat);
     }
@@ -456,7 +474,11 @@ fn plan_if(g: &Graph, id: NodeId, env: &Env, scope: &Scope) -> NodePlan {
     let allowed = schema("", "If", opset).and_then(|s| s.output_types(0)).is_some_and(|t| t.allows(target));
     let label = n.name.as_deref().unwrap_or("");
     if !allowed {
-        return NodePlan::keep(n_in, n_out, Verdict::Fp32("type constraints", format!("If (opset {opset}) allows no {}", target.name())));
+        return NodePlan::keep(
+            n_in,
+            n_out,
+            Verdict::Fp32("type constraints", format!("If (opset {opset}) allows no {}", target.name())),
+        );
     }
     if env.config.exclude.iter().any(|e| e == label || e == "If") {
         return NodePlan::keep(n_in, n_out, Verdict::Fp32("excluded", "excluded".into()));
@@ -479,7 +501,8 @@ fn plan_if(g: &Graph, id: NodeId, env: &Env, scope: &Scope) -> NodePlan {
                 .collect(),
         );
     }
-    let mut plan = NodePlan::keep(n_in, n_out, Verdict::Fp32("if branches", "its branches do not both compute in 16-bit".into()));
+    let mut plan =
+        NodePlan::keep(n_in, n_out, Verdict::Fp32("if branches", "its branches do not both compute in 16-bit".into()));
     for &o in &f32_outs {
         if natural.len() == 2 && natural.iter().all(|b| b.get(o) == Some(&true)) {
             plan.half_out[o] = true;
@@ -490,13 +513,7 @@ fn plan_if(g: &Graph, id: NodeId, env: &Env, scope: &Scope) -> NodePlan {
 }
 
 /// For every name a node's subgraphs capture, the types their uses want (16-bit or FP32).
-pub(super) fn captured_wants(
-    g: &Graph,
-    id: NodeId,
-    env: &Env,
-    scope: &Scope,
-    out: &mut HashMap<String, (bool, bool)>,
-) {
+pub(super) fn captured_wants(g: &Graph, id: NodeId, env: &Env, scope: &Scope, out: &mut HashMap<String, (bool, bool)>) {
     let n = g.node(id);
     if n.subgraphs().next().is_none() {
         return;

@@ -124,7 +124,27 @@ pub const BLOCKED_OPS: &[(&str, &str, &str)] = &[
     ("", "NegativeLogLikelihoodLoss", "long sums"),
     ("", "GridSample", "sampling coordinates"),
     ("", "AffineGrid", "sampling coordinates"),
+    ("", "EyeLike", "generator whose type is an attribute (no 16-bit CPU kernel)"),
+    ("", "MeanVarianceNormalization", "ONNX Runtime expands it into a body with FP32 constants"),
+    ("", "QuantizeLinear", "quantization parameters need FP32"),
+    ("", "DequantizeLinear", "quantization parameters need FP32"),
+    ("", "DynamicQuantizeLinear", "quantization parameters need FP32"),
 ];
+
+/// Whether a node must stay FP32 for a reason its op type alone does not give: a scatter that
+/// reduces (ONNX Runtime's CPU provider has no 16-bit kernel for `add`/`mul`/`max`/`min`), or
+/// a traditional-ML op (its attributes carry the input's type).
+pub(crate) fn blocked_node(node: &kiln_compiler::ir::Node) -> Option<&'static str> {
+    use kiln_compiler::ir::AttrLookup;
+    if node.domain() == "ai.onnx.ml" {
+        return Some("ai.onnx.ml attributes carry the input's type");
+    }
+    let scatter = node.domain().is_empty() && matches!(node.op_type.as_str(), "ScatterElements" | "ScatterND");
+    if scatter && node.attr_str("reduction").is_some_and(|r| r != "none") {
+        return Some("scatter with reduction: no 16-bit kernel");
+    }
+    None
+}
 
 /// Reductions and normalizations whose inputs must stay well inside FP16's range.
 pub(crate) fn is_reduction(domain: &str, op: &str) -> bool {
@@ -187,6 +207,8 @@ pub enum HalfError {
 #[derive(Clone)]
 pub(crate) struct Env<'a> {
     pub config: &'a HalfConfig,
+    /// Every value name in the model: ONNX wants names unique across subgraphs too.
+    pub names: &'a std::cell::RefCell<std::collections::HashSet<String>>,
     pub opsets: Opsets,
     /// Calibrated ranges (main graph only).
     pub ranges: Option<&'a Ranges>,
@@ -196,6 +218,29 @@ pub(crate) struct Env<'a> {
 impl Env<'_> {
     pub fn target(&self) -> DataType {
         self.config.kind.dtype()
+    }
+
+    /// A value name unused in `g` and in the whole model, derived from `base`; reserved.
+    pub fn fresh_name(&self, g: &Graph, base: &str) -> String {
+        fresh_name(self.names, g, base)
+    }
+}
+
+/// A value name unused in `g` and among `names`, derived from `base`; reserved in `names`.
+pub(crate) fn fresh_name(
+    names: &std::cell::RefCell<std::collections::HashSet<String>>,
+    g: &Graph,
+    base: &str,
+) -> String {
+    let mut names = names.borrow_mut();
+    let mut i = 0usize;
+    loop {
+        let candidate = if i == 0 { base.to_string() } else { format!("{base}_{i}") };
+        if !names.contains(&candidate) && g.find_value(&candidate).is_none() {
+            names.insert(candidate.clone());
+            return candidate;
+        }
+        i += 1;
     }
 }
 
@@ -215,7 +260,9 @@ pub(crate) type Scope = HashMap<String, ScopeEntry>;
 pub(crate) fn child_scope(g: &Graph, scope: &Scope, storage: Option<&HashMap<String, DataType>>) -> Scope {
     let mut out = scope.clone();
     for (v, val) in g.values() {
-        if val.name.is_empty() || matches!(val.def(), kiln_compiler::ir::ValueDef::Outer | kiln_compiler::ir::ValueDef::Detached) {
+        if val.name.is_empty()
+            || matches!(val.def(), kiln_compiler::ir::ValueDef::Outer | kiln_compiler::ir::ValueDef::Detached)
+        {
             continue;
         }
         let orig = decide::orig_dtype(g, v, scope);
@@ -261,14 +308,19 @@ pub fn convert(model: &mut Model, config: &HalfConfig, ranges: Option<&Ranges>) 
     kiln_compiler::shape::infer_model(model);
     let opsets = Opsets::from_model(model);
     let ranges = if config.kind == HalfKind::F16 { ranges } else { None };
-    let env = Env { config, opsets, ranges, is_main: true };
+    let mut all = std::collections::HashSet::new();
+    if let Some(g) = model.graph.as_ref() {
+        g.visit_graphs(&mut |sg| all.extend(sg.values().map(|(_, v)| v.name.clone())));
+    }
+    let names = std::cell::RefCell::new(all);
+    let env = Env { config, names: &names, opsets, ranges, is_main: true };
     let mut report = HalfReport { range_checked: ranges.is_some(), ..HalfReport::default() };
     let g = model.graph.as_mut().ok_or(HalfError::NoGraph)?;
     if config.kind == HalfKind::F16 {
         report.saturating_initializers = saturating(g);
     }
     rewrite::convert_graph(g, &env, &Scope::new(), None, "main", &mut report)?;
-    report.casts_folded = cleanup::fold_casts(g);
+    report.casts_folded = cleanup::fold_casts(g, &names);
     report.casts_inserted = report.casts_inserted.saturating_sub(report.casts_folded);
     Ok(report)
 }

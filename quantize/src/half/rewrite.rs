@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_compiler::DataType;
-use kiln_compiler::ir::{
-    AttrValue, Attribute, Graph, NodeId, NodeSpec, TensorType, Type, TypeKind, ValueDef, ValueId,
-};
 use kiln_compiler::Tensor;
+use kiln_compiler::ir::{AttrValue, Attribute, Graph, NodeId, NodeSpec, TensorType, Type, TypeKind, ValueDef, ValueId};
 
 use super::decide::{NodePlan, Required, Verdict, captured_wants, decide_graph, orig_dtype};
 use super::{Env, HalfError, HalfReport, Scope, ScopeEntry, child_scope, convert_tensor};
@@ -124,16 +122,16 @@ pub(super) fn convert_graph(
         }
         let name = g.value(v).name.clone();
         let uses = g.value(v).uses().to_vec();
-        let half_use = |u: &kiln_compiler::ir::Use| plan_of(u.node).is_some_and(|p| p.half_in.get(u.input) == Some(&true));
+        let half_use =
+            |u: &kiln_compiler::ir::Use| plan_of(u.node).is_some_and(|p| p.half_in.get(u.input) == Some(&true));
         let (cap_half, cap_f32) = captured.get(&name).copied().unwrap_or_default();
         let any_half = uses.iter().any(half_use) || cap_half;
         let any_f32 = uses.iter().any(|u| !half_use(u)) || cap_f32 || g.outputs().contains(&v);
         if !any_half {
             continue;
         }
-        let converted = Arc::new(
-            convert_tensor(&t, target).map_err(|message| HalfError::Tensor { name: name.clone(), message })?,
-        );
+        let converted =
+            Arc::new(convert_tensor(&t, target).map_err(|message| HalfError::Tensor { name: name.clone(), message })?);
         report.tensors_converted += 1;
         report.initializers_converted += 1;
         if !any_f32 {
@@ -141,7 +139,8 @@ pub(super) fn convert_graph(
             set_elem(g, v, target);
             storage.insert(v, Some(target));
         } else {
-            let dup = g.add_initializer(g.fresh_name(&format!("{name}_{}", env.config.kind.name())), converted);
+            let dup_name = env.fresh_name(g, &format!("{name}_{}", env.config.kind.name()));
+            let dup = g.add_initializer(dup_name, converted);
             set_elem(g, dup, target);
             storage.insert(dup, Some(target));
             for u in uses.iter().filter(|u| half_use(u)) {
@@ -172,7 +171,7 @@ pub(super) fn convert_graph(
             let c = match casts.get(&(v, want)) {
                 Some(&c) => c,
                 None => {
-                    let c = make_cast(g, v, want);
+                    let c = make_cast(g, env, v, want);
                     report.casts_inserted += 1;
                     storage.insert(c, Some(want));
                     casts.insert((v, want), c);
@@ -195,21 +194,26 @@ pub(super) fn convert_graph(
         if let ValueDef::Node { node, output } = *g.value(v).def() {
             // Keep the output's name on the cast: the producer writes a renamed value.
             let name = g.value(v).name.clone();
-            let inner = g.add_outer(g.fresh_name(&format!("{name}_{}", have.name())));
+            let inner_name = env.fresh_name(g, &format!("{name}_{}", have.name()));
+            let inner = g.add_outer(inner_name);
             g.value_mut(inner).ty = g.value(v).ty.clone();
             g.replace_uses(v, inner);
             g.bind_output(node, output, inner);
-            let tmp = g.fresh_name(&format!("{name}_cast"));
+            let tmp = env.fresh_name(g, &format!("{name}_cast"));
             let cast = g.insert_node_after(
                 node,
-                NodeSpec::new("Cast").name(tmp.clone()).inputs([inner]).outputs([tmp]).attr(Attribute::int("to", i64::from(want.onnx_code()))),
+                NodeSpec::new("Cast")
+                    .name(tmp.clone())
+                    .inputs([inner])
+                    .outputs([tmp])
+                    .attr(Attribute::int("to", i64::from(want.onnx_code()))),
             );
             g.bind_output(cast, 0, v);
             set_elem(g, v, want);
             storage.insert(inner, Some(have));
             storage.insert(v, Some(want));
         } else {
-            let c = make_cast(g, v, want);
+            let c = make_cast(g, env, v, want);
             g.replace_output(v, c);
         }
     }
@@ -221,10 +225,7 @@ pub(super) fn convert_graph(
             continue;
         }
         let s = storage.get(&v).copied().flatten();
-        sub_scope
-            .entry(val.name.clone())
-            .and_modify(|e| e.storage = s)
-            .or_insert(ScopeEntry { orig: s, storage: s });
+        sub_scope.entry(val.name.clone()).and_modify(|e| e.storage = s).or_insert(ScopeEntry { orig: s, storage: s });
     }
     for &id in &node_ids {
         if g.node(id).subgraphs().next().is_none() {
@@ -264,8 +265,9 @@ pub(super) fn convert_graph(
 
 /// A Cast of `v` to `to`, placed right after `v`'s producer (or first, for graph inputs,
 /// initializers and captured values).
-fn make_cast(g: &mut Graph, v: ValueId, to: DataType) -> ValueId {
-    let name = g.fresh_name(&format!("{}_{}", g.value(v).name, to.name()));
+fn make_cast(g: &mut Graph, env: &Env, v: ValueId, to: DataType) -> ValueId {
+    let base = format!("{}_{}", g.value(v).name, to.name());
+    let name = env.fresh_name(g, &base);
     let spec = NodeSpec::new("Cast")
         .name(name.clone())
         .inputs([v])

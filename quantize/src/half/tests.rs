@@ -7,7 +7,9 @@ use kiln_compiler::ir::{AttrLookup, AttrValue, Attribute, Graph, Model, NodeSpec
 use kiln_compiler::runtime::OrtExecutor;
 use kiln_compiler::verify::check_model;
 use kiln_compiler::{DataType, Tensor};
-use kiln_passes::testing::{B, Value, abs_tol, compare_outputs, count_op, model, require_ort, run, seeded_inputs, tensor_ty};
+use kiln_passes::testing::{
+    B, Value, abs_tol, compare_outputs, count_op, model, require_ort, run, seeded_inputs, tensor_ty,
+};
 
 use super::*;
 
@@ -55,7 +57,11 @@ fn cast_pairs(m: &Model) -> usize {
             let src = prev.input(0).and_then(|v| g.tensor_type(v).and_then(|t| t.dtype()));
             let to = node.attr_int("to").and_then(|c| DataType::from_onnx(c as i32));
             let mid = prev.attr_int("to").and_then(|c| DataType::from_onnx(c as i32));
-            if prev.is_onnx("Cast") && src == to && src.is_some_and(|d| d.is_float()) && mid.is_some_and(|d| d.is_float()) {
+            if prev.is_onnx("Cast")
+                && src == to
+                && src.is_some_and(|d| d.is_float())
+                && mid.is_some_and(|d| d.is_float())
+            {
                 n += 1;
             }
         }
@@ -166,10 +172,12 @@ fn if_model(else_blocked: bool) -> Model {
         let kk = b.konst(&format!("{name}_k"), Tensor::from_slice(vec![1], &[k]).unwrap());
         let y = if op == "TopK" {
             let four = b.ints(&[4]);
-            let id = b.g.add_node(NodeSpec::new("TopK").name(format!("{name}_topk")).inputs([xo, four]).outputs([
-                format!("{name}_v"),
-                format!("{name}_i"),
-            ]));
+            let id = b.g.add_node(
+                NodeSpec::new("TopK")
+                    .name(format!("{name}_topk"))
+                    .inputs([xo, four])
+                    .outputs([format!("{name}_v"), format!("{name}_i")]),
+            );
             b.g.node(id).output(0).unwrap()
         } else {
             let r = b.op(op, &[xo], vec![]);
@@ -469,7 +477,11 @@ fn excluded_nodes_stay_fp32_and_unknown_ops_are_cast_around() {
     kiln_passes::testing::output(&mut g, y, tensor_ty(DataType::F32, &[2]));
     let mut m = model(g, 17);
     let r = convert(&mut m, &f16_config(), None).unwrap();
-    assert!(decision(&r, "Mystery n0").contains("no type constraints known for custom.ops.Mystery"), "{:?}", r.decisions);
+    assert!(
+        decision(&r, "Mystery n0").contains("no type constraints known for custom.ops.Mystery"),
+        "{:?}",
+        r.decisions
+    );
     assert_eq!(count_op(&m, "Cast"), 0);
 }
 
