@@ -74,6 +74,16 @@ pub fn quantize_static(
     Ok(StaticOutcome { ranges, ..outcome })
 }
 
+/// Beyond this magnitude a range holds sentinels, not a distribution: attention masks filled
+/// with `f32::MIN` or `-1e9`. 256 levels over such a range round every real value to 0, so
+/// the nodes that read or write such a tensor stay in float.
+pub const MAX_QUANTIZABLE_MAGNITUDE: f64 = 1e6;
+
+/// Whether a calibrated range can be quantized to 8 bits.
+pub fn quantizable(lo: f64, hi: f64) -> bool {
+    lo.is_finite() && hi.is_finite() && lo.abs().max(hi.abs()) <= MAX_QUANTIZABLE_MAGNITUDE
+}
+
 /// Quantizes with ranges computed earlier (`optimize calibrate`).
 pub fn quantize_with_ranges(
     model: &mut Model,
@@ -81,9 +91,10 @@ pub fn quantize_with_ranges(
     config: &Int8Config,
 ) -> Result<StaticOutcome, Int8Error> {
     kiln_compiler::shape::infer_model(model);
-    let plan = QuantPlan::build(model, config, &|n| ranges.range(n).is_some());
+    let usable = |n: &str| ranges.range(n).filter(|&(lo, hi)| quantizable(lo, hi));
+    let plan = QuantPlan::build(model, config, &|n| usable(n).is_some());
     let decisions = plan.decisions(model);
     let quantized_ops = plan.quantized_ops(model);
-    let qdq = materialize(model, &plan, &|n| ranges.range(n))?;
+    let qdq = materialize(model, &plan, &usable)?;
     Ok(StaticOutcome { ranges: ranges.clone(), quantized_ops, decisions, qdq })
 }

@@ -35,11 +35,26 @@ pub enum OutputRole {
     SameAsInput(usize),
 }
 
+/// What a quantized node needs downstream to be worth it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputNeed {
+    /// Quantized output whatever its consumers read (Conv: the runtime fuses only with a Q).
+    Always,
+    /// The output is quantized only when a consumer reads it quantized; otherwise the node
+    /// keeps integer inputs and a float output (MatMulIntegerToFloat, QGemm with float Y).
+    Optional,
+    /// Worth quantizing only when a consumer reads the output quantized (element-wise ops and
+    /// data movement: alone between float ops they would only add rounding).
+    #[default]
+    Consumers,
+}
+
 /// What a handler marks on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeMarks {
     pub inputs: Vec<(usize, InputRole)>,
     pub outputs: Vec<(usize, OutputRole)>,
+    pub need: OutputNeed,
 }
 
 /// A handler's verdict on a node.
@@ -267,7 +282,61 @@ pub fn plan_graph(g: &Graph, config: &Int8Config, has_range: &dyn Fn(&str) -> bo
             }
         }
     }
+    prune_unread_outputs(g, &mut plan);
     plan
+}
+
+/// Whether some consumer reads `v` quantized (through absorbed activations too).
+fn read_quantized(g: &Graph, plan: &GraphPlan, v: ValueId) -> bool {
+    g.value(v).uses().iter().any(|u| {
+        if let Some(marks) = plan.nodes.get(&u.node) {
+            return marks.inputs.iter().any(|&(i, r)| i == u.input && r == InputRole::Activation);
+        }
+        plan.absorbed.contains_key(&u.node) && g.node(u.node).output(0).is_some_and(|y| read_quantized(g, plan, y))
+    })
+}
+
+/// Drops output quantization nobody reads, to a fixed point: nodes that need a quantized
+/// consumer go back to float, optional outputs stay float. Fewer rounding points, same fusions.
+fn prune_unread_outputs(g: &Graph, plan: &mut GraphPlan) {
+    loop {
+        let mut changed = false;
+        let ids: Vec<NodeId> = plan.nodes.keys().copied().collect();
+        for id in ids {
+            let node = g.node(id);
+            let marks = &plan.nodes[&id];
+            if marks.outputs.is_empty() || marks.need == OutputNeed::Always {
+                continue;
+            }
+            let unread = marks.outputs.iter().all(|&(o, _)| node.output(o).is_none_or(|v| !read_quantized(g, plan, v)));
+            if !unread {
+                continue;
+            }
+            changed = true;
+            if marks.need == OutputNeed::Optional {
+                if let Some(m) = plan.nodes.get_mut(&id) {
+                    m.outputs.clear();
+                }
+            } else {
+                plan.nodes.remove(&id);
+                plan.float.insert(id, "no consumer reads its output quantized".into());
+                // Activations absorbed into this node's output go back to float with it.
+                let absorbed: Vec<NodeId> = plan
+                    .absorbed
+                    .iter()
+                    .filter(|(_, x)| node.outputs().contains(&Some(**x)))
+                    .map(|(a, _)| *a)
+                    .collect();
+                for a in absorbed {
+                    plan.absorbed.remove(&a);
+                    plan.float.insert(a, "its producer stays in float".into());
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
 }
 
 fn is_qdq(op: &str) -> bool {

@@ -4,7 +4,7 @@ use kiln_compiler::DataType;
 use kiln_compiler::ir::{AttrLookup, NodeId, ValueId};
 
 use super::HandlerCx;
-use crate::plan::{Decision, InputRole, NodeMarks, OutputRole};
+use crate::plan::{Decision, InputRole, NodeMarks, OutputNeed, OutputRole};
 
 fn float(why: impl Into<String>) -> Decision {
     Decision::Float(why.into())
@@ -58,6 +58,7 @@ fn weighted_conv(cx: &HandlerCx<'_>, id: NodeId, axis_for_group: impl Fn(i64) ->
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
         outputs: vec![(0, OutputRole::Activation)],
+        need: OutputNeed::Always,
     };
     if node.input(2).is_some() {
         match weight_tensor(cx, node.input(2)) {
@@ -92,6 +93,7 @@ pub(super) fn matmul(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     Decision::Quantize(NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, b_role)],
         outputs: vec![(0, OutputRole::Activation)],
+        need: OutputNeed::Optional,
     })
 }
 
@@ -115,6 +117,7 @@ pub(super) fn gemm(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
         outputs: vec![(0, OutputRole::Activation)],
+        need: OutputNeed::Optional,
     };
     if let Some(c) = node.input(2) {
         let unit = node.attr_float("alpha").unwrap_or(1.0) == 1.0 && node.attr_float("beta").unwrap_or(1.0) == 1.0;
@@ -151,7 +154,7 @@ pub(super) fn binary(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     if runtime == 0 {
         return float("both operands are constants");
     }
-    Decision::Quantize(NodeMarks { inputs, outputs: vec![(0, OutputRole::Activation)] })
+    Decision::Quantize(NodeMarks { inputs, outputs: vec![(0, OutputRole::Activation)], ..NodeMarks::default() })
 }
 
 /// Concat: every operand an activation (constants quantized like one), its own output range.
@@ -166,7 +169,7 @@ pub(super) fn concat(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
         let role = if cx.constant(v).is_some() { InputRole::Constant } else { InputRole::Activation };
         inputs.push((i, role));
     }
-    Decision::Quantize(NodeMarks { inputs, outputs: vec![(0, OutputRole::Activation)] })
+    Decision::Quantize(NodeMarks { inputs, outputs: vec![(0, OutputRole::Activation)], ..NodeMarks::default() })
 }
 
 /// Relu and `Clip(0, hi)`: absorbed into the quantizer of a quantized producer (asymmetric
@@ -201,6 +204,7 @@ pub(super) fn relu(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     Decision::Quantize(NodeMarks {
         inputs: vec![(0, InputRole::Activation)],
         outputs: vec![(0, OutputRole::Activation)],
+        ..NodeMarks::default()
     })
 }
 
@@ -232,6 +236,7 @@ pub(super) fn target_unary(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     Decision::Quantize(NodeMarks {
         inputs: vec![(0, InputRole::Activation)],
         outputs: vec![(0, OutputRole::Activation)],
+        ..NodeMarks::default()
     })
 }
 
@@ -257,5 +262,5 @@ pub(super) fn shared(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
         .filter(|&o| node.output(o).is_some())
         .map(|o| (o, OutputRole::SameAsInput(0)))
         .collect();
-    Decision::Quantize(NodeMarks { inputs: vec![(0, InputRole::Activation)], outputs })
+    Decision::Quantize(NodeMarks { inputs: vec![(0, InputRole::Activation)], outputs, ..NodeMarks::default() })
 }
