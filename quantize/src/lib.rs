@@ -10,3 +10,4 @@ pub mod int8;
 pub mod plan;
 pub mod qdq;
 pub mod weights;
+pub mod dynamic;

@@ -7,6 +7,7 @@ use kiln_calibration::data::{SYNTHETIC_WARNING, Synthetic, SyntheticSpec, model_
 use kiln_calibration::{Method, SharedSource};
 use kiln_compiler::ir::Model;
 use kiln_compiler::runtime::{ErrorKind, OrtExecutor};
+use kiln_quantize::dynamic::{DynamicConfig, quantize_dynamic};
 use kiln_quantize::int8::{StaticOptions, quantize_static};
 use kiln_quantize::plan::Int8Config;
 
@@ -45,7 +46,20 @@ pub fn config_for(target: TargetKind, exclude: &[String]) -> Int8Config {
 pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Result<StageReport, StageError> {
     let mut report = StageReport::new(STAGE);
     if options.dynamic {
-        return Err(StageError::bad_input(STAGE, "dynamic INT8 is not built yet"));
+        let config = DynamicConfig { exclude: options.exclude.clone() };
+        let outcome = quantize_dynamic(model, &config).map_err(|e| StageError::bad_input(STAGE, e))?;
+        report.fact("mode", "dynamic");
+        report.fact("form", "com.microsoft.DynamicQuantizeMatMul (weights S8 per output channel)");
+        report.fact("nodes_quantized", &outcome.quantized_ops);
+        report.fact("nodes_quantized_total", outcome.quantized_ops.values().sum::<usize>());
+        let excluded: std::collections::BTreeMap<&String, &String> =
+            outcome.decisions.iter().filter(|(_, d)| d.contains("excluded")).collect();
+        report.fact("excluded_nodes", excluded);
+        if outcome.quantized_ops.is_empty() {
+            report.warnings.push("dynamic INT8 found no MatMul or Gemm with a constant weight to quantize".into());
+        }
+        report.decisions = outcome.decisions;
+        return Ok(report);
     }
     let source: SharedSource = match &cx.calibration {
         Some(s) => s.clone(),
