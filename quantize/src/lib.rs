@@ -11,3 +11,6 @@ pub mod plan;
 pub mod qdq;
 pub mod weights;
 pub mod dynamic;
+
+#[cfg(test)]
+mod tests;

@@ -353,19 +353,33 @@ fn check_ranges(
     has_range: &dyn Fn(&str) -> bool,
 ) -> Decision {
     let node = g.node(id);
-    let inputs = marks
+    let inputs: Vec<ValueId> = marks
         .inputs
         .iter()
         .filter(|(_, r)| *r == InputRole::Activation)
         .filter_map(|(i, _)| node.input(*i))
-        .filter(|v| !quantized.contains(v));
-    let outputs =
-        marks.outputs.iter().filter(|(_, r)| *r == OutputRole::Activation).filter_map(|(o, _)| node.output(*o));
-    for v in inputs.chain(outputs) {
+        .filter(|v| !quantized.contains(v))
+        .collect();
+    for v in inputs {
         let name = &g.value(v).name;
         if !has_range(name) {
             return Decision::Float(format!("no calibrated range for `{name}`"));
         }
     }
-    Decision::Quantize(marks)
+    let mut marks = marks;
+    let mut missing = None;
+    marks.outputs.retain(|&(o, r)| {
+        let unranged = r == OutputRole::Activation && node.output(o).is_some_and(|v| !has_range(&g.value(v).name));
+        if unranged {
+            missing = node.output(o);
+        }
+        !unranged
+    });
+    match missing {
+        // An optional output without a range stays float (integer inputs, float output).
+        Some(v) if marks.need != OutputNeed::Optional => {
+            Decision::Float(format!("no calibrated range for `{}`", g.value(v).name))
+        }
+        _ => Decision::Quantize(marks),
+    }
 }
