@@ -5,12 +5,12 @@
 //! (activation, weight with its channel axis, bias, shared parameters), then [`qdq`]
 //! materializes Q/DQ from calibrated ranges in the form the target fuses.
 
+pub mod dynamic;
 pub mod handlers;
 pub mod int8;
 pub mod plan;
 pub mod qdq;
 pub mod weights;
-pub mod dynamic;
 
 #[cfg(test)]
 mod tests;

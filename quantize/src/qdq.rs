@@ -71,6 +71,15 @@ pub fn materialize(
     Ok(m.report)
 }
 
+/// A weight stored quantized: its initializers and parameters, shared by its consumers.
+#[derive(Clone)]
+struct Stored {
+    q: ValueId,
+    scale: ValueId,
+    zero_point: ValueId,
+    params: QParams,
+}
+
 struct Materializer<'a> {
     domain: Option<String>,
     plan: &'a QuantPlan,
@@ -154,8 +163,7 @@ impl Materializer<'_> {
         gp: &GraphPlan,
         params: &BTreeMap<ValueId, QParams>,
     ) -> Result<(), QuantizeError> {
-        // (weight value, axis) → (quantized initializer, scale, zero point, parameters).
-        let mut stored: BTreeMap<(ValueId, Option<usize>), (ValueId, ValueId, ValueId, QParams)> = BTreeMap::new();
+        let mut stored: BTreeMap<(ValueId, Option<usize>), Stored> = BTreeMap::new();
         let mut originals: Vec<ValueId> = Vec::new();
         for (&id, marks) in &gp.nodes {
             let mut weight_params: BTreeMap<usize, QParams> = BTreeMap::new();
@@ -170,7 +178,7 @@ impl Materializer<'_> {
                 let Some(v) = g.node(id).input(i) else { continue };
                 let name = g.value(v).name.clone();
                 let key = (v, axis);
-                if !stored.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = stored.entry(key) {
                     let t =
                         constant(g, v).ok_or_else(|| QuantizeError::Model(format!("`{name}` is not a constant")))?;
                     let config = &self.plan.config;
@@ -182,10 +190,10 @@ impl Materializer<'_> {
                     let (q, p) = quantized.map_err(|source| QuantizeError::Weight { tensor: name.clone(), source })?;
                     let qv = g.add_initializer(g.fresh_name(&format!("{name}_quantized")), Arc::new(q));
                     let (s, z) = self.params_initializers(g, &name, &p);
-                    stored.insert(key, (qv, s, z, p));
+                    slot.insert(Stored { q: qv, scale: s, zero_point: z, params: p });
                     self.report.weights += 1;
                 }
-                let (qv, s, z, p) = stored[&key].clone();
+                let Stored { q: qv, scale: s, zero_point: z, params: p } = stored[&key].clone();
                 let dq = self.dequantize(g, id, qv, s, z, p.axis, &name);
                 g.set_input(id, i, Some(dq));
                 weight_params.insert(i, p);

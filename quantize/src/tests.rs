@@ -154,7 +154,10 @@ fn matmul_add_reshape_share_parameters() {
     // The Add's constant is stored like an activation (same integer type).
     let add = nodes(g, "Add")[0];
     let c_dq = g.node(g.value(add.input(1).unwrap()).producer().unwrap());
-    assert_eq!(g.value(c_dq.input(0).unwrap()).initializer().unwrap().dtype(), Int8Config::ort_cpu().activation.dtype());
+    assert_eq!(
+        g.value(c_dq.input(0).unwrap()).initializer().unwrap().dtype(),
+        Int8Config::ort_cpu().activation.dtype()
+    );
     // The last MatMul's output is a graph output nobody reads quantized: it stays float.
     let last = nodes(g, "MatMul")[1];
     assert!(g.is_output(last.output(0).unwrap()));
@@ -227,7 +230,9 @@ fn concat_and_add_of_two_activations() {
     let g = q.graph.as_ref().unwrap();
     for op in ["Add", "Concat"] {
         let n = nodes(g, op)[0];
-        assert!(n.inputs().iter().flatten().all(|&v| g.node(g.value(v).producer().unwrap()).op_type == "DequantizeLinear"));
+        assert!(
+            n.inputs().iter().flatten().all(|&v| g.node(g.value(v).producer().unwrap()).op_type == "DequantizeLinear")
+        );
         assert_eq!(g.node(g.value(n.output(0).unwrap()).uses()[0].node).op_type, "QuantizeLinear");
         assert_eq!(out.quantized_ops.get(op), Some(&1));
     }
@@ -243,7 +248,10 @@ fn constant_node_weights_become_int8_initializers() {
     let x = b.input("x", &[2, 4]);
     let t = b.rng.tensor(&[4, 3], -1.0, 1.0);
     let k = b.g.add_node(
-        NodeSpec::new("Constant").name("wconst").outputs(["w"]).attr(Attribute::new("value", AttrValue::Tensor(Arc::new(t)))),
+        NodeSpec::new("Constant")
+            .name("wconst")
+            .outputs(["w"])
+            .attr(Attribute::new("value", AttrValue::Tensor(Arc::new(t)))),
     );
     let w = b.g.node(k).output(0).unwrap();
     let y = b.op("MatMul", &[x, w], vec![]);
@@ -263,7 +271,9 @@ fn constant_node_weights_become_int8_initializers() {
 /// nodes inside the branches.
 fn if_model(rng: &mut Rng) -> Model {
     let mut g = Graph::new();
-    let f32_ty = |dims: &[usize]| Some(kiln_compiler::ir::Type::tensor(kiln_compiler::ir::TensorType::with_dims(DataType::F32, dims)));
+    let f32_ty = |dims: &[usize]| {
+        Some(kiln_compiler::ir::Type::tensor(kiln_compiler::ir::TensorType::with_dims(DataType::F32, dims)))
+    };
     g.add_input("x", f32_ty(&[2, 4]));
     let cond = g.add_initializer("cond", Arc::new(Tensor::scalar(true)));
     let branch = |name: &str, rng: &mut Rng| {
@@ -272,10 +282,15 @@ fn if_model(rng: &mut Rng) -> Model {
         let xo = b.add_outer("x");
         let t = rng.tensor(&[4, 3], -1.0, 1.0);
         let k = b.add_node(
-            NodeSpec::new("Constant").name(format!("{name}_w")).outputs([format!("{name}_w")]).attr(Attribute::new("value", AttrValue::Tensor(Arc::new(t)))),
+            NodeSpec::new("Constant")
+                .name(format!("{name}_w"))
+                .outputs([format!("{name}_w")])
+                .attr(Attribute::new("value", AttrValue::Tensor(Arc::new(t)))),
         );
         let w = b.node(k).output(0).unwrap();
-        let m = b.add_node(NodeSpec::new("MatMul").name(format!("{name}_mm")).inputs([xo, w]).outputs([format!("{name}_y")]));
+        let m = b.add_node(
+            NodeSpec::new("MatMul").name(format!("{name}_mm")).inputs([xo, w]).outputs([format!("{name}_y")]),
+        );
         let y = b.node(m).output(0).unwrap();
         b.value_mut(y).ty = f32_ty(&[2, 3]);
         b.push_output(y);
