@@ -145,8 +145,11 @@ fn cnn_static_int8_keeps_top1() {
     let out = dir.path().join("out");
     let stage = run_int8(&fixture("cnn"), Some(&data), &[], &out);
     assert_eq!(stage["facts"]["mode"], "static");
-    assert_eq!(stage["facts"]["calibration_samples"], 24);
-    assert_eq!(stage["facts"]["nodes_quantized"]["Conv"], 53, "{stage}");
+    // The last 20% of --data is held apart for validation: 19 of 24 samples calibrate.
+    assert_eq!(stage["facts"]["calibration_samples"], 19);
+    // 53 Convs, of which 11 depthwise stay float on x86 (ORT's int8 depthwise kernel is slower).
+    let depthwise = if cfg!(any(target_arch = "aarch64", target_arch = "arm")) { 0 } else { 11 };
+    assert_eq!(stage["facts"]["nodes_quantized"]["Conv"], 53 - depthwise, "{stage}");
     let eval = samples(48, 2, text_line);
     let want = outputs(&fixture("cnn"), &eval);
     let got = outputs(&out.join("model.onnx"), &eval);

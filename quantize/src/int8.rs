@@ -59,19 +59,28 @@ pub fn quantize_static(
     source: &dyn SampleSource,
     options: &StaticOptions,
 ) -> Result<StaticOutcome, Int8Error> {
-    kiln_compiler::shape::infer_model(model);
-    let collect_options = CollectOptions {
-        method: options.method,
-        session: SessionConfig {
-            optimization: OptLevel::Disabled,
-            intra_threads: options.threads,
-            ..SessionConfig::default()
-        },
-        ..CollectOptions::default()
-    };
-    let ranges = collect(executor, model, base_dir, source, &collect_options)?;
+    let ranges = calibrate(executor, model, base_dir, source, options.method, options.threads)?;
     let outcome = quantize_with_ranges(model, &ranges, &options.config)?;
     Ok(StaticOutcome { ranges, ..outcome })
+}
+
+/// The activation ranges static quantization uses: every float activation of the model (after
+/// shape inference), observed with `method`.
+pub fn calibrate(
+    executor: &dyn Executor,
+    model: &mut Model,
+    base_dir: Option<&Path>,
+    source: &dyn SampleSource,
+    method: Method,
+    threads: Option<usize>,
+) -> Result<Ranges, Int8Error> {
+    kiln_compiler::shape::infer_model(model);
+    let collect_options = CollectOptions {
+        method,
+        session: SessionConfig { optimization: OptLevel::Disabled, intra_threads: threads, ..SessionConfig::default() },
+        ..CollectOptions::default()
+    };
+    Ok(collect(executor, model, base_dir, source, &collect_options)?)
 }
 
 /// Beyond this magnitude a range holds sentinels, not a distribution: attention masks filled

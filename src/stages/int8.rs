@@ -8,7 +8,7 @@ use kiln_calibration::{Method, SharedSource};
 use kiln_compiler::ir::Model;
 use kiln_compiler::runtime::{ErrorKind, OrtExecutor};
 use kiln_quantize::dynamic::{DynamicConfig, quantize_dynamic};
-use kiln_quantize::int8::{StaticOptions, quantize_static};
+use kiln_quantize::int8::{Int8Error, calibrate, quantize_with_ranges};
 use kiln_quantize::plan::Int8Config;
 
 use super::{StageContext, StageError, StageReport};
@@ -70,16 +70,20 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
             Arc::new(Synthetic::new(&inputs, &spec).map_err(|e| StageError::bad_input(STAGE, e))?)
         }
     };
-    let static_options =
-        StaticOptions { config: config_for(cx.target, &options.exclude), method: options.method, threads: cx.threads };
-    let outcome = quantize_static(&OrtExecutor::new(), model, cx.base_dir.as_deref(), source.as_ref(), &static_options)
-        .map_err(|e| match e.kind() {
-            ErrorKind::BadInput => StageError::bad_input(STAGE, e),
-            _ => StageError::runtime(STAGE, e),
-        })?;
+    let fail = |e: Int8Error| match e.kind() {
+        ErrorKind::BadInput => StageError::bad_input(STAGE, e),
+        _ => StageError::runtime(STAGE, e),
+    };
+    // Calibrated once per pipeline run: sensitivity analysis runs this stage once per node.
+    let ranges = cx.memo.ranges(&format!("int8:{}", options.method), || {
+        let mut m = model.clone();
+        calibrate(&OrtExecutor::new(), &mut m, cx.base_dir.as_deref(), source.as_ref(), options.method, cx.threads)
+    });
+    let ranges = ranges.map_err(fail)?;
+    let outcome = quantize_with_ranges(model, &ranges, &config_for(cx.target, &options.exclude)).map_err(fail)?;
     report.fact("mode", "static");
     report.fact("calibration_method", options.method.to_string());
-    report.fact("calibration_samples", outcome.ranges.samples);
+    report.fact("calibration_samples", ranges.samples);
     report.fact("calibration_data", source.describe());
     report.fact("nodes_quantized", &outcome.quantized_ops);
     report.fact("nodes_quantized_total", outcome.quantized_ops.values().sum::<usize>());

@@ -54,7 +54,12 @@ fn weighted_conv(cx: &HandlerCx<'_>, id: NodeId, axis_for_group: impl Fn(i64) ->
     if w.rank() < 3 {
         return float("weight rank below 3");
     }
-    let axis = axis_for_group(node.attr_int("group").unwrap_or(1)).and_then(|a| channel_axis(cx, a));
+    let group = node.attr_int("group").unwrap_or(1);
+    // Depthwise: one input channel per group (Conv weight `[C_out, C_in / group, …]`).
+    if cx.config.float_depthwise && group > 1 && node.op_type == "Conv" && w.dims().get(1) == Some(&1) {
+        return float("depthwise: the target's int8 kernel is slower than its float one");
+    }
+    let axis = axis_for_group(group).and_then(|a| channel_axis(cx, a));
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
         outputs: vec![(0, OutputRole::Activation)],
