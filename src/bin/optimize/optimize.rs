@@ -15,7 +15,8 @@ use kiln::stages::int4::{Int4Method, Int4Options};
 use kiln::stages::int8::Int8Options;
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
-use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
+use kiln::targets::artifact::{ArtifactWriter, MODEL, REPORT, sha256_file};
+use kiln::targets::lint::LintReport;
 use serde::Serialize;
 
 use crate::data_args::DataArgs;
@@ -90,6 +91,16 @@ pub struct Args {
     /// Intra-op threads of the runtime used for calibration and validation.
     #[arg(long)]
     threads: Option<usize>,
+    // ---- artifact and target options (target_out.rs), presets and config (main.rs) ----
+    #[command(flatten)]
+    artifact: crate::target_out::TargetArgs,
+    /// A set of options for a common deployment (flags given after it win).
+    #[arg(long, value_enum)]
+    pub preset: Option<kiln::presets::Preset>,
+    /// Options from a TOML file: the flags' long names as keys (`target = "cpu"`,
+    /// `exclude = ["Softmax"]`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,6 +164,10 @@ struct Manifest {
     /// Pruning and precision: what each did, and the precision chosen per node.
     stages: Vec<StageReport>,
     warnings: Vec<String>,
+    /// The target's QDQ linter: warnings and the share of compute in INT8.
+    lint: LintReport,
+    /// Files the target needs beside the model.
+    target_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -267,6 +282,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         .precision(precision)
         .calibration_data(calibration)
         .base_dir(base_dir);
+    let mut pipeline = pipeline;
+    pipeline.context.threads = args.threads;
+    pipeline.context.progress = crate::progress::reporter(ui.quiet || args.json);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
         if !known.contains(&d.as_str()) {
@@ -291,7 +309,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         ui.warn(w);
     }
 
-    let writer = ArtifactWriter::create(out).map_err(Failure::bad_input)?;
+    let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
+    let target_out =
+        crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
+    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
     let after = op_histogram(&outcome.model);
     let manifest = Manifest {
@@ -318,8 +339,15 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         precision: pipeline.precision.name(),
         stages: outcome.stages.clone(),
         warnings: outcome.warnings.clone(),
+        lint: target_out.lint,
+        target_files: target_out.files.iter().map(|f| f.name.clone()).collect(),
     };
     writer.write_manifest(&manifest).map_err(Failure::runtime)?;
+    for f in &target_out.files {
+        writer.write_file(&f.name, &f.bytes, f.executable).map_err(Failure::runtime)?;
+    }
+    let manifest_json = serde_json::to_value(&manifest).map_err(Failure::runtime)?;
+    writer.write_file(REPORT, crate::report_md::render(&manifest_json).as_bytes(), false).map_err(Failure::runtime)?;
     let dest = writer.commit().map_err(Failure::runtime)?;
 
     let report = Report {
