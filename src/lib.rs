@@ -27,4 +27,6 @@ pub mod exit;
 pub mod pipeline;
 pub mod presets;
 pub mod progress;
+pub mod sensitivity;
 pub mod stages;
+pub mod validate;

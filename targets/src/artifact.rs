@@ -89,6 +89,12 @@ impl ArtifactWriter {
         Ok(report)
     }
 
+    /// Where a staged file is until [`ArtifactWriter::commit`] (to validate the model before
+    /// the artifact exists).
+    pub fn staged_path(&self, name: &str) -> PathBuf {
+        self.stage.path().join(name)
+    }
+
     /// The sha256 of a staged file.
     pub fn sha256(&self, name: &str) -> Result<String, ArtifactError> {
         sha256_file(&self.stage.path().join(name))

@@ -22,6 +22,10 @@ pub const IMPLICIT: &str = "*:shape_mismatch<=0,*:nonfinite_mismatch<=0";
 pub const FP32_REWRITE: &str = "*:cosine_min>=0.99999,*:sqnr_db>=60,*:max_rel<=1e-2";
 /// Default for FP16 precision.
 pub const FP16: &str = "*:cosine_min>=0.999,*:sqnr_db>=30,*:top1>=0.99";
+/// Default for BF16 precision: 8 significant bits instead of FP16's 11.
+pub const BF16: &str = "*:cosine_min>=0.995,*:sqnr_db>=20,*:top1>=0.98";
+/// Default for INT4 weight-only quantization.
+pub const INT4: &str = "*:cosine_mean>=0.98,*:cosine_min>=0.95,*:top1>=0.9";
 /// Default for INT8 quantization.
 pub const INT8: &str = "*:cosine_mean>=0.99,*:cosine_min>=0.98,*:top1>=0.95";
 
@@ -31,7 +35,9 @@ pub enum Precision {
     #[default]
     Fp32,
     Fp16,
+    Bf16,
     Int8,
+    Int4,
 }
 
 impl Precision {
@@ -39,7 +45,9 @@ impl Precision {
         let text = match self {
             Precision::Fp32 => FP32_REWRITE,
             Precision::Fp16 => FP16,
+            Precision::Bf16 => BF16,
             Precision::Int8 => INT8,
+            Precision::Int4 => INT4,
         };
         // The constants are tested to parse.
         ToleranceSpec::parse(text).unwrap_or_default()

@@ -7,10 +7,13 @@ mod convert;
 mod data_args;
 mod inspect;
 mod optimize;
+mod precision_args;
 mod progress;
 mod report_md;
 mod run;
+mod sensitivity;
 mod target_out;
+mod validation;
 
 use std::fmt::Display;
 use std::process::ExitCode;
@@ -62,6 +65,9 @@ enum Command {
     /// Measure a model on ONNX Runtime: latency percentiles, throughput, peak memory, cold start.
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(bench::Args),
+    /// Rank nodes by the error each adds when lowered alone (table, JSON, SVG plot).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Sensitivity(sensitivity::Args),
 }
 
 /// The value of `--NAME VALUE` or `--NAME=VALUE` in the arguments, if given.
@@ -224,6 +230,7 @@ fn main() -> ExitCode {
         Some(Command::Calibrate(a)) => calibrate::run(a, &ui),
         Some(Command::Check(a)) => check::run(a, &ui),
         Some(Command::Bench(a)) => bench::run(a, &ui),
+        Some(Command::Sensitivity(a)) => sensitivity::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
     match result {

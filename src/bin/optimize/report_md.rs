@@ -160,18 +160,35 @@ pub fn render(m: &Json) -> String {
         }
     }
 
-    if let Some(acc) = m.get("accuracy").filter(|a| !a.is_null()) {
+    let v = &m["validation"];
+    if v.is_object() {
+        let verdict = if v["pass"].as_bool() == Some(true) { "passed" } else { "FAILED" };
         let _ = writeln!(o, "\n## Accuracy\n");
-        match acc.as_object() {
-            Some(map) => {
-                for (k, v) in map {
-                    let _ = writeln!(o, "- {k}: {}", text(v));
-                }
-            }
-            None => {
-                let _ = writeln!(o, "{}", text(acc));
+        let _ = writeln!(
+            o,
+            "Validation against the original on {}, {} samples of {}{}: {verdict}, tolerance `{}`.\n",
+            text(&v["executor"]),
+            num(&v["data"]["samples"]),
+            text(&v["data"]["source"]),
+            if v["data"]["synthetic"].as_bool() == Some(true) { " (synthetic)" } else { "" },
+            text(&v["tolerance"])
+        );
+        if let Some(checks) = v["checks"].as_array().filter(|c| !c.is_empty()) {
+            let _ = writeln!(o, "| check | value | needs | |\n|---|---:|---|---|");
+            for c in checks {
+                let ok = if c["pass"].as_bool() == Some(true) { "ok" } else { "FAIL" };
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} {} | {ok} |",
+                    cell(&text(&c["name"])),
+                    text(&c["value"]),
+                    text(&c["comparison"]),
+                    text(&c["threshold"])
+                );
             }
         }
+    } else if m.get("validation").is_some() {
+        let _ = writeln!(o, "\n## Accuracy\n\nNot validated (--skip-validation).");
     }
 
     if let Some(w) = m["warnings"].as_array().filter(|w| !w.is_empty()) {
@@ -202,7 +219,8 @@ mod tests {
                         "applied": {"conv-relu": 2}}],
             "target_excluded": [], "disabled": [],
             "stages": [{"stage": "int8", "facts": {"nodes_quantized": 2}, "decisions": {"a": "int8", "b": "int8"}}],
-            "accuracy": {"cosine": 0.999},
+            "validation": {"executor": "onnxruntime", "data": {"source": "eval", "samples": 4, "synthetic": false}, "tolerance": "*:cosine>=0.99", "pass": true,
+                           "checks": [{"name": "y:cosine", "value": 0.999, "comparison": ">=", "threshold": 0.99, "pass": true}]},
             "warnings": ["synthetic calibration data"]
         });
         let r = render(&m);
@@ -214,7 +232,8 @@ mod tests {
             "`lone-qdq`: 'q' only rounds",
             "| fuse-portable | 1 | 5 → 3 | conv-relu ×2 |",
             "- nodes: 2 int8",
-            "- cosine: 0.999",
+            "| y:cosine | 0.999 | >= 0.99 | ok |",
+            "passed, tolerance `*:cosine>=0.99`",
             "- synthetic calibration data",
             "`tensorrt.json`",
         ] {
