@@ -92,48 +92,8 @@ pub enum OptLevel {
     O3,
 }
 
-/// The deployment target, as far as the graph optimizer needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    /// ONNX Runtime, CPU execution provider.
-    #[default]
-    Cpu,
-    /// ONNX Runtime, CUDA execution provider.
-    Cuda,
-    /// TensorRT (standard ONNX ops only).
-    TensorRt,
-}
-
-impl TargetKind {
-    /// Whether the target runs ONNX Runtime's `com.microsoft` contrib ops.
-    pub fn runs_ort_contrib_ops(self) -> bool {
-        matches!(self, TargetKind::Cpu | TargetKind::Cuda)
-    }
-
-    /// Fusion rules this target leaves out, and why. A fusion that makes the target slower is
-    /// not an optimization: on ONNX Runtime's CPU provider (1.31, MiniLM-L3, 1 thread, median of
-    /// interleaved runs) SkipLayerNormalization made the model 5–13% slower than ORT's own
-    /// LayerNormalization path, and EmbedLayerNormalization 6% slower; without both, O3 was
-    /// 7% faster than the original at sequence length 16 and 2% at 128. GPU targets keep them.
-    pub fn excluded_rules(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            TargetKind::Cpu => &[
-                ("skip-layernorm", "slower than ORT CPU's own Add + LayerNormalization"),
-                ("embed-layernorm", "slower than ORT CPU's own Gather + Add + LayerNormalization"),
-            ],
-            TargetKind::Cuda | TargetKind::TensorRt => &[],
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TargetKind::Cpu => "cpu",
-            TargetKind::Cuda => "cuda",
-            TargetKind::TensorRt => "tensorrt",
-        }
-    }
-}
+/// The deployment target: defined with its capabilities in `kiln_targets`.
+pub use kiln_targets::TargetKind;
 
 /// A configured pipeline.
 #[derive(Debug, Clone)]
@@ -339,6 +299,9 @@ impl Pipeline {
             }
             _ => stages.extend(self.precision.apply(&mut model, &cx)?),
         }
+        // Target legalization (kiln_targets): rewrites that change no numbers, after precision.
+        let legal = kiln_targets::Target::new(self.target).legalize(&mut model)?;
+        report.passes.extend(legal.passes);
         let mut warnings = self.findings(&model);
         warnings.extend(stages.iter().flat_map(|s| s.warnings.iter().cloned()));
         Ok(Outcome { model, report, stages, fallback, warnings })

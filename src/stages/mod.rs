@@ -29,6 +29,8 @@ pub struct StageContext {
     pub base_dir: Option<PathBuf>,
     /// Intra-op threads of the runtime used for calibration (results never depend on it).
     pub threads: Option<usize>,
+    /// Where long steps report progress (nothing by default; the CLI draws bars).
+    pub progress: crate::progress::ProgressHandle,
     /// What a stage computed that a later run of it on the same model and data may reuse.
     pub memo: Arc<StageMemo>,
 }

@@ -13,7 +13,8 @@ use kiln::pipeline::PipelineError;
 use kiln::pipeline::{AccuracyBudget, OptLevel, Pipeline, Precision, TargetKind, op_histogram};
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
-use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
+use kiln::targets::artifact::{ArtifactWriter, MODEL, REPORT, sha256_file};
+use kiln::targets::lint::LintReport;
 use kiln::validate::{ValidationRecord, check_first_sample, default_tolerance};
 use serde::Serialize;
 
@@ -99,6 +100,16 @@ pub struct Args {
     /// Do not validate the artifact against the original (the manifest says so).
     #[arg(long)]
     skip_validation: bool,
+    // ---- artifact and target options (target_out.rs), presets and config (main.rs) ----
+    #[command(flatten)]
+    artifact: crate::target_out::TargetArgs,
+    /// A set of options for a common deployment (flags given after it win).
+    #[arg(long, value_enum)]
+    pub preset: Option<kiln::presets::Preset>,
+    /// Options from a TOML file: the flags' long names as keys (`target = "cpu"`,
+    /// `exclude = ["Softmax"]`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `manifest.json`: deterministic (no timings, no absolute paths), so that the same inputs
@@ -123,6 +134,10 @@ struct Manifest {
     /// The artifact against the original on evaluation samples; `None` with --skip-validation.
     validation: Option<ValidationRecord>,
     warnings: Vec<String>,
+    /// The target's QDQ linter: warnings and the share of compute in INT8.
+    lint: LintReport,
+    /// Files the target needs beside the model.
+    target_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -255,6 +270,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         .calibration_data(data_plan.calibration.clone())
         .accuracy_budget(budget)
         .base_dir(base_dir);
+    let mut pipeline = pipeline;
+    pipeline.context.threads = args.threads;
+    pipeline.context.progress = crate::progress::reporter(ui.quiet || args.json);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
         if !known.contains(&d.as_str()) {
@@ -279,7 +297,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         ui.warn(w);
     }
 
-    let writer = ArtifactWriter::create(out).map_err(Failure::bad_input)?;
+    let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
+    let target_out =
+        crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
+    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
     let mut warnings = outcome.warnings.clone();
     let validation = if args.skip_validation {
@@ -327,8 +348,15 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         fallback: outcome.fallback.clone(),
         validation: validation.as_ref().map(ValidationRecord::from),
         warnings: warnings.clone(),
+        lint: target_out.lint,
+        target_files: target_out.files.iter().map(|f| f.name.clone()).collect(),
     };
     writer.write_manifest(&manifest).map_err(Failure::runtime)?;
+    for f in &target_out.files {
+        writer.write_file(&f.name, &f.bytes, f.executable).map_err(Failure::runtime)?;
+    }
+    let manifest_json = serde_json::to_value(&manifest).map_err(Failure::runtime)?;
+    writer.write_file(REPORT, crate::report_md::render(&manifest_json).as_bytes(), false).map_err(Failure::runtime)?;
     let dest = writer.commit().map_err(Failure::runtime)?;
 
     let report = Report {

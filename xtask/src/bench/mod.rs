@@ -36,7 +36,7 @@ mod measure;
 mod process;
 mod report;
 mod tools;
-mod venv;
+pub(crate) mod venv;
 
 use std::ffi::OsString;
 use std::fs;
