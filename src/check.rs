@@ -57,6 +57,13 @@ pub enum CheckError {
         #[source]
         source: RuntimeError,
     },
+    /// The reference itself does not run on a sample: the data, not the candidate, is at fault.
+    #[error("{context}: {source}")]
+    Reference {
+        context: String,
+        #[source]
+        source: RuntimeError,
+    },
     /// The two models cannot be compared (different inputs or outputs).
     #[error("the models are not comparable: {0}")]
     Mismatch(String),
@@ -75,7 +82,7 @@ impl CheckError {
     pub fn status(&self) -> ExitStatus {
         match self {
             CheckError::Onnx(e) => ExitStatus::of_onnx(e),
-            CheckError::Runtime { source, .. } => ExitStatus::of_runtime(source),
+            CheckError::Runtime { source, .. } | CheckError::Reference { source, .. } => ExitStatus::of_runtime(source),
             CheckError::Io { .. } => ExitStatus::Runtime,
             CheckError::InvalidModel { .. } | CheckError::Mismatch(_) | CheckError::Data(_) | CheckError::Usage(_) => {
                 ExitStatus::BadInput
@@ -670,7 +677,10 @@ impl Check {
             };
             CheckError::Runtime { context, source }
         };
-        let r = self.reference.session.run(inputs, None).map_err(|e| sample(e, "reference"))?;
+        let r = self.reference.session.run(inputs, None).map_err(|e| match sample(e, "reference") {
+            CheckError::Runtime { context, source } => CheckError::Reference { context, source },
+            other => other,
+        })?;
         let c = self.candidate.session.run(inputs, None).map_err(|e| sample(e, "candidate"))?;
         Ok((r, c))
     }

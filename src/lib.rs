@@ -22,6 +22,11 @@ pub use kiln_quantize as quantize;
 pub use kiln_targets as targets;
 
 pub mod check;
+pub mod config;
 pub mod exit;
 pub mod pipeline;
+pub mod presets;
+pub mod progress;
+pub mod sensitivity;
 pub mod stages;
+pub mod validate;

@@ -42,6 +42,29 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The same precision with more nodes (names or op types) left out.
+    pub fn excluding(&self, extra: &[String]) -> Precision {
+        let mut p = self.clone();
+        let exclude = match &mut p {
+            Precision::Fp32 => return p,
+            Precision::Half(o) => &mut o.exclude,
+            Precision::Int8(o) => &mut o.exclude,
+            Precision::Int4(o) => &mut o.exclude,
+        };
+        exclude.extend(extra.iter().cloned());
+        p
+    }
+
+    /// Runs this precision's stage on `model`; `None` for FP32 (nothing to do).
+    pub fn apply(&self, model: &mut Model, cx: &StageContext) -> Result<Option<StageReport>, StageError> {
+        Ok(Some(match self {
+            Precision::Fp32 => return Ok(None),
+            Precision::Half(o) => crate::stages::half::run(model, o, cx)?,
+            Precision::Int8(o) => crate::stages::int8::run(model, o, cx)?,
+            Precision::Int4(o) => crate::stages::int4::run(model, o, cx)?,
+        }))
+    }
+
     /// The name used in reports and `--precision`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -69,48 +92,8 @@ pub enum OptLevel {
     O3,
 }
 
-/// The deployment target, as far as the graph optimizer needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    /// ONNX Runtime, CPU execution provider.
-    #[default]
-    Cpu,
-    /// ONNX Runtime, CUDA execution provider.
-    Cuda,
-    /// TensorRT (standard ONNX ops only).
-    TensorRt,
-}
-
-impl TargetKind {
-    /// Whether the target runs ONNX Runtime's `com.microsoft` contrib ops.
-    pub fn runs_ort_contrib_ops(self) -> bool {
-        matches!(self, TargetKind::Cpu | TargetKind::Cuda)
-    }
-
-    /// Fusion rules this target leaves out, and why. A fusion that makes the target slower is
-    /// not an optimization: on ONNX Runtime's CPU provider (1.31, MiniLM-L3, 1 thread, median of
-    /// interleaved runs) SkipLayerNormalization made the model 5–13% slower than ORT's own
-    /// LayerNormalization path, and EmbedLayerNormalization 6% slower; without both, O3 was
-    /// 7% faster than the original at sequence length 16 and 2% at 128. GPU targets keep them.
-    pub fn excluded_rules(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            TargetKind::Cpu => &[
-                ("skip-layernorm", "slower than ORT CPU's own Add + LayerNormalization"),
-                ("embed-layernorm", "slower than ORT CPU's own Gather + Add + LayerNormalization"),
-            ],
-            TargetKind::Cuda | TargetKind::TensorRt => &[],
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TargetKind::Cpu => "cpu",
-            TargetKind::Cuda => "cuda",
-            TargetKind::TensorRt => "tensorrt",
-        }
-    }
-}
+/// The deployment target: defined with its capabilities in `kiln_targets`.
+pub use kiln_targets::TargetKind;
 
 /// A configured pipeline.
 #[derive(Debug, Clone)]
@@ -124,8 +107,30 @@ pub struct Pipeline {
     /// Structured pruning after graph optimization, before precision.
     pub prune: Option<PruneOptions>,
     pub precision: Precision,
+    /// Keep the most sensitive nodes in the original precision until this holds.
+    pub budget: Option<AccuracyBudget>,
     /// Data, executor settings and where external data lives, for the stages.
     pub context: StageContext,
+}
+
+/// `--accuracy-budget`: the tolerance the lowered model must meet against the FP32 graph on
+/// evaluation samples (kept apart from calibration).
+#[derive(Clone)]
+pub struct AccuracyBudget {
+    pub tolerance: kiln_compiler::metrics::ToleranceSpec,
+    pub evaluation: kiln_calibration::SharedSource,
+    /// Evaluation samples used per measurement (the first ones).
+    pub max_samples: usize,
+}
+
+impl std::fmt::Debug for AccuracyBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccuracyBudget")
+            .field("tolerance", &self.tolerance.to_string())
+            .field("evaluation", &self.evaluation.describe())
+            .field("max_samples", &self.max_samples)
+            .finish()
+    }
 }
 
 /// What a pipeline run produced.
@@ -135,6 +140,8 @@ pub struct Outcome {
     pub report: PipelineReport,
     /// What pruning and the precision stage did, in order.
     pub stages: Vec<StageReport>,
+    /// What `--accuracy-budget` measured and chose.
+    pub fallback: Option<crate::sensitivity::Fallback>,
     /// Findings a person must see (for example: a transformer in which no attention fused).
     pub warnings: Vec<String>,
 }
@@ -146,6 +153,8 @@ pub enum PipelineError {
     Pass(#[from] PassError),
     #[error(transparent)]
     Stage(#[from] StageError),
+    #[error(transparent)]
+    Sensitivity(#[from] crate::sensitivity::SensitivityError),
 }
 
 impl Pipeline {
@@ -157,6 +166,7 @@ impl Pipeline {
             stop_after: None,
             prune: None,
             precision: Precision::Fp32,
+            budget: None,
             context: StageContext::default(),
         }
     }
@@ -169,6 +179,12 @@ impl Pipeline {
 
     pub fn precision(mut self, precision: Precision) -> Pipeline {
         self.precision = precision;
+        self
+    }
+
+    /// Falls back the most sensitive nodes until `budget` holds (see [`crate::sensitivity`]).
+    pub fn accuracy_budget(mut self, budget: Option<AccuracyBudget>) -> Pipeline {
+        self.budget = budget;
         self
     }
 
@@ -254,18 +270,41 @@ impl Pipeline {
             }
         }
         let mut stages = Vec::new();
+        // A fresh memo per run: what a stage caches belongs to this model and data only.
+        let cx = StageContext { memo: Default::default(), ..self.context.clone() };
         if let Some(prune) = &self.prune {
-            stages.push(crate::stages::prune::run(&mut model, prune, &self.context)?);
+            stages.push(crate::stages::prune::run(&mut model, prune, &cx)?);
         }
-        match &self.precision {
-            Precision::Fp32 => {}
-            Precision::Half(o) => stages.push(crate::stages::half::run(&mut model, o, &self.context)?),
-            Precision::Int8(o) => stages.push(crate::stages::int8::run(&mut model, o, &self.context)?),
-            Precision::Int4(o) => stages.push(crate::stages::int4::run(&mut model, o, &self.context)?),
+        let mut fallback = None;
+        match &self.budget {
+            Some(budget) if !matches!(self.precision, Precision::Fp32) => {
+                let executor = kiln_compiler::runtime::OrtExecutor::new();
+                let session = kiln_compiler::runtime::SessionConfig {
+                    intra_threads: Some(cx.threads.unwrap_or(1)),
+                    ..Default::default()
+                };
+                let eval = crate::sensitivity::Evaluator::new(
+                    &executor,
+                    &model,
+                    cx.base_dir.as_deref(),
+                    &budget.evaluation,
+                    budget.max_samples,
+                    session,
+                )?;
+                let (chosen, report, fb) =
+                    crate::sensitivity::fallback(&model, &self.precision, &cx, &eval, &budget.tolerance)?;
+                model = chosen;
+                stages.extend(report);
+                fallback = Some(fb);
+            }
+            _ => stages.extend(self.precision.apply(&mut model, &cx)?),
         }
+        // Target legalization (kiln_targets): rewrites that change no numbers, after precision.
+        let legal = kiln_targets::Target::new(self.target).legalize(&mut model)?;
+        report.passes.extend(legal.passes);
         let mut warnings = self.findings(&model);
         warnings.extend(stages.iter().flat_map(|s| s.warnings.iter().cloned()));
-        Ok(Outcome { model, report, stages, warnings })
+        Ok(Outcome { model, report, stages, fallback, warnings })
     }
 
     fn findings(&self, model: &Model) -> Vec<String> {

@@ -12,6 +12,7 @@ pub mod ir;
 pub mod metrics;
 pub mod npy;
 pub mod onnx;
+pub mod ops;
 pub mod pass;
 pub mod rng;
 pub mod runtime;

@@ -4,6 +4,7 @@
 //! ONNX Runtime.
 
 pub mod fuse;
+pub mod prune;
 pub mod simplify;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,2 +1,21 @@
-//! kiln-quantize: filled by its issue; see ../shared/DESIGN.md.
+//! kiln-quantize: lowering a model's precision.
+//!
+//! - Static INT8 is two phases: per-op [`handlers`] mark tensors in a [`plan::QuantPlan`]
+//!   (activation, weight with its channel axis, bias, shared parameters), then [`qdq`]
+//!   materializes Q/DQ from calibrated ranges in the form the target fuses ([`int8`]).
+//! - [`dynamic`]: INT8 weights with activations quantized at run time.
+//! - [`half`]: FP16/BF16 conversion driven by each op's type constraints.
+//! - [`weights`]: the scale and zero-point math shared by the quantizers.
+//! - [`int4`]: INT4 weight-only, blockwise along K (RTN, GPTQ), as MatMulNBits or blocked DQ.
+
+pub mod dynamic;
+pub mod half;
+pub mod handlers;
 pub mod int4;
+pub mod int8;
+pub mod plan;
+pub mod qdq;
+pub mod weights;
+
+#[cfg(test)]
+mod tests;

@@ -10,8 +10,9 @@ pub mod prune;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use kiln_calibration::SharedSource;
+use kiln_calibration::{Ranges, SharedSource};
 use serde::Serialize;
 
 use crate::pipeline::TargetKind;
@@ -28,6 +29,31 @@ pub struct StageContext {
     pub base_dir: Option<PathBuf>,
     /// Intra-op threads of the runtime used for calibration (results never depend on it).
     pub threads: Option<usize>,
+    /// Where long steps report progress (nothing by default; the CLI draws bars).
+    pub progress: crate::progress::ProgressHandle,
+    /// What a stage computed that a later run of it on the same model and data may reuse.
+    pub memo: Arc<StageMemo>,
+}
+
+/// Results shared by repeated runs of a stage on the same model and data: sensitivity
+/// analysis runs the stage once per node, and calibration must not run each time.
+#[derive(Default)]
+pub struct StageMemo {
+    ranges: Mutex<BTreeMap<String, Arc<Ranges>>>,
+}
+
+impl StageMemo {
+    /// The ranges stored under `key` (say, the calibration method), computing them once.
+    pub fn ranges<E>(&self, key: &str, compute: impl FnOnce() -> Result<Ranges, E>) -> Result<Arc<Ranges>, E> {
+        if let Some(r) = self.ranges.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(r);
+        }
+        let r = Arc::new(compute()?);
+        if let Ok(mut m) = self.ranges.lock() {
+            m.insert(key.to_string(), r.clone());
+        }
+        Ok(r)
+    }
 }
 
 impl std::fmt::Debug for StageContext {

@@ -1,12 +1,13 @@
 //! Structured pruning: channels, FFN neurons, attention heads. The work is in
-//! `kiln_passes::prune`; this maps options to it.
+//! `kiln_passes::prune`; this maps options to it and its result to a [`StageReport`].
 
 use kiln_compiler::ir::Model;
+use kiln_passes::prune::{Norm, PruneConfig, PruneError, Scope, prune};
 
 use super::{StageContext, StageError, StageReport};
 
-/// Pruning options (`--prune channels:0.3,heads:0.25,ffn:0.2`).
-#[derive(Debug, Clone, Default)]
+/// Pruning options (`--prune channels:0.3,heads:0.25,ffn:0.2[,importance:l2][,scope:global][,protect:none]`).
+#[derive(Debug, Clone)]
 pub struct PruneOptions {
     /// Share of prunable conv channels to remove.
     pub channels: f64,
@@ -14,15 +15,78 @@ pub struct PruneOptions {
     pub heads: f64,
     /// Share of FFN neurons to remove.
     pub ffn: f64,
+    /// Weight-magnitude norm of the importance score (L1 by default).
+    pub norm: Norm,
+    /// Per-layer ratio (default) or one global ranking per kind.
+    pub scope: Scope,
+    /// Leave the first conv's outputs and the last layer's inputs alone (default).
+    pub protect_ends: bool,
+    /// Conv channels kept round up to a multiple of this (`align:N`, default 8).
+    pub align: usize,
+    /// Input shapes (name → dims) at which FLOPs are estimated; when empty, the first
+    /// calibration sample's shapes, else the declared shapes.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> PruneOptions {
+        PruneOptions {
+            channels: 0.0,
+            heads: 0.0,
+            ffn: 0.0,
+            norm: Norm::L1,
+            scope: Scope::PerLayer,
+            protect_ends: true,
+            align: 8,
+            input_shapes: Vec::new(),
+        }
+    }
 }
 
 impl PruneOptions {
-    /// Parses `channels:0.3,heads:0.25,ffn:0.2` (any subset).
+    /// Parses `channels:0.3,heads:0.25,ffn:0.2` (any subset), plus `importance:l1|l2`,
+    /// `scope:layer|global` and `protect:ends|none`.
     pub fn parse(text: &str) -> Result<PruneOptions, String> {
         let mut o = PruneOptions::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once(':').ok_or_else(|| format!("'{part}': expected KIND:RATIO"))?;
-            let r: f64 = v.trim().parse().map_err(|_| format!("'{part}': RATIO is not a number"))?;
+            let v = v.trim();
+            match k.trim() {
+                "importance" => {
+                    o.norm = match v {
+                        "l1" => Norm::L1,
+                        "l2" => Norm::L2,
+                        _ => return Err(format!("'{part}': importance is l1 or l2")),
+                    };
+                    continue;
+                }
+                "scope" => {
+                    o.scope = match v {
+                        "layer" => Scope::PerLayer,
+                        "global" => Scope::Global,
+                        _ => return Err(format!("'{part}': scope is layer or global")),
+                    };
+                    continue;
+                }
+                "align" => {
+                    o.align = v
+                        .parse()
+                        .ok()
+                        .filter(|&a: &usize| a >= 1)
+                        .ok_or_else(|| format!("'{part}': align is a positive integer"))?;
+                    continue;
+                }
+                "protect" => {
+                    o.protect_ends = match v {
+                        "ends" => true,
+                        "none" => false,
+                        _ => return Err(format!("'{part}': protect is ends or none")),
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+            let r: f64 = v.parse().map_err(|_| format!("'{part}': RATIO is not a number"))?;
             if !(0.0..1.0).contains(&r) {
                 return Err(format!("'{part}': RATIO must be at least 0 and below 1"));
             }
@@ -30,13 +94,90 @@ impl PruneOptions {
                 "channels" => o.channels = r,
                 "heads" => o.heads = r,
                 "ffn" => o.ffn = r,
-                other => return Err(format!("'{other}': expected channels, heads or ffn")),
+                other => {
+                    return Err(format!("'{other}': expected channels, heads, ffn, importance, scope or protect"));
+                }
             }
         }
         Ok(o)
     }
+
+    fn config(&self, input_shapes: Vec<(String, Vec<usize>)>) -> PruneConfig {
+        PruneConfig {
+            input_shapes,
+            channels: self.channels,
+            heads: self.heads,
+            ffn: self.ffn,
+            norm: self.norm,
+            scope: self.scope,
+            protect_ends: self.protect_ends,
+            align: self.align,
+        }
+    }
 }
 
-pub fn run(_model: &mut Model, _options: &PruneOptions, _cx: &StageContext) -> Result<StageReport, StageError> {
-    Err(StageError::bad_input("prune", "structured pruning is being built on its branch"))
+/// Prunes the model and reports parameters and FLOPs before and after, every group pruned or
+/// skipped (with the reason), and per node what it lost.
+pub fn run(model: &mut Model, options: &PruneOptions, cx: &StageContext) -> Result<StageReport, StageError> {
+    // FLOPs are estimated at the shapes of the first calibration sample, when there is one.
+    let sample = cx.calibration.as_ref().filter(|s| !s.is_empty()).and_then(|s| s.read(0).ok());
+    let from_data: Vec<(String, Vec<usize>)> =
+        sample.map(|s| s.inputs.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect()).unwrap_or_default();
+    let (shapes, flops_at) = if !options.input_shapes.is_empty() {
+        (options.input_shapes.clone(), format!("the given input shapes {:?}", options.input_shapes))
+    } else if !from_data.is_empty() {
+        let at = format!("the input shapes of the first data sample {from_data:?}");
+        (from_data, at)
+    } else {
+        (Vec::new(), "the model's declared input shapes (unknown dimensions count as 1)".to_string())
+    };
+    let r = prune(model, &options.config(shapes)).map_err(|e| match e {
+        PruneError::Option(_) => StageError::bad_input("prune", e),
+        _ => StageError::runtime("prune", e),
+    })?;
+    let mut report = StageReport::new("prune");
+    report.fact("importance", format!("weight magnitude ({:?}, BatchNormalization scale included)", options.norm));
+    report.fact("align", options.align);
+    report.fact("scope", if options.scope == Scope::Global { "global" } else { "per layer" });
+    report
+        .fact("ratios", serde_json::json!({"channels": options.channels, "heads": options.heads, "ffn": options.ffn}));
+    report.fact("parameters_before", r.parameters_before);
+    report.fact("parameters_after", r.parameters_after);
+    report.fact("flops_before", r.flops_before);
+    report.fact("flops_after", r.flops_after);
+    report.fact("flops_estimated_at", flops_at);
+    let pruned: Vec<serde_json::Value> = r
+        .pruned()
+        .map(|g| serde_json::json!({"kind": g.kind, "layers": g.layers, "removed": g.removed, "size": g.size}))
+        .collect();
+    let skipped: Vec<serde_json::Value> = r
+        .skipped()
+        .map(|g| serde_json::json!({"kind": g.kind, "layers": g.layers, "size": g.size, "reason": g.skipped}))
+        .collect();
+    report.fact("groups_pruned", pruned.len());
+    report.fact("groups_skipped", skipped.len());
+    report.fact("pruned", pruned);
+    report.fact("skipped", skipped);
+    if r.pruned().next().is_none() {
+        report.warnings.push("prune: nothing was pruned (see `skipped` in the prune stage's facts)".to_string());
+    }
+    report.decisions = r.decisions;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ratios_and_settings() {
+        let o =
+            PruneOptions::parse("channels:0.3, heads:0.25,ffn:0.2,importance:l2,scope:global,protect:none").unwrap();
+        assert_eq!((o.channels, o.heads, o.ffn), (0.3, 0.25, 0.2));
+        assert_eq!((o.norm, o.scope, o.protect_ends), (Norm::L2, Scope::Global, false));
+        assert!(PruneOptions::parse("channels:1.0").is_err());
+        assert!(PruneOptions::parse("filters:0.1").is_err());
+        assert!(PruneOptions::parse("importance:taylor").is_err());
+        assert!(PruneOptions::parse("channels").is_err());
+    }
 }

@@ -1,5 +1,7 @@
-//! Artifacts: a folder with `model.onnx` (+ external data) and `manifest.json`, staged in a
-//! temporary folder beside the destination and moved into place only when complete.
+//! Artifacts: a folder with `model.onnx` (+ external data), `manifest.json`, `report.md` and
+//! the target's files, staged in a temporary folder beside the destination and moved into
+//! place only when complete. An existing artifact is replaced only when asked (`--force`);
+//! a folder that is not a Kiln artifact is never replaced.
 
 use std::fs;
 use std::io::Read;
@@ -13,6 +15,8 @@ use sha2::{Digest, Sha256};
 pub const MANIFEST: &str = "manifest.json";
 /// The file name of the model inside an artifact folder.
 pub const MODEL: &str = "model.onnx";
+/// The report for people inside an artifact folder.
+pub const REPORT: &str = "report.md";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -26,6 +30,10 @@ pub enum ArtifactError {
     Onnx(#[from] OnnxError),
     #[error("{0}: exists and is not a Kiln artifact (no {MANIFEST}); refusing to replace it")]
     NotAnArtifact(PathBuf),
+    #[error("{0}: an artifact exists there; pass --force to replace it")]
+    Exists(PathBuf),
+    #[error("{0}: not a plain file name inside the artifact")]
+    BadName(String),
     #[error("manifest: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -56,10 +64,16 @@ pub struct ArtifactWriter {
 }
 
 impl ArtifactWriter {
-    /// Starts an artifact at `dest`. An existing `dest` must be empty or a Kiln artifact.
-    pub fn create(dest: &Path) -> Result<ArtifactWriter, ArtifactError> {
-        if dest.exists() && !is_replaceable(dest)? {
-            return Err(ArtifactError::NotAnArtifact(dest.to_path_buf()));
+    /// Starts an artifact at `dest`. An existing `dest` must be an empty folder, or a Kiln
+    /// artifact and `force` set.
+    pub fn create(dest: &Path, force: bool) -> Result<ArtifactWriter, ArtifactError> {
+        if dest.exists() {
+            match existing(dest)? {
+                Existing::Empty => {}
+                Existing::Artifact if force => {}
+                Existing::Artifact => return Err(ArtifactError::Exists(dest.to_path_buf())),
+                Existing::Foreign => return Err(ArtifactError::NotAnArtifact(dest.to_path_buf())),
+            }
         }
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io(parent))?;
@@ -75,6 +89,12 @@ impl ArtifactWriter {
         Ok(report)
     }
 
+    /// Where a staged file is until [`ArtifactWriter::commit`] (to validate the model before
+    /// the artifact exists).
+    pub fn staged_path(&self, name: &str) -> PathBuf {
+        self.stage.path().join(name)
+    }
+
     /// The sha256 of a staged file.
     pub fn sha256(&self, name: &str) -> Result<String, ArtifactError> {
         sha256_file(&self.stage.path().join(name))
@@ -86,6 +106,23 @@ impl ArtifactWriter {
         text.push('\n');
         let path = self.stage.path().join(MANIFEST);
         fs::write(&path, text).map_err(io(&path))
+    }
+
+    /// Writes another file of the artifact (report, target files); `name` is a plain file name.
+    pub fn write_file(&self, name: &str, bytes: &[u8], executable: bool) -> Result<(), ArtifactError> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(ArtifactError::BadName(name.to_string()));
+        }
+        let path = self.stage.path().join(name);
+        fs::write(&path, bytes).map_err(io(&path))?;
+        #[cfg(unix)]
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
+        }
+        #[cfg(not(unix))]
+        let _ = executable;
+        Ok(())
     }
 
     /// Moves the staged folder to the destination, replacing a previous artifact there.
@@ -107,12 +144,24 @@ impl ArtifactWriter {
     }
 }
 
-fn is_replaceable(dest: &Path) -> Result<bool, ArtifactError> {
+enum Existing {
+    Empty,
+    Artifact,
+    Foreign,
+}
+
+fn existing(dest: &Path) -> Result<Existing, ArtifactError> {
     if !dest.is_dir() {
-        return Ok(false);
+        return Ok(Existing::Foreign);
     }
     let mut entries = fs::read_dir(dest).map_err(io(dest))?;
-    Ok(entries.next().is_none() || dest.join(MANIFEST).is_file())
+    Ok(if entries.next().is_none() {
+        Existing::Empty
+    } else if dest.join(MANIFEST).is_file() {
+        Existing::Artifact
+    } else {
+        Existing::Foreign
+    })
 }
 
 #[cfg(test)]
@@ -130,13 +179,14 @@ mod tests {
     }
 
     #[test]
-    fn writes_replaces_and_refuses_foreign_folders() {
+    fn writes_replaces_only_with_force_and_refuses_foreign_folders() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out");
         for round in 0..2 {
-            let w = ArtifactWriter::create(&dest).unwrap();
+            let w = ArtifactWriter::create(&dest, round > 0).unwrap();
             w.write_model(&tiny(), &SaveOptions::default()).unwrap();
             w.write_manifest(&serde_json::json!({ "round": round })).unwrap();
+            w.write_file(REPORT, b"# report\n", false).unwrap();
             w.commit().unwrap();
             let m: serde_json::Value = serde_json::from_slice(&fs::read(dest.join(MANIFEST)).unwrap()).unwrap();
             assert_eq!(m["round"], round);
@@ -144,11 +194,19 @@ mod tests {
         // Nothing staged is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out")]);
+        assert_eq!(fs::read_to_string(dest.join(REPORT)).unwrap(), "# report\n");
+        // Without force an artifact stays as it is.
+        assert!(matches!(ArtifactWriter::create(&dest, false), Err(ArtifactError::Exists(_))));
+        let w = ArtifactWriter::create(&dest, true).unwrap();
+        assert!(matches!(w.write_file("../escape", b"x", false), Err(ArtifactError::BadName(_))));
+        drop(w);
+        let m: serde_json::Value = serde_json::from_slice(&fs::read(dest.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(m["round"], 1);
 
         let foreign = dir.path().join("mine");
         fs::create_dir(&foreign).unwrap();
         fs::write(foreign.join("notes.txt"), "keep").unwrap();
-        assert!(matches!(ArtifactWriter::create(&foreign), Err(ArtifactError::NotAnArtifact(_))));
+        assert!(matches!(ArtifactWriter::create(&foreign, true), Err(ArtifactError::NotAnArtifact(_))));
         assert_eq!(fs::read_to_string(foreign.join("notes.txt")).unwrap(), "keep");
     }
 }

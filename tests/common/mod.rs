@@ -294,3 +294,43 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A fixture's generated inputs for `seed` as tensors of their declared dtypes.
+pub fn fixture_sample(fixture: &str, seed: u64) -> Vec<(String, kiln_compiler::Tensor)> {
+    let f = kiln_fixtures::fixture(fixture).unwrap_or_else(|e| panic!("{e}"));
+    kiln_fixtures::generate::inputs(f, seed)
+        .into_iter()
+        .map(|g| {
+            let t = match g.dtype.as_str() {
+                "f32" => {
+                    kiln_compiler::Tensor::from_slice(g.shape, &g.values.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                }
+                "i64" => {
+                    kiln_compiler::Tensor::from_slice(g.shape, &g.values.iter().map(|&v| v as i64).collect::<Vec<_>>())
+                }
+                "i32" => {
+                    kiln_compiler::Tensor::from_slice(g.shape, &g.values.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                }
+                other => panic!("fixture {fixture}: input {} of dtype {other}", g.name),
+            };
+            (g.name, t.unwrap())
+        })
+        .collect()
+}
+
+/// Writes samples as a folder of `.npz` files (one per sample, keys = input names), the form
+/// `--data` reads; returns the folder.
+pub fn write_npz_folder(dir: &Path, samples: &[Vec<(String, kiln_compiler::Tensor)>]) -> PathBuf {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, sample) in samples.iter().enumerate() {
+        let file = std::fs::File::create(dir.join(format!("sample_{i:04}.npz"))).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        for (name, t) in sample {
+            zip.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(&kiln_compiler::npy::encode_npy(name, t).unwrap()).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    dir.to_path_buf()
+}

@@ -1,15 +1,18 @@
 """Latency and output check of ONNX models in ONNX Runtime's CPU provider, for `cargo xtask bench`.
 
     python measure.py run JOB.json RESULT.json
+    python measure.py samples JOB.json DIR
     python measure.py versions PACKAGE...
 
 `run` loads every model of one fixture in this one process with the same session options,
 feeds them the fixture's recipe inputs, compares each model's outputs with the first model's
 (the original) and times them interleaved, so drift on a busy machine hits all models alike.
+On the evaluation samples (`eval_seeds`, recipe inputs of those seeds) it measures each
+model's accuracy against the original per output: cosine, argmax agreement, |diff|.
 `versions` prints the Python and package versions as JSON.
 
 The job (written by xtask/src/bench/measure.rs):
-    {"inputs": [{"name", "dtype", "shape", "values": {"kind", ...}}], "seed": 1,
+    {"inputs": [{"name", "dtype", "shape", "values": {"kind", ...}}], "seed": 1, "eval_seeds": [...],
      "models": [{"id", "path"}], "threads": [1, 2], "warmup": 10, "min_runs": 50,
      "min_seconds": 2.0, "max_seconds": 30.0, "batch": 5}
 """
@@ -159,6 +162,41 @@ def max_abs_diff(reference, names, outputs, ref_names):
     return worst, None
 
 
+def accuracy(ref_runs, cand_runs, names, ref_names):
+    """Per output: cosine mean/min over samples, argmax agreement over the last axis, and
+    max/mean |diff|, of the candidate against the original on the same evaluation samples.
+    Outputs match by name, else by position; non-numeric outputs are left out."""
+    out = {}
+    for i, name in enumerate(ref_names):
+        cos, agree, total, worst, abs_sum, count = [], 0, 0, 0.0, 0.0, 0
+        for ref_outs, cand_outs in zip(ref_runs, cand_runs):
+            by_name = dict(zip(names, cand_outs))
+            ref = np.asarray(ref_outs[i])
+            got = np.asarray(by_name.get(name, cand_outs[i] if i < len(cand_outs) else ref))
+            if ref.dtype.kind != "f" or ref.shape != got.shape or ref.size == 0:
+                break
+            a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+            norm = np.linalg.norm(a) * np.linalg.norm(b)
+            cos.append(float(a @ b / norm) if norm > 0 else float(np.array_equal(a, b)))
+            d = np.abs(a - b)
+            worst, abs_sum, count = max(worst, float(d.max())), abs_sum + float(d.sum()), count + d.size
+            if ref.ndim >= 1 and ref.shape[-1] > 1:
+                ra = ref.reshape(-1, ref.shape[-1]).argmax(axis=1)
+                ga = got.astype(np.float64).reshape(-1, ref.shape[-1]).argmax(axis=1)
+                agree, total = agree + int((ra == ga).sum()), total + ra.size
+        else:
+            if cos:
+                out[name] = {
+                    "samples": len(cos),
+                    "cosine_mean": float(np.mean(cos)),
+                    "cosine_min": float(np.min(cos)),
+                    "top1": agree / total if total else None,
+                    "max_abs": worst,
+                    "mean_abs": abs_sum / count if count else None,
+                }
+    return out
+
+
 def stats(samples):
     ms = np.array(samples) * 1e3
     return {
@@ -179,8 +217,26 @@ def short(err, path):
 def run(job):
     inputs = recipe_inputs(job["inputs"], job["seed"])
     paths = {m["id"]: m["path"] for m in job["models"]}
-    results = {m["id"]: {"error": None, "max_abs_diff": None, "mismatch": None, "latency": {}} for m in job["models"]}
+    results = {
+        m["id"]: {"error": None, "max_abs_diff": None, "mismatch": None, "accuracy": {}, "latency": {}}
+        for m in job["models"]
+    }
     reference = None
+    eval_inputs = [recipe_inputs(job["inputs"], seed) for seed in job.get("eval_seeds", [])]
+    eval_reference = None
+    for m in job["models"]:
+        # Accuracy on the evaluation samples, against the original (the first model).
+        try:
+            sess = session(m["path"], job["threads"][0])
+            runs = [sess.run(None, feeds_for(sess, x)) for x in eval_inputs]
+            names = [o.name for o in sess.get_outputs()]
+        except Exception as e:
+            results[m["id"]]["error"] = short(e, m["path"])
+            continue
+        if eval_reference is None:
+            eval_reference = (runs, names)
+        results[m["id"]]["accuracy"] = accuracy(eval_reference[0], runs, names, eval_reference[1])
+        del sess
     for threads in job["threads"]:
         sessions, feeds = {}, {}
         for m in job["models"]:
@@ -257,6 +313,13 @@ def main(argv):
         result = run(job)
         with open(argv[2], "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
+        return 0
+    if len(argv) == 3 and argv[0] == "samples":
+        # Calibration data for the tools: one .npz per seed, keys = input names.
+        with open(argv[1], encoding="utf-8") as f:
+            job = json.load(f)
+        for seed in job["seeds"]:
+            np.savez(f"{argv[2]}/sample_{seed:05d}.npz", **recipe_inputs(job["inputs"], seed))
         return 0
     if argv and argv[0] == "versions":
         json.dump(versions(argv[1:]), sys.stdout)

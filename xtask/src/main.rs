@@ -30,7 +30,8 @@ commands:
   setup           install the ONNX Runtime library into .kiln-cache/
   fixtures        install the pinned test models and the ONNX conformance suite into .kiln-cache/
   test [--no-tract]
-                  setup + fixtures, then cargo test (also with the `tract` feature unless --no-tract)
+                  setup + fixtures + the ONNX checker venv (.kiln-cache/check-venv), then cargo test
+                  (also with the `tract` feature unless --no-tract)
   demo            setup + fixtures, then run `optimize` on a real model
   lint            cargo fmt --check and cargo clippy -D warnings
   ci              lint, then test (what .ci/run does)
@@ -271,10 +272,16 @@ fn fixtures() -> Result<PathBuf> {
     Ok(conformance)
 }
 
+/// The pins of the Python venv holding the ONNX checker the tests run on artifacts.
+const CHECK_REQUIREMENTS: &str = "xtask/check/requirements.txt";
+
 /// `cargo xtask test`.
 fn test(with_tract: bool) -> Result<()> {
-    let env = vec![("KILN_ORT_LIB", ort_for_children()?)];
+    let mut env = vec![("KILN_ORT_LIB", ort_for_children()?)];
     fixtures()?;
+    // The ONNX checker every artifact must pass (tests/targets.rs).
+    let checker = bench::venv::ensure_venv_with(&repo_root(), "check-venv", CHECK_REQUIREMENTS)?;
+    env.push(("KILN_CHECK_PYTHON", checker.into_os_string()));
     // One run: with the tract executor when the root package has the feature, so its
     // cross-check tests run too (clippy lints the same feature set, sharing the build).
     if with_tract && root_has_feature("tract")? {

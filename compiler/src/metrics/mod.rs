@@ -21,7 +21,7 @@
 mod tolerance;
 
 pub use tolerance::{
-    Comparison, FP16, FP32_REWRITE, IMPLICIT, INT8, Precision, Rule, SpecError, ToleranceSpec, Verdict,
+    BF16, Comparison, FP16, FP32_REWRITE, IMPLICIT, INT4, INT8, Precision, Rule, SpecError, ToleranceSpec, Verdict,
 };
 
 use std::fmt;

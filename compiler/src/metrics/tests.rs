@@ -159,7 +159,7 @@ fn spec_parses_and_picks_rules_per_output() {
     for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
         assert!(!p.default_spec().rules().is_empty(), "{p:?}");
     }
-    for text in [FP32_REWRITE, FP16, INT8, IMPLICIT] {
+    for text in [FP32_REWRITE, FP16, BF16, INT8, INT4, IMPLICIT] {
         ToleranceSpec::parse(text).unwrap();
     }
 }

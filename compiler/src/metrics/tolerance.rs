@@ -21,9 +21,17 @@ pub const IMPLICIT: &str = "*:shape_mismatch<=0,*:nonfinite_mismatch<=0";
 /// Default for FP32 rewrites (fusions, folding): summation-order noise only.
 pub const FP32_REWRITE: &str = "*:cosine_min>=0.99999,*:sqnr_db>=60,*:max_rel<=1e-2";
 /// Default for FP16 precision.
-pub const FP16: &str = "*:cosine_min>=0.999,*:sqnr_db>=30,*:top1>=0.99";
+pub const FP16: &str = "*:cosine_min>=0.999,*:sqnr_db>=30";
+/// Default for BF16 precision: 8 significant bits instead of FP16's 11.
+pub const BF16: &str = "*:cosine_min>=0.995,*:sqnr_db>=20";
+/// Default for INT4 weight-only quantization.
+///
+/// Top-k agreement is not in the defaults: `*` also matches embeddings,
+/// whose argmax over features means nothing. Name a classifier's output to hold it to top-1
+/// (`logits:top1>=0.99`).
+pub const INT4: &str = "*:cosine_mean>=0.98,*:cosine_min>=0.95";
 /// Default for INT8 quantization.
-pub const INT8: &str = "*:cosine_mean>=0.99,*:cosine_min>=0.98,*:top1>=0.95";
+pub const INT8: &str = "*:cosine_mean>=0.99,*:cosine_min>=0.98";
 
 /// The precision a candidate was produced at, which picks the default tolerance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,7 +39,9 @@ pub enum Precision {
     #[default]
     Fp32,
     Fp16,
+    Bf16,
     Int8,
+    Int4,
 }
 
 impl Precision {
@@ -39,7 +49,9 @@ impl Precision {
         let text = match self {
             Precision::Fp32 => FP32_REWRITE,
             Precision::Fp16 => FP16,
+            Precision::Bf16 => BF16,
             Precision::Int8 => INT8,
+            Precision::Int4 => INT4,
         };
         // The constants are tested to parse.
         ToleranceSpec::parse(text).unwrap_or_default()

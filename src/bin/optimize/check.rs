@@ -14,7 +14,9 @@ use crate::{Failure, Ui, write_json};
 pub enum PrecisionChoice {
     Fp32,
     Fp16,
+    Bf16,
     Int8,
+    Int4,
 }
 
 #[derive(clap::Args)]
@@ -92,7 +94,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         None => match args.precision {
             PrecisionChoice::Fp32 => Precision::Fp32,
             PrecisionChoice::Fp16 => Precision::Fp16,
+            PrecisionChoice::Bf16 => Precision::Bf16,
             PrecisionChoice::Int8 => Precision::Int8,
+            PrecisionChoice::Int4 => Precision::Int4,
         }
         .default_spec(),
     };

@@ -1,17 +1,24 @@
 //! `optimize`: the command-line shell over the Kiln library.
 
+mod bench;
 mod calibrate;
 mod check;
 mod convert;
 mod data_args;
 mod inspect;
 mod optimize;
+mod precision_args;
+mod progress;
+mod report_md;
 mod run;
+mod sensitivity;
+mod target_out;
+mod validation;
 
 use std::fmt::Display;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kiln::exit::{EXIT_CODES_HELP, ExitStatus};
 
 #[derive(Parser)]
@@ -23,7 +30,10 @@ use kiln::exit::{EXIT_CODES_HELP, ExitStatus};
         `optimize MODEL -o OUT/` runs the pass pipeline and writes an artifact folder \
         (model.onnx + manifest.json); the subcommands inspect, convert and run models.",
     after_help = EXIT_CODES_HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // A later flag replaces an earlier one: presets and config files expand to flags placed
+    // before the command line's.
+    args_override_self = true
 )]
 struct Cli {
     /// Print only errors.
@@ -52,6 +62,71 @@ enum Command {
     /// Compare a candidate model with a reference: accuracy per output, latency, size, baseline.
     #[command(after_help = EXIT_CODES_HELP)]
     Check(check::Args),
+    /// Measure a model on ONNX Runtime: latency percentiles, throughput, peak memory, cold start.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Bench(bench::Args),
+    /// Rank nodes by the error each adds when lowered alone (table, JSON, SVG plot).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Sensitivity(sensitivity::Args),
+}
+
+/// The value of `--NAME VALUE` or `--NAME=VALUE` in the arguments, if given.
+fn flag_value(args: &[std::ffi::OsString], name: &str) -> Option<std::ffi::OsString> {
+    let long = format!("--{name}");
+    let eq = format!("--{name}=");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == long {
+            return it.next().cloned();
+        }
+        if let Some(v) = s.strip_prefix(&eq) {
+            return Some(v.into());
+        }
+    }
+    None
+}
+
+/// For `optimize MODEL …` (no subcommand): the flags of `--preset` and of `--config FILE`
+/// placed before the command line's own, so that the command line wins.
+fn expand_options(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Failure> {
+    let cmd = Cli::command();
+    let rest = argv.get(1..).unwrap_or(&[]);
+    let is_sub = rest.first().is_some_and(|a| cmd.get_subcommands().any(|c| a.to_string_lossy() == c.get_name()));
+    if is_sub {
+        return Ok(argv);
+    }
+    let mut flags: Vec<String> = Vec::new();
+    if let Some(p) = flag_value(rest, "preset") {
+        // A bad name is left for clap to report with the list of presets.
+        if let Some(preset) = kiln::presets::Preset::parse(&p.to_string_lossy()) {
+            flags.extend(preset.flags().iter().map(|f| f.to_string()));
+        }
+    }
+    if let Some(path) = flag_value(rest, "config") {
+        let known: Vec<String> =
+            cmd.get_arguments().filter_map(|a| a.get_long()).map(str::to_string).filter(|l| l != "help").collect();
+        let from_file =
+            kiln::config::flags_from_file(std::path::Path::new(&path), &known).map_err(Failure::bad_input)?;
+        // A preset named in the file comes first, like one on the command line.
+        let (presets, others): (Vec<String>, Vec<String>) =
+            from_file.into_iter().partition(|f| f.starts_with("--preset="));
+        for p in presets {
+            let name = p.trim_start_matches("--preset=");
+            let preset = kiln::presets::Preset::parse(name).ok_or_else(|| {
+                Failure::bad_input(format!("{}: preset '{name}' does not exist", std::path::Path::new(&path).display()))
+            })?;
+            flags.splice(0..0, preset.flags().iter().map(|f| f.to_string()));
+        }
+        flags.extend(others);
+    }
+    if flags.is_empty() {
+        return Ok(argv);
+    }
+    let mut out: Vec<std::ffi::OsString> = argv.first().cloned().into_iter().collect();
+    out.extend(flags.into_iter().map(Into::into));
+    out.extend(rest.iter().cloned());
+    Ok(out)
 }
 
 /// A failure with the exit code it maps to. The message is printed as one `error:` line
@@ -132,7 +207,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = match Cli::try_parse() {
+    let argv = match expand_options(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            return ExitCode::from(f.status.code());
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -147,6 +229,8 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run::run(a, &ui),
         Some(Command::Calibrate(a)) => calibrate::run(a, &ui),
         Some(Command::Check(a)) => check::run(a, &ui),
+        Some(Command::Bench(a)) => bench::run(a, &ui),
+        Some(Command::Sensitivity(a)) => sensitivity::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
     match result {

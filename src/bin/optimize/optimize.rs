@@ -4,21 +4,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln::calibration::Method;
-use kiln::calibration::data::model_inputs;
+use kiln::compiler::metrics::ToleranceSpec;
 use kiln::compiler::onnx::SaveOptions;
 use kiln::compiler::pass::{PassRecord, ReportEntry};
+use kiln::compiler::runtime::SessionConfig;
+use kiln::exit::ExitStatus;
 use kiln::pipeline::PipelineError;
-use kiln::pipeline::{OptLevel, Pipeline, Precision, TargetKind, op_histogram};
-use kiln::stages::half::{HalfKind, HalfOptions};
-use kiln::stages::int4::{Int4Method, Int4Options};
-use kiln::stages::int8::Int8Options;
+use kiln::pipeline::{AccuracyBudget, OptLevel, Pipeline, Precision, TargetKind, op_histogram};
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
-use kiln::targets::artifact::{ArtifactWriter, MODEL, sha256_file};
+use kiln::targets::artifact::{ArtifactWriter, MODEL, REPORT, sha256_file};
+use kiln::targets::lint::LintReport;
+use kiln::validate::{ValidationRecord, check_first_sample, default_tolerance};
 use serde::Serialize;
 
 use crate::data_args::DataArgs;
+use crate::precision_args::PrecisionArgs;
+use crate::validation::{fallback_summary, plan_data, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +36,16 @@ pub enum Target {
     Cpu,
     Cuda,
     Tensorrt,
+}
+
+/// The library's level for the CLI's.
+pub fn opt_level(level: Level) -> OptLevel {
+    match level {
+        Level::O0 => OptLevel::O0,
+        Level::O1 => OptLevel::O1,
+        Level::O2 => OptLevel::O2,
+        Level::O3 => OptLevel::O3,
+    }
 }
 
 #[derive(clap::Args)]
@@ -61,24 +73,8 @@ pub struct Args {
     /// Print the full report as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Numeric precision of the artifact.
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: PrecisionArg,
-    /// INT8: quantize activations at run time (no calibration data needed).
-    #[arg(long)]
-    dynamic: bool,
-    /// INT8: how activation ranges are computed: minmax, percentile:99.99, entropy or mse.
-    #[arg(long, default_value = "minmax", value_name = "METHOD")]
-    calibration: String,
-    /// INT4: weights per block along K (16 to 256).
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    block: usize,
-    /// INT4: how weights are rounded.
-    #[arg(long, value_enum, default_value = "rtn")]
-    int4_method: Int4MethodArg,
-    /// Leave these nodes (by name) or op types in their original precision (repeatable).
-    #[arg(long, value_name = "NODE|OP")]
-    exclude: Vec<String>,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Structured pruning before quantization, e.g. channels:0.3,heads:0.25,ffn:0.2.
     #[arg(long, value_name = "SPEC")]
     prune: Option<String>,
@@ -90,49 +86,30 @@ pub struct Args {
     /// Intra-op threads of the runtime used for calibration and validation.
     #[arg(long)]
     threads: Option<usize>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionArg {
-    Fp32,
-    Fp16,
-    Bf16,
-    Int8,
-    Int4,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Int4MethodArg {
-    Rtn,
-    Gptq,
-    Awq,
-    Learned,
-}
-
-/// The precision stage the arguments ask for.
-fn precision(args: &Args) -> Result<Precision, Failure> {
-    let exclude = args.exclude.clone();
-    Ok(match args.precision {
-        PrecisionArg::Fp32 => Precision::Fp32,
-        PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
-            let kind = if args.precision == PrecisionArg::Fp16 { HalfKind::F16 } else { HalfKind::Bf16 };
-            Precision::Half(HalfOptions { exclude, ..HalfOptions::new(kind) })
-        }
-        PrecisionArg::Int8 => {
-            let method = Method::parse(&args.calibration)
-                .map_err(|e| Failure::bad_input(format!("--calibration {}: {e}", args.calibration)))?;
-            Precision::Int8(Int8Options { dynamic: args.dynamic, method, exclude })
-        }
-        PrecisionArg::Int4 => {
-            let method = match args.int4_method {
-                Int4MethodArg::Rtn => Int4Method::Rtn,
-                Int4MethodArg::Gptq => Int4Method::Gptq,
-                Int4MethodArg::Awq => Int4Method::Awq,
-                Int4MethodArg::Learned => Int4Method::Learned,
-            };
-            Precision::Int4(Int4Options { block: args.block, method, exclude, ..Int4Options::default() })
-        }
-    })
+    /// The accuracy the artifact must keep against the original, e.g.
+    /// `sentence_embedding:cosine>=0.995,*:top1>=0.99` (default: by precision).
+    #[arg(long, value_name = "SPEC")]
+    tolerance: Option<String>,
+    /// Keep the most sensitive nodes in the original precision until this holds against the
+    /// FP32 graph on the evaluation samples, e.g. `*:cosine_min>=0.99` or `*:top1>=0.99`.
+    #[arg(long, value_name = "SPEC")]
+    accuracy_budget: Option<String>,
+    /// Evaluation samples each --accuracy-budget measurement uses (the first ones).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    budget_samples: usize,
+    /// Do not validate the artifact against the original (the manifest says so).
+    #[arg(long)]
+    skip_validation: bool,
+    // ---- artifact and target options (target_out.rs), presets and config (main.rs) ----
+    #[command(flatten)]
+    artifact: crate::target_out::TargetArgs,
+    /// A set of options for a common deployment (flags given after it win).
+    #[arg(long, value_enum)]
+    pub preset: Option<kiln::presets::Preset>,
+    /// Options from a TOML file: the flags' long names as keys (`target = "cpu"`,
+    /// `exclude = ["Softmax"]`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `manifest.json`: deterministic (no timings, no absolute paths), so that the same inputs
@@ -152,7 +129,15 @@ struct Manifest {
     precision: &'static str,
     /// Pruning and precision: what each did, and the precision chosen per node.
     stages: Vec<StageReport>,
+    /// What --accuracy-budget measured and which nodes it kept in the original precision.
+    fallback: Option<kiln::sensitivity::Fallback>,
+    /// The artifact against the original on evaluation samples; `None` with --skip-validation.
+    validation: Option<ValidationRecord>,
     warnings: Vec<String>,
+    /// The target's QDQ linter: warnings and the share of compute in INT8.
+    lint: LintReport,
+    /// Files the target needs beside the model.
+    target_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -214,6 +199,9 @@ struct Report<'a> {
     applied: Vec<&'a ReportEntry>,
     missed: Vec<&'a ReportEntry>,
     skipped: Vec<&'a ReportEntry>,
+    stages: &'a [StageReport],
+    /// Validation with latency (the manifest keeps only the deterministic part).
+    validation: Option<&'a kiln::check::CheckReport>,
     warnings: &'a [String],
 }
 
@@ -230,33 +218,47 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
     let model = load_verified(model_path)?;
-    let level = match args.opt {
-        Level::O0 => OptLevel::O0,
-        Level::O1 => OptLevel::O1,
-        Level::O2 => OptLevel::O2,
-        Level::O3 => OptLevel::O3,
-    };
+    let level = opt_level(args.opt);
     let target = match args.target {
         Target::Cpu => TargetKind::Cpu,
         Target::Cuda => TargetKind::Cuda,
         Target::Tensorrt => TargetKind::TensorRt,
     };
-    let precision = precision(&args)?;
+    let precision = args.precision.precision()?;
     let prune = match &args.prune {
         Some(spec) => Some(PruneOptions::parse(spec).map_err(|e| Failure::bad_input(format!("--prune {e}")))?),
         None => None,
     };
-    let needs_data = match &precision {
-        Precision::Int8(o) => !o.dynamic,
-        Precision::Int4(o) => o.method != Int4Method::Rtn,
-        Precision::Half(_) => args.data.data.is_some(),
-        Precision::Fp32 => false,
+    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    let budget_spec = match &args.accuracy_budget {
+        Some(text) => {
+            Some(ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--accuracy-budget: {e}")))?)
+        }
+        None => None,
     };
-    let calibration = if needs_data {
-        let inputs = model_inputs(&model).map_err(|e| Failure::bad_input(format!("{}: {e}", model_path.display())))?;
-        Some(args.data.split(&inputs, args.eval_data.as_deref(), None, ui)?.calibration)
-    } else {
-        None
+    // The budget is what the artifact is held to, unless --tolerance says otherwise.
+    let tolerance = match (&args.tolerance, &budget_spec) {
+        (Some(text), _) => ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--tolerance: {e}")))?,
+        (None, Some(b)) => b.clone(),
+        // Pruning without fine-tuning costs accuracy by design: measured and reported, not
+        // judged, unless the user sets a tolerance.
+        (None, None) if prune.is_some() => ToleranceSpec::default(),
+        (None, None) => default_tolerance(&precision),
+    };
+    let data_plan = plan_data(&args.data, args.eval_data.as_deref(), model_path, &model, needs_data, ui)?;
+    for source in data_plan.calibration.iter().chain(&data_plan.evaluation) {
+        check_first_sample(source.as_ref(), &data_plan.inputs).map_err(Failure::bad_input)?;
+    }
+    let budget = match (&budget_spec, &data_plan.evaluation) {
+        (Some(spec), Some(evaluation)) => Some(AccuracyBudget {
+            tolerance: spec.clone(),
+            evaluation: evaluation.clone(),
+            max_samples: args.budget_samples,
+        }),
+        (Some(_), None) => {
+            return Err(Failure::bad_input("--accuracy-budget needs evaluation samples: give --data or --eval-data"));
+        }
+        (None, _) => None,
     };
     let base_dir = model_path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty());
     let pipeline = Pipeline::new(level)
@@ -265,8 +267,12 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         .stop_after(args.stop_after)
         .prune(prune)
         .precision(precision)
-        .calibration_data(calibration)
+        .calibration_data(data_plan.calibration.clone())
+        .accuracy_budget(budget)
         .base_dir(base_dir);
+    let mut pipeline = pipeline;
+    pipeline.context.threads = args.threads;
+    pipeline.context.progress = crate::progress::reporter(ui.quiet || args.json);
     let known = Pipeline::new(OptLevel::O3).target(target).pass_names();
     for d in &args.disable {
         if !known.contains(&d.as_str()) {
@@ -291,8 +297,30 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         ui.warn(w);
     }
 
-    let writer = ArtifactWriter::create(out).map_err(Failure::bad_input)?;
+    let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
+    let target_out =
+        crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
+    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
+    let mut warnings = outcome.warnings.clone();
+    let validation = if args.skip_validation {
+        None
+    } else {
+        let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
+        let quantized = !matches!(pipeline.precision, Precision::Fp32);
+        validate_artifact(
+            model_path,
+            &writer.staged_path(MODEL),
+            &data_plan,
+            tolerance,
+            quantized,
+            session,
+            &mut warnings,
+        )?
+    };
+    for w in warnings.iter().skip(outcome.warnings.len()) {
+        ui.warn(w);
+    }
     let after = op_histogram(&outcome.model);
     let manifest = Manifest {
         kiln_version: env!("CARGO_PKG_VERSION"),
@@ -317,9 +345,18 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         passes: outcome.report.passes.iter().map(summarize_pass).collect(),
         precision: pipeline.precision.name(),
         stages: outcome.stages.clone(),
-        warnings: outcome.warnings.clone(),
+        fallback: outcome.fallback.clone(),
+        validation: validation.as_ref().map(ValidationRecord::from),
+        warnings: warnings.clone(),
+        lint: target_out.lint,
+        target_files: target_out.files.iter().map(|f| f.name.clone()).collect(),
     };
     writer.write_manifest(&manifest).map_err(Failure::runtime)?;
+    for f in &target_out.files {
+        writer.write_file(&f.name, &f.bytes, f.executable).map_err(Failure::runtime)?;
+    }
+    let manifest_json = serde_json::to_value(&manifest).map_err(Failure::runtime)?;
+    writer.write_file(REPORT, crate::report_md::render(&manifest_json).as_bytes(), false).map_err(Failure::runtime)?;
     let dest = writer.commit().map_err(Failure::runtime)?;
 
     let report = Report {
@@ -330,7 +367,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         applied: outcome.report.entries_of("applied").collect(),
         missed: outcome.report.entries_of("missed").collect(),
         skipped: outcome.report.entries_of("skipped").collect(),
-        warnings: &outcome.warnings,
+        stages: &outcome.stages,
+        validation: validation.as_ref(),
+        warnings: &warnings,
     };
     if let Some(path) = &args.report {
         write_json(path, &report)?;
@@ -355,6 +394,43 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         for (rule, n) in by_rule {
             ui.say(format!("  {n:>5}  {rule}"));
         }
+        if let Some(f) = &outcome.fallback {
+            ui.say(fallback_summary(f));
+        }
+        if let Some(v) = &validation {
+            ui.say(validation_summary(v));
+        }
     }
-    Ok(())
+    if let Some(f) = outcome.fallback.as_ref().filter(|f| !f.met) {
+        let best = f.probes.iter().max_by(|a, b| a.cosine_min.total_cmp(&b.cosine_min));
+        return Err(Failure {
+            status: ExitStatus::CheckFailed,
+            message: format!(
+                "--accuracy-budget {} cannot be met even with all {} nodes in the original precision{}; the \
+                 best candidate is written to {}",
+                f.budget,
+                f.nodes.len(),
+                best.map_or(String::new(), |p| format!(
+                    " (best: SQNR {:.2} dB, cosine min {:.6})",
+                    p.sqnr_db, p.cosine_min
+                )),
+                dest.display()
+            ),
+        });
+    }
+    match &validation {
+        Some(v) if !ValidationRecord::from(v).pass => {
+            let failed: Vec<String> = v.failures().map(|c| c.message.clone()).collect();
+            Err(Failure {
+                status: ExitStatus::CheckFailed,
+                message: format!(
+                    "the artifact at {} misses its accuracy tolerance ({}):\n  {}",
+                    dest.display(),
+                    v.tolerance,
+                    failed.join("\n  ")
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }

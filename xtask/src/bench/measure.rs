@@ -19,6 +19,13 @@ pub(super) const MEASURE_PY: &str = "xtask/bench/measure.py";
 /// Seed of the recipe inputs; 1 is what Kiln's fixture tests use.
 const INPUT_SEED: u64 = 1;
 
+/// Seeds of the evaluation samples each model's accuracy is measured on. Tools that calibrate
+/// take their samples from [`CALIBRATION_SEEDS`], which never overlap these.
+pub(super) const EVAL_SEEDS: std::ops::Range<u64> = 1000..1016;
+
+/// Seeds of the calibration samples a tool may be given.
+pub(super) const CALIBRATION_SEEDS: std::ops::Range<u64> = 100..132;
+
 /// ONNX Runtime timings of one model at one thread count, as measure.py reports them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Latency {
@@ -29,12 +36,28 @@ pub(super) struct Latency {
     pub(super) runs: usize,
 }
 
+/// How closely one output of a model agrees with the original's over the evaluation samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Accuracy {
+    pub(super) samples: usize,
+    /// Cosine similarity of the flattened output, mean and worst over samples.
+    pub(super) cosine_mean: Option<f64>,
+    pub(super) cosine_min: Option<f64>,
+    /// Share of positions whose argmax over the last axis matches (outputs with a last axis
+    /// longer than 1: class scores, token logits).
+    pub(super) top1: Option<f64>,
+    pub(super) max_abs: Option<f64>,
+    pub(super) mean_abs: Option<f64>,
+}
+
 /// measure.py's verdict on one model.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub(super) struct Measured {
     pub(super) error: Option<String>,
     pub(super) max_abs_diff: Option<f64>,
     pub(super) mismatch: Option<String>,
+    #[serde(default)]
+    pub(super) accuracy: BTreeMap<String, Accuracy>,
     #[serde(default)]
     pub(super) latency: BTreeMap<String, Latency>,
 }
@@ -92,6 +115,7 @@ fn measure_once(
     let job = serde_json::json!({
         "inputs": recipe_json(f),
         "seed": INPUT_SEED,
+        "eval_seeds": EVAL_SEEDS.collect::<Vec<_>>(),
         "models": models.iter().map(|(id, p)| serde_json::json!({"id": id, "path": p})).collect::<Vec<_>>(),
         "threads": opts.threads,
         "warmup": opts.warmup,
@@ -119,6 +143,29 @@ fn measure_once(
     let result: MeasureResult =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", result_path.display()))?;
     Ok(Ok(result.models))
+}
+
+/// Writes the fixture's recipe inputs for `seeds` as a folder of `.npz` files (one sample each,
+/// keys = input names): the calibration data every tool that needs data is given (`{data}`).
+pub(super) fn write_samples(f: &Fixture, seeds: std::ops::Range<u64>, dir: &Path, env: &Env) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let job = serde_json::json!({"inputs": recipe_json(f), "seeds": seeds.collect::<Vec<_>>()});
+    let job_path = dir.join("job.json");
+    fs::write(&job_path, serde_json::to_string_pretty(&job)?)
+        .with_context(|| format!("writing {}", job_path.display()))?;
+    let mut cmd = Command::new(env.python);
+    cmd.arg(env.root.join(MEASURE_PY)).arg("samples").arg(&job_path).arg(dir).current_dir(dir);
+    let logs = dir.parent().unwrap_or(dir);
+    let outcome = timed_run(cmd, logs, Duration::from_secs(300))?;
+    match outcome.ended {
+        Ended::Exited(s) if s.success() => {
+            fs::remove_file(&job_path).with_context(|| format!("removing {}", job_path.display()))?;
+            Ok(())
+        }
+        Ended::Exited(s) => anyhow::bail!("writing calibration samples: {}", outcome.failure_line(s)),
+        Ended::TimedOut => anyhow::bail!("writing calibration samples timed out"),
+        Ended::NotStarted(why) => anyhow::bail!("writing calibration samples: {why}"),
+    }
 }
 
 /// The fixture's input recipes in the job's JSON form.

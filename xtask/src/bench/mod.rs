@@ -36,9 +36,8 @@ mod measure;
 mod process;
 mod report;
 mod tools;
-mod venv;
+pub(crate) mod venv;
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::BufRead;
@@ -51,7 +50,7 @@ use serde::Serialize;
 
 use crate::install::Installer;
 use crate::manifest::Fixture;
-use measure::{measure, session_options};
+use measure::{CALIBRATION_SEEDS, measure, session_options, write_samples};
 use process::{Ended, timed_run};
 use report::{
     FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render, summarize,
@@ -271,21 +270,16 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
     }
     fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let model_str = utf8(model)?;
+    let data_dir = work.join("calibration-data");
+    write_samples(f, CALIBRATION_SEEDS, &data_dir, env)?;
+    let data = utf8(&data_dir)?;
     let mut rows = vec![Row {
-        tool: "original".into(),
-        group: String::new(),
-        peer: false,
-        status: "ok".into(),
-        optimize_s: None,
-        optimize_runs_s: Vec::new(),
         model: Some(model.to_path_buf()),
         model_bytes: fs::metadata(model).ok().map(|m| m.len()),
-        max_abs_diff: None,
-        latency: BTreeMap::new(),
-        latency_vs_original: BTreeMap::new(),
+        ..Row::new("original", "", false)
     }];
     for tool in all_tools() {
-        rows.push(optimize_with(tool, f, model_str, &work.join(tool.id), opts, env)?);
+        rows.push(optimize_with(tool, f, model_str, data, &work.join(tool.id), opts, env)?);
     }
 
     // Latency and outputs, for every model that was produced.
@@ -296,6 +290,7 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         let Some(m) = measured.get(&row.tool) else { continue };
         row.latency = m.latency.clone();
         row.max_abs_diff = m.max_abs_diff;
+        row.accuracy = m.accuracy.clone();
         let tolerance = all_tools().find(|t| t.id == row.tool).map_or(0.0, |t| t.tolerance);
         if let Some(e) = &m.error {
             row.status = format!("ORT failed: {e}");
@@ -318,25 +313,21 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
 }
 
 /// Runs one tool `opts.repeats` times on the fixture; the last run's model is measured.
-fn optimize_with(tool: &Tool, f: &Fixture, model: &str, dir: &Path, opts: &Options, env: &Env) -> Result<Row> {
-    let mut row = Row {
-        tool: tool.id.into(),
-        group: tool.group.into(),
-        peer: tool.peer,
-        status: "ok".into(),
-        optimize_s: None,
-        optimize_runs_s: Vec::new(),
-        model: None,
-        model_bytes: None,
-        max_abs_diff: None,
-        latency: BTreeMap::new(),
-        latency_vs_original: BTreeMap::new(),
-    };
+fn optimize_with(
+    tool: &Tool,
+    f: &Fixture,
+    model: &str,
+    data: &str,
+    dir: &Path,
+    opts: &Options,
+    env: &Env,
+) -> Result<Row> {
+    let mut row = Row::new(tool.id, tool.group, tool.peer);
     for i in 0..opts.repeats {
         let run_dir = dir.join(format!("run{i}"));
         let out = run_dir.join("out");
         fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        let inv = Invocation { fixture: &f.name, model, out: utf8(&out)?, kiln_args: &opts.kiln_args };
+        let inv = Invocation { fixture: &f.name, model, out: utf8(&out)?, data, kiln_args: &opts.kiln_args };
         let args = (tool.args)(&inv);
         let (program, extra_env): (PathBuf, Vec<(&str, &OsString)>) = match tool.program {
             Program::Kiln => (env.kiln.to_path_buf(), vec![("KILN_ORT_LIB", env.ort_lib)]),
@@ -366,6 +357,10 @@ fn optimize_with(tool: &Tool, f: &Fixture, model: &str, dir: &Path, opts: &Optio
             return Ok(row);
         }
         row.optimize_runs_s.push(outcome.seconds);
+        if let Some(kib) = outcome.peak_rss_kib {
+            let mib = kib as f64 / 1024.0;
+            row.optimize_peak_rss_mib = Some(row.optimize_peak_rss_mib.map_or(mib, |m: f64| m.max(mib)));
+        }
         row.model_bytes = Some(artifact_bytes(&out));
         row.model = Some(produced);
     }

@@ -27,6 +27,8 @@ pub(super) struct Outcome {
     pub(super) seconds: f64,
     pub(super) stdout: String,
     pub(super) stderr: String,
+    /// The process's own peak resident set, KiB (Linux), when it exited.
+    pub(super) peak_rss_kib: Option<u64>,
 }
 
 impl Outcome {
@@ -55,7 +57,7 @@ pub(super) fn timed_run(mut cmd: Command, dir: &Path, timeout: Duration) -> Resu
     let stderr = fs::File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let why = format!("could not start {}: {e}", Path::new(cmd.get_program()).display());
@@ -64,6 +66,7 @@ pub(super) fn timed_run(mut cmd: Command, dir: &Path, timeout: Duration) -> Resu
                 seconds: 0.0,
                 stdout: String::new(),
                 stderr: String::new(),
+                peak_rss_kib: None,
             });
         }
     };
@@ -72,22 +75,51 @@ pub(super) fn timed_run(mut cmd: Command, dir: &Path, timeout: Duration) -> Resu
     // watches the clock.
     let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = tx.send((status, Instant::now()));
+        let waited = wait_measured(child);
+        let _ = tx.send((waited, Instant::now()));
     });
-    let (ended, seconds) = match rx.recv_timeout(timeout) {
-        Ok((status, at)) => {
-            (Ended::Exited(status.context("waiting for a tool")?), at.duration_since(started).as_secs_f64())
+    let (ended, seconds, peak_rss_kib) = match rx.recv_timeout(timeout) {
+        Ok(((status, rss), at)) => {
+            (Ended::Exited(status.context("waiting for a tool")?), at.duration_since(started).as_secs_f64(), rss)
         }
         Err(_) => {
             kill(pid);
             let _ = rx.recv();
-            (Ended::TimedOut, timeout.as_secs_f64())
+            (Ended::TimedOut, timeout.as_secs_f64(), None)
         }
     };
     let _ = waiter.join();
     let read = |p: &Path| fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    Ok(Outcome { ended, seconds, stdout: read(&out_path), stderr: read(&err_path) })
+    Ok(Outcome { ended, seconds, stdout: read(&out_path), stderr: read(&err_path), peak_rss_kib })
+}
+
+/// Waits for the child with `wait4`, which reports that child's own peak RSS (the tools are
+/// single processes: Python or `optimize`).
+#[cfg(target_os = "linux")]
+fn wait_measured(child: std::process::Child) -> (std::io::Result<ExitStatus>, Option<u64>) {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; the pid is our own child, not yet reaped.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            // The child is reaped; `Child` does not wait on drop.
+            drop(child);
+            return (Ok(ExitStatus::from_raw(status)), Some(usage.ru_maxrss as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return (Err(e), None);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wait_measured(mut child: std::process::Child) -> (std::io::Result<ExitStatus>, Option<u64>) {
+    (child.wait(), None)
 }
 
 /// Stops a tool we started that ran past its time, by its process id.
@@ -122,6 +154,9 @@ mod tests {
         let Ended::Exited(status) = o.ended else { panic!("{:?}", o.ended) };
         assert!(!status.success());
         assert_eq!(o.failure_line(status), "error: no such model");
+        if cfg!(target_os = "linux") {
+            assert!(o.peak_rss_kib.is_some_and(|k| k > 0));
+        }
         let mut slow = Command::new("sleep");
         slow.arg("30");
         let started = Instant::now();

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
+use super::measure::Accuracy;
 use super::measure::Latency;
 use super::tools::{OPT_TIME_BASELINES, all_tools};
 use super::{Options, clip};
@@ -23,9 +24,13 @@ pub(super) struct Row {
     /// Median optimize wall time over the repeats, seconds.
     pub(super) optimize_s: Option<f64>,
     pub(super) optimize_runs_s: Vec<f64>,
+    /// Largest peak resident set of the tool's process over the repeats, MiB.
+    pub(super) optimize_peak_rss_mib: Option<f64>,
     pub(super) model: Option<PathBuf>,
     pub(super) model_bytes: Option<u64>,
     pub(super) max_abs_diff: Option<f64>,
+    /// Per output: agreement with the original over the evaluation samples (measure.py).
+    pub(super) accuracy: BTreeMap<String, Accuracy>,
     /// By intra-op thread count.
     pub(super) latency: BTreeMap<String, Latency>,
     /// Median latency divided by the original's, by thread count.
@@ -33,6 +38,25 @@ pub(super) struct Row {
 }
 
 impl Row {
+    /// A row with nothing measured yet, status `ok`.
+    pub(super) fn new(tool: &str, group: &str, peer: bool) -> Row {
+        Row {
+            tool: tool.into(),
+            group: group.into(),
+            peer,
+            status: "ok".into(),
+            optimize_s: None,
+            optimize_runs_s: Vec::new(),
+            optimize_peak_rss_mib: None,
+            model: None,
+            model_bytes: None,
+            max_abs_diff: None,
+            accuracy: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            latency_vs_original: BTreeMap::new(),
+        }
+    }
+
     pub(super) fn ok(&self) -> bool {
         self.status == "ok"
     }
@@ -224,13 +248,30 @@ fn fmt_ratio(r: f64) -> String {
 }
 
 /// The printed tables.
+/// The least accurate output's cosine (worst sample) and argmax agreement, for the table.
+fn worst_accuracy(accuracy: &BTreeMap<String, Accuracy>) -> String {
+    let worst =
+        accuracy.values().min_by(|a, b| a.cosine_min.unwrap_or(f64::NAN).total_cmp(&b.cosine_min.unwrap_or(f64::NAN)));
+    match worst {
+        None => "-".into(),
+        Some(a) => {
+            let mut text = a.cosine_min.map_or("cos -".into(), |c| format!("cos {c:.5}"));
+            if let Some(t) = a.top1 {
+                text.push_str(&format!(" top1 {t:.3}"));
+            }
+            text
+        }
+    }
+}
+
 pub(super) fn render(report: &Report) -> String {
     let threads: Vec<String> = report.settings.threads.iter().map(u32::to_string).collect();
-    let mut header: Vec<String> = ["fixture", "tool", "optimize", "MB"].iter().map(|s| s.to_string()).collect();
+    let mut header: Vec<String> =
+        ["fixture", "tool", "optimize", "peak MiB", "MB"].iter().map(|s| s.to_string()).collect();
     for t in &threads {
         header.extend([format!("t{t} median ms"), format!("t{t} p90"), format!("t{t} vs orig")]);
     }
-    header.extend(["max |diff|".to_string(), "status".to_string()]);
+    header.extend(["max |diff|".to_string(), "accuracy (worst output)".to_string(), "status".to_string()]);
     let mut table = vec![header];
     for f in &report.fixtures {
         for (i, r) in f.rows.iter().enumerate() {
@@ -238,6 +279,7 @@ pub(super) fn render(report: &Report) -> String {
                 if i == 0 { f.name.clone() } else { String::new() },
                 r.tool.clone(),
                 r.optimize_s.map_or("-".into(), fmt_secs),
+                r.optimize_peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
                 r.model_bytes.map_or("-".into(), |b| format!("{:.2}", b as f64 / 1e6)),
             ];
             for t in &threads {
@@ -251,6 +293,7 @@ pub(super) fn render(report: &Report) -> String {
                 }
             }
             line.push(r.max_abs_diff.map_or("-".into(), |d| if d == 0.0 { "0".into() } else { format!("{d:.1e}") }));
+            line.push(worst_accuracy(&r.accuracy));
             line.push(clip(&r.status, 100));
             table.push(line);
         }
@@ -329,20 +372,14 @@ mod tests {
 
     fn row(tool: &str, peer: bool, status: &str, opt: Option<f64>, t1: Option<f64>) -> Row {
         Row {
-            tool: tool.into(),
-            group: if tool == "original" { String::new() } else { "fp32".into() },
-            peer,
             status: status.into(),
             optimize_s: opt,
             optimize_runs_s: opt.into_iter().collect(),
-            model: None,
-            model_bytes: None,
-            max_abs_diff: None,
             latency: t1
                 .map(|ms| ("1".to_string(), Latency { median_ms: ms, p90_ms: ms, min_ms: ms, mean_ms: ms, runs: 50 }))
                 .into_iter()
                 .collect(),
-            latency_vs_original: BTreeMap::new(),
+            ..Row::new(tool, if tool == "original" { "" } else { "fp32" }, peer)
         }
     }
 

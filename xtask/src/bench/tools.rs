@@ -25,6 +25,9 @@ pub(super) struct Invocation<'a> {
     pub(super) model: &'a str,
     /// An empty folder the tool writes into; the model must end up as `<out>/model.onnx`.
     pub(super) out: &'a str,
+    /// A folder of `.npz` calibration samples (recipe inputs of the calibration seeds, never
+    /// the evaluation seeds); `{data}` in Kiln's arguments.
+    pub(super) data: &'a str,
     pub(super) kiln_args: &'a [String],
 }
 
@@ -83,7 +86,10 @@ pub(super) const FP32_TOOLS: &[Tool] = &[
 pub(super) const OPT_TIME_BASELINES: &[&str] = &["onnxsim", "ort-transformers"];
 
 fn kiln_args(inv: &Invocation) -> Vec<String> {
-    inv.kiln_args.iter().map(|a| a.replace("{model}", inv.model).replace("{out}", inv.out)).collect()
+    inv.kiln_args
+        .iter()
+        .map(|a| a.replace("{model}", inv.model).replace("{out}", inv.out).replace("{data}", inv.data))
+        .collect()
 }
 
 fn out_model(inv: &Invocation) -> String {
@@ -127,7 +133,8 @@ mod tests {
     #[test]
     fn tools_build_their_command_lines() {
         let kiln_template = split_args(KILN_ARGS);
-        let inv = Invocation { fixture: "transformer", model: "/m.onnx", out: "/o", kiln_args: &kiln_template };
+        let inv =
+            Invocation { fixture: "transformer", model: "/m.onnx", out: "/o", data: "/d", kiln_args: &kiln_template };
         let by_id = |id: &str| all_tools().find(|t| t.id == id).unwrap();
         assert_eq!((by_id("kiln").args)(&inv), ["/m.onnx", "--opt", "O3", "--target", "cpu", "-o", "/o"]);
         assert_eq!((by_id("onnxsim").args)(&inv), ["/m.onnx", "/o/model.onnx"]);

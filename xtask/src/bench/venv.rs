@@ -19,9 +19,15 @@ const REPORTED_PACKAGES: &[&str] = &["onnxruntime", "onnx", "onnxsim", "onnxslim
 
 /// Creates or reuses `<cache>/bench-venv` with the pinned peers; returns its Python.
 pub(super) fn ensure_venv(root: &Path) -> Result<PathBuf> {
-    let venv = crate::cache_dir().join("bench-venv");
+    ensure_venv_with(root, "bench-venv", REQUIREMENTS)
+}
+
+/// Creates or reuses `<cache>/<name>` with the packages pinned in `requirements` (relative to
+/// the repository root); returns its Python. Shared by the bench and the test suite's checker.
+pub(crate) fn ensure_venv_with(root: &Path, name: &str, requirements: &str) -> Result<PathBuf> {
+    let venv = crate::cache_dir().join(name);
     let python = venv_bin(&venv, "python");
-    let reqs_path = root.join(REQUIREMENTS);
+    let reqs_path = root.join(requirements);
     let reqs = fs::read_to_string(&reqs_path).with_context(|| format!("reading {}", reqs_path.display()))?;
     // A copy of the requirements marks a finished install: a changed file or an interrupted
     // install means pip runs again.
@@ -42,14 +48,14 @@ pub(super) fn ensure_venv(root: &Path) -> Result<PathBuf> {
         }
     }
     let _ = fs::remove_file(&stamp);
-    eprintln!("xtask: installing the bench's pinned peers from {REQUIREMENTS}");
+    eprintln!("xtask: installing the pinned packages of {requirements} into {}", venv.display());
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--progress-bar", "off", "-r"])
         .arg(&reqs_path)
         .status()
         .with_context(|| format!("could not start {}", python.display()))?;
     if !status.success() {
-        bail!("pip could not install {REQUIREMENTS} into {} ({status}); it needs access to PyPI", venv.display());
+        bail!("pip could not install {requirements} into {} ({status}); it needs access to PyPI", venv.display());
     }
     fs::write(&stamp, reqs).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(python)

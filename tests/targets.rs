@@ -1,0 +1,292 @@
+//! Targets end to end: for each fixture × target the artifact (model, manifest with the
+//! linter's report, report.md, the target's files), its accuracy on ONNX Runtime CPU, the
+//! ONNX checker (`full_check`) on every artifact, byte-identical reruns at any thread count,
+//! `--force`, presets and config files, and the linter refusing an illegal QDQ model before
+//! anything is written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{Outcome, optimize_env};
+use kiln::compiler::DataType;
+use kiln::compiler::ir::{Graph, Model, NodeSpec, OpsetImport, TensorType, Type};
+use kiln::compiler::onnx::{SaveOptions, load_model, save_model};
+use kiln::compiler::{Tensor, shape::infer_model};
+use kiln_passes::testing::{abs_tol, compare_outputs, fixture_inputs, require_ort, run};
+use serde_json::Value as Json;
+
+fn optimize(args: &[&OsStr]) -> Outcome {
+    optimize_env(args, &[])
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn assert_ok(o: &Outcome) {
+    assert_eq!(o.code, Some(0), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+}
+
+fn read_json(path: &Path) -> Json {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The fixture shapes the FLOPs are counted at (and the TensorRT profile is built for).
+fn shape_args(fixture: &str) -> Vec<String> {
+    match fixture {
+        "cnn" => vec!["--shape".into(), "x=1,3,48,192".into()],
+        "transformer" => vec!["--dim".into(), "batch_size=1".into(), "--dim".into(), "sequence_length=16".into()],
+        other => panic!("no shapes for {other}"),
+    }
+}
+
+fn level(target: &str) -> &'static str {
+    if target == "tensorrt" { "O2" } else { "O3" }
+}
+
+/// Optimizes a fixture for a target into `out`.
+fn artifact(fixture: &str, target: &str, out: &Path, extra: &[&str]) -> Outcome {
+    let model = kiln_fixtures::model(fixture).unwrap_or_else(|e| panic!("{e}"));
+    let mut args: Vec<String> = vec![
+        model.display().to_string(),
+        "--target".into(),
+        target.into(),
+        "--opt".into(),
+        level(target).into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(shape_args(fixture));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    optimize(&args)
+}
+
+/// The Python with `onnx==1.20.1` that `cargo xtask test` prepares.
+fn checker_python() -> PathBuf {
+    let p = std::env::var_os("KILN_CHECK_PYTHON").unwrap_or_else(|| {
+        panic!("KILN_CHECK_PYTHON is not set: run the tests through `cargo xtask test`, which creates the checker venv")
+    });
+    let p = PathBuf::from(p);
+    assert!(p.is_file(), "KILN_CHECK_PYTHON={} does not exist", p.display());
+    p
+}
+
+/// Runs `onnx.checker.check_model(path, full_check=True)` on each model; panics with the
+/// checker's message on the first failure.
+fn onnx_check(models: &[PathBuf]) {
+    let script = "import sys, onnx\n\
+        assert onnx.__version__ == '1.20.1', onnx.__version__\n\
+        for p in sys.argv[1:]:\n\
+        \x20   onnx.checker.check_model(p, full_check=True)\n\
+        \x20   print('ok', p)\n";
+    let out = Command::new(checker_python()).arg("-c").arg(script).args(models).output().unwrap();
+    assert!(
+        out.status.success(),
+        "onnx.checker failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), models.len());
+}
+
+#[test]
+fn every_fixture_and_target_gives_a_linted_checked_accurate_artifact() {
+    require_ort().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for fixture in ["cnn", "transformer"] {
+        let original = load_model(&kiln_fixtures::model(fixture).unwrap()).unwrap();
+        let inputs = fixture_inputs(fixture, 0).unwrap();
+        let want = run(&original, &inputs).unwrap();
+        for target in ["cpu", "cuda", "tensorrt"] {
+            let out = dir.path().join(format!("{fixture}-{target}"));
+            assert_ok(&artifact(fixture, target, &out, &[]));
+            let m = read_json(&out.join("manifest.json"));
+            let lint = &m["lint"];
+            assert_eq!(lint["target"], target);
+            assert_eq!(lint["errors"].as_array().map(Vec::len), Some(0), "{fixture}/{target}: {lint:#}");
+            // FLOPs were counted at the given shapes: every compute node has a shape.
+            assert!(lint["compute"]["total_flops"].as_u64().unwrap() > 1_000_000, "{fixture}/{target}: {lint:#}");
+            assert_eq!(lint["compute"]["unknown_shape_nodes"].as_array().map(Vec::len), Some(0), "{lint:#}");
+            let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+            assert!(report.contains(&format!("## Target check ({target})")), "{report}");
+            let files: Vec<&str> = m["target_files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+            if target == "tensorrt" {
+                assert_eq!(files, ["tensorrt.json", "trtexec.sh"]);
+                let trt = read_json(&out.join("tensorrt.json"));
+                assert!(trt["trtexec"].as_array().unwrap().iter().any(|a| a == "--stronglyTyped"));
+                // No contrib op reaches TensorRT.
+                let ops = m["model"]["op_histogram"].as_object().unwrap();
+                assert!(!ops.keys().any(|k| k.starts_with("com.microsoft.")), "{ops:?}");
+            } else {
+                assert!(files.is_empty());
+            }
+            // The same graph on ORT CPU (contrib ops of the cuda artifact run there too).
+            let got = run(&load_model(&out.join("model.onnx")).unwrap(), &inputs).unwrap();
+            compare_outputs(&got, &want, abs_tol(2e-4)).unwrap_or_else(|e| panic!("{fixture}/{target}: {e}"));
+            checked.push(out.join("model.onnx"));
+        }
+    }
+    onnx_check(&checked);
+}
+
+#[test]
+fn artifacts_are_byte_identical_across_runs_and_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in ["cpu", "tensorrt"] {
+        let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
+        for (i, threads) in ["1", "2", "4", "1"].iter().enumerate() {
+            let out = dir.path().join(format!("{target}-{i}"));
+            assert_ok(&artifact("cnn", target, &out, &["--threads", threads]));
+            let mut files = BTreeMap::new();
+            for e in std::fs::read_dir(&out).unwrap() {
+                let e = e.unwrap();
+                files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+            }
+            assert!(
+                files.contains_key("model.onnx")
+                    && files.contains_key("manifest.json")
+                    && files.contains_key("report.md")
+            );
+            match &first {
+                None => first = Some(files),
+                Some(want) => {
+                    assert_eq!(files.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+                    for (name, bytes) in want {
+                        assert!(files[name] == *bytes, "{target} --threads {threads}: {name} differs");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_artifact_is_replaced_only_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a");
+    assert_ok(&artifact("cnn", "cpu", &out, &[]));
+    let before = std::fs::read(out.join("manifest.json")).unwrap();
+    let again = artifact("cnn", "tensorrt", &out, &[]);
+    assert_eq!(again.code, Some(2), "{}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), before, "the artifact changed without --force");
+    assert_ok(&artifact("cnn", "tensorrt", &out, &["--force"]));
+    assert_eq!(read_json(&out.join("manifest.json"))["target"], "tensorrt");
+    // A folder that is not an artifact is never replaced, even with --force.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let refused = artifact("cnn", "cpu", &mine, &["--force"]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "keep");
+}
+
+#[test]
+fn presets_and_config_files_set_options_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = kiln_fixtures::model("cnn").unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, "target = \"tensorrt\"\nopt = \"O1\"\nshapes = [\"x=1x3x48x192:4x3x48x192:8x3x48x192\"]\n")
+        .unwrap();
+    let out = dir.path().join("c");
+    assert_ok(&optimize(&[model.as_os_str(), os("--config"), config.as_os_str(), os("-o"), out.as_os_str()]));
+    let m = read_json(&out.join("manifest.json"));
+    assert_eq!((m["target"].as_str(), m["opt_level"].as_str()), (Some("tensorrt"), Some("O1")));
+    let trt = read_json(&out.join("tensorrt.json"));
+    assert_eq!(trt["onnxruntime_tensorrt_provider"]["trt_profile_max_shapes"], "x:8x3x48x192");
+
+    // A flag on the command line wins over the file.
+    let out2 = dir.path().join("c2");
+    let args =
+        [model.as_os_str(), os("--config"), config.as_os_str(), os("--target"), os("cpu"), os("-o"), out2.as_os_str()];
+    let o = optimize(&args);
+    // --shapes is TensorRT's: the cpu target says it ignores it.
+    assert_ok(&o);
+    assert!(o.stderr.contains("ignores it"), "{}", o.stderr);
+    assert_eq!(read_json(&out2.join("manifest.json"))["target"], "cpu");
+
+    // A preset expands to its flags (cuda-fp16: target cuda at O3); --precision fp32 wins.
+    let out3 = dir.path().join("p");
+    let args =
+        [model.as_os_str(), os("--preset"), os("cuda-fp16"), os("--precision"), os("fp32"), os("-o"), out3.as_os_str()];
+    assert_ok(&optimize(&args));
+    let m = read_json(&out3.join("manifest.json"));
+    assert_eq!(
+        (m["target"].as_str(), m["opt_level"].as_str(), m["precision"].as_str()),
+        (Some("cuda"), Some("O3"), Some("fp32"))
+    );
+
+    // Unknown keys name the file and the key.
+    std::fs::write(&config, "precison = \"int8\"\n").unwrap();
+    let o = optimize(&[model.as_os_str(), os("--config"), config.as_os_str(), os("-o"), out3.as_os_str()]);
+    assert_eq!(o.code, Some(2));
+    assert!(o.stderr.contains("kiln.toml") && o.stderr.contains("precison"), "{}", o.stderr);
+}
+
+/// x → Q/DQ (zero point `zp`) → Conv with a per-channel int8 weight → y, saved as ONNX.
+fn qdq_conv(path: &Path, zp: i8) {
+    let mut g = Graph::new();
+    let x = g.add_input("x", Some(Type::tensor(TensorType::with_dims(DataType::F32, &[1, 3, 8, 8]))));
+    let init = |g: &mut Graph, name: &str, t: Tensor| g.add_initializer(name, Arc::new(t));
+    let s = init(&mut g, "s", Tensor::scalar(0.05f32));
+    let z = init(&mut g, "z", Tensor::scalar(zp));
+    let q = g.add_node(NodeSpec::new("QuantizeLinear").name("q_x").inputs([x, s, z]).outputs(["xq"]));
+    let xq = g.node(q).output(0).unwrap();
+    let d = g.add_node(NodeSpec::new("DequantizeLinear").name("dq_x").inputs([xq, s, z]).outputs(["xd"]));
+    let xd = g.node(d).output(0).unwrap();
+    let wv: Vec<i8> = (0..108).map(|i| (i % 17) as i8 - 8).collect();
+    let w = init(&mut g, "w", Tensor::from_slice(vec![4, 3, 3, 3], &wv).unwrap());
+    let ws = init(&mut g, "ws", Tensor::from_slice(vec![4], &[0.01f32, 0.02, 0.03, 0.04]).unwrap());
+    let wz = init(&mut g, "wz", Tensor::from_slice(vec![4], &[0i8; 4]).unwrap());
+    let wd = g.add_node(
+        NodeSpec::new("DequantizeLinear")
+            .name("dq_w")
+            .inputs([w, ws, wz])
+            .outputs(["wd"])
+            .attr(kiln::compiler::ir::Attribute::int("axis", 0)),
+    );
+    let wdv = g.node(wd).output(0).unwrap();
+    let c = g.add_node(NodeSpec::new("Conv").name("conv").inputs([xd, wdv]).outputs(["y"]));
+    let y = g.node(c).output(0).unwrap();
+    g.push_output(y);
+    g.name = Some("qdq".into());
+    let mut model = Model {
+        ir_version: Some(10),
+        opset_import: vec![OpsetImport { domain: Some(String::new()), version: Some(21) }],
+        graph: Some(g),
+        ..Model::default()
+    };
+    infer_model(&mut model);
+    save_model(&model, path, &SaveOptions::default()).unwrap();
+}
+
+#[test]
+fn the_linter_refuses_an_illegal_artifact_before_writing_and_accepts_its_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("asym.onnx");
+    qdq_conv(&bad, 5);
+    let out = dir.path().join("trt");
+    let o = optimize(&[bad.as_os_str(), os("--target"), os("tensorrt"), os("-o"), out.as_os_str()]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("trt-zero-point") && o.stderr.contains("'q_x'"), "{}", o.stderr);
+    assert!(!out.exists(), "an artifact was written despite lint errors");
+    // ORT CPU takes asymmetric activations: the same model is a clean cpu artifact.
+    let cpu = dir.path().join("cpu");
+    assert_ok(&optimize(&[bad.as_os_str(), os("--target"), os("cpu"), os("-o"), cpu.as_os_str()]));
+    let m = read_json(&cpu.join("manifest.json"));
+    assert_eq!(m["lint"]["compute"]["int8_share"], 1.0);
+    // The symmetric twin passes for TensorRT.
+    let good = dir.path().join("sym.onnx");
+    qdq_conv(&good, 0);
+    assert_ok(&optimize(&[good.as_os_str(), os("--target"), os("tensorrt"), os("-o"), out.as_os_str()]));
+    assert_eq!(read_json(&out.join("manifest.json"))["lint"]["errors"].as_array().map(Vec::len), Some(0));
+    onnx_check(&[cpu.join("model.onnx"), out.join("model.onnx")]);
+}
