@@ -33,11 +33,24 @@ fn read_json(path: &Path) -> Json {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `optimize transformer --precision int4 -o OUT extra…`; returns the artifact folder.
+/// The gate `optimize` holds the artifact to (the thresholds of this file's header), instead
+/// of the INT4 default (cosine mean 0.98 on every output), which round to nearest at 4 bits
+/// meets on this model only by a hair.
+const TOLERANCE: &str = "461:cosine_min>=0.97,onnx::Shape_422:cosine_min>=0.95";
+
+/// `optimize transformer --precision int4 -o OUT --tolerance … extra…`, with realistic samples
+/// (`--data`, for calibration and the gate's evaluation) unless `extra` names some; returns
+/// the artifact folder.
 fn quantize(dir: &Path, extra: &[&str]) -> PathBuf {
     let path = kiln_fixtures::model("transformer").unwrap_or_else(|e| panic!("{e}"));
     let out = dir.join("out");
+    let data = dir.join("samples");
     let mut args = vec![path.as_os_str(), os("--precision"), os("int4"), os("-o"), out.as_os_str()];
+    args.extend([os("--tolerance"), os(TOLERANCE)]);
+    if !extra.contains(&"--data") {
+        write_samples(&data, 8, 500);
+        args.extend([os("--data"), data.as_os_str()]);
+    }
     args.extend(extra.iter().map(|s| os(s)));
     assert_ok(&optimize(&args));
     out
@@ -91,17 +104,26 @@ fn stage(artifact: &Path) -> Json {
 const PROJECTIONS: usize = 18;
 const OUTPUT_PROJECTION: &str = "/model/model.0/auto_model/encoder/layer.2/output/dense/MatMul";
 
-fn assert_sizes_and_decisions(stage: &Json) {
+/// The output projection stays at 8 bits on ORT (`int8`), in float on TensorRT (which has no
+/// weight-only INT8); the other projections are 4 bits.
+fn assert_sizes_and_decisions(stage: &Json, output_projection_int8: bool) {
     let facts = &stage["facts"];
-    assert_eq!(facts["layers_quantized"], PROJECTIONS, "{stage}");
-    // The output projection stays at 8 bits by default; the rest are 4 bits.
-    assert_eq!(facts["layers_int8"], 1, "{stage}");
-    assert_eq!(facts["bits_per_layer"][OUTPUT_PROJECTION], 8, "{stage}");
-    assert_eq!(stage["decisions"][OUTPUT_PROJECTION], "int8");
+    let fp32_bytes = 3.0 * 4.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0);
     let before = facts["weight_bytes_before"].as_f64().unwrap();
     let after = facts["weight_bytes_after"].as_f64().unwrap();
-    // FP32 bytes of the 18 weights: per layer four 384×384 and two 384×1536.
-    assert_eq!(before, 3.0 * 4.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0));
+    if output_projection_int8 {
+        assert_eq!(facts["layers_quantized"], PROJECTIONS, "{stage}");
+        assert_eq!(facts["layers_int8"], 1, "{stage}");
+        assert_eq!(facts["bits_per_layer"][OUTPUT_PROJECTION], 8, "{stage}");
+        assert_eq!(stage["decisions"][OUTPUT_PROJECTION], "int8");
+        // FP32 bytes of the 18 weights: per layer four 384×384 and two 384×1536.
+        assert_eq!(before, fp32_bytes);
+    } else {
+        assert_eq!(facts["layers_quantized"], PROJECTIONS - 1, "{stage}");
+        assert_eq!(facts["layers_int8"], 0, "{stage}");
+        assert!(stage["decisions"][OUTPUT_PROJECTION].as_str().unwrap().starts_with("fp32"), "{stage}");
+        assert_eq!(before, fp32_bytes - 4.0 * 384.0 * 1536.0);
+    }
     let ratio = after / before;
     assert!(ratio <= 0.35, "quantized weights take {ratio:.3} of their FP32 size");
     println!("weights {before} -> {after} bytes ({ratio:.3}x)");
@@ -121,7 +143,7 @@ fn minilm_int4_for_ort_cpu_is_matmul_nbits_and_keeps_its_embeddings() {
         let bits = n.attr_int("bits").unwrap();
         assert_eq!(bits == 8, n.name.as_deref() == Some(OUTPUT_PROJECTION), "{:?}", n.name);
     }
-    assert_sizes_and_decisions(&stage(&out));
+    assert_sizes_and_decisions(&stage(&out), true);
 
     let (worst, mean, worst_token) = embedding_cosines(&out, 8);
     println!("cpu int4 rtn: sentence cosine mean {mean:.5}, worst {worst:.5}; worst token {worst_token:.5}");
@@ -136,7 +158,7 @@ fn minilm_int4_for_tensorrt_is_blocked_dequantize_and_runs_in_ort() {
     let model = load_model(&out.join("model.onnx")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.opset(""), Some(21));
     assert_eq!(count_in(&model, "com.microsoft", "MatMulNBits"), 0);
-    assert_eq!(count_op(&model, "DequantizeLinear"), PROJECTIONS);
+    assert_eq!(count_op(&model, "DequantizeLinear"), PROJECTIONS - 1);
     let g = model.graph.as_ref().unwrap();
     let mut int4 = 0;
     for (_, n) in g.nodes().filter(|(_, n)| n.op_type == "DequantizeLinear") {
@@ -145,21 +167,16 @@ fn minilm_int4_for_tensorrt_is_blocked_dequantize_and_runs_in_ort() {
         // TensorRT: symmetric (no zero point), strictly positive scales, int4 blocks along K.
         assert!(n.input(2).is_none());
         assert!(scale.to_vec::<f32>().unwrap().iter().all(|&s| s > 0.0));
-        if x.dtype() == DataType::I4 {
-            int4 += 1;
-            assert_eq!(n.attr_int("block_size"), Some(32));
-            assert_eq!(n.attr_int("axis"), Some(0));
-            assert_eq!(scale.dims(), [x.dims()[0] / 32, x.dims()[1]]);
-        } else {
-            // The output projection: int8, per output channel.
-            assert_eq!(x.dtype(), DataType::I8);
-            assert_eq!(scale.dims(), [x.dims()[1]]);
-        }
+        assert_eq!(x.dtype(), DataType::I4);
+        int4 += 1;
+        assert_eq!(n.attr_int("block_size"), Some(32));
+        assert_eq!(n.attr_int("axis"), Some(0));
+        assert_eq!(scale.dims(), [x.dims()[0] / 32, x.dims()[1]]);
         let consumer = g.value(n.output(0).unwrap()).uses()[0].node;
         assert_eq!(g.node(consumer).op_type, "MatMul");
     }
     assert_eq!(int4, PROJECTIONS - 1);
-    assert_sizes_and_decisions(&stage(&out));
+    assert_sizes_and_decisions(&stage(&out), false);
 
     let (worst, mean, worst_token) = embedding_cosines(&out, 8);
     println!(

@@ -111,6 +111,12 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
         symmetric = true;
         report.warnings.push("TensorRT takes symmetric weights only: INT4 blocks made symmetric".into());
     }
+    // TensorRT runs INT4 weight-only (blocked DQ into a MatMul) but not INT8 weight-only: an
+    // int8 weight with a float input is dequantized at build time and runs in float. A layer
+    // meant for 8 bits stays in float there instead of pretending.
+    let wide = |p: LayerPrecision| {
+        if format == Format::Dequantize && p == LayerPrecision::Int8 { LayerPrecision::Float } else { p }
+    };
     let config = Int4Config {
         block: options.block,
         symmetric,
@@ -118,8 +124,8 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
         format,
         accuracy_level: options.accuracy_level,
         exclude: options.exclude.clone(),
-        first: options.first,
-        last: options.last,
+        first: wide(options.first),
+        last: wide(options.last),
     };
 
     let executor = OrtExecutor::new();

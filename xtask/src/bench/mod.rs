@@ -36,6 +36,7 @@ mod measure;
 mod process;
 mod report;
 mod tools;
+mod tools_int4;
 pub(crate) mod venv;
 
 use std::ffi::OsString;
