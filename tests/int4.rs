@@ -142,6 +142,8 @@ fn minilm_int4_for_ort_cpu_is_matmul_nbits_and_keeps_its_embeddings() {
         assert_eq!(n.attr_int("block_size"), Some(32));
         let bits = n.attr_int("bits").unwrap();
         assert_eq!(bits == 8, n.name.as_deref() == Some(OUTPUT_PROJECTION), "{:?}", n.name);
+        // 8-bit blocks run on ORT's int8 kernel (accuracy_level 4); 4-bit ones in float.
+        assert_eq!(n.attr_int("accuracy_level"), (bits == 8).then_some(4), "{:?}", n.name);
     }
     assert_sizes_and_decisions(&stage(&out), true);
 

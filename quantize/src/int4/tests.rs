@@ -192,6 +192,9 @@ fn matmul_nbits_layout_matches_onnx_runtime() {
         // The only layer is also the last one: `last: Int4` keeps it at 4 bits.
         let report = quantize(&mut model, symmetric, Format::MatMulNBits, LayerPrecision::Int4);
         assert_eq!(report.layers.len(), 1);
+        let g = model.graph.as_ref().unwrap();
+        let (_, node) = g.nodes().find(|(_, n)| n.op_type == "MatMulNBits").unwrap();
+        assert_eq!(node.attr_int("accuracy_level"), None, "4-bit blocks keep float activations");
         assert_eq!(report.layers[0].bits, 4);
         let (w, _, kk, nn) = decode_matmul_nbits(&model);
         assert_eq!((kk, nn), (k, n));
@@ -221,10 +224,24 @@ fn eight_bit_matmul_nbits_and_gemm_bias_match_onnx_runtime() {
     let (k, n) = (48, 6);
     let x = values(8, M * k);
     for symmetric in [true, false] {
+        // Default policy: the last (only) projection at 8 bits, with int8 activations (level 4).
         let mut model = layer_model(k, n, true);
-        // Default policy: the last (only) projection at 8 bits.
         let report = quantize(&mut model, symmetric, Format::MatMulNBits, LayerPrecision::Int8);
         assert_eq!(report.layers[0].bits, 8);
+        let g = model.graph.as_ref().unwrap();
+        let (_, node) = g.nodes().find(|(_, n)| n.op_type == "MatMulNBits").unwrap();
+        assert_eq!(node.attr_int("accuracy_level"), Some(4), "8-bit blocks take ORT's int8 kernel");
+        // Level 0 (float activations) for the exact comparison.
+        let mut model = layer_model(k, n, true);
+        let config = Int4Config {
+            block: 16,
+            symmetric,
+            accuracy_level: Some(0),
+            last: LayerPrecision::Int8,
+            ..Int4Config::default()
+        };
+        quantize_model(&mut model, &config, None).unwrap();
+        kiln_compiler::verify::check_model(&model).unwrap_or_else(|e| panic!("{e}"));
         let g = model.graph.as_ref().unwrap();
         assert_eq!(g.nodes().filter(|(_, n)| n.op_type == "Gemm").count(), 0);
         let (w, bias, ..) = decode_matmul_nbits(&model);
