@@ -36,6 +36,8 @@ mod measure;
 mod process;
 mod report;
 mod tools;
+mod tools_half;
+mod tools_int8;
 pub(crate) mod venv;
 
 use std::ffi::OsString;
@@ -55,7 +57,7 @@ use process::{Ended, timed_run};
 use report::{
     FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render, summarize,
 };
-use tools::{Invocation, KILN_ARGS, Program, Tool, all_tools};
+use tools::{Invocation, KILN_ARGS, Program, Tolerance, Tool, all_tools};
 use venv::{ensure_venv, python_versions, venv_bin};
 
 /// Fixtures measured by default, in report order.
@@ -291,13 +293,13 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         row.latency = m.latency.clone();
         row.max_abs_diff = m.max_abs_diff;
         row.accuracy = m.accuracy.clone();
-        let tolerance = all_tools().find(|t| t.id == row.tool).map_or(0.0, |t| t.tolerance);
+        let tolerance = all_tools().find(|t| t.id == row.tool).map_or(Tolerance::MaxAbsDiff(0.0), |t| t.tolerance);
         if let Some(e) = &m.error {
             row.status = format!("ORT failed: {e}");
         } else if let Some(why) = &m.mismatch {
             row.status = format!("mismatch: {why}");
-        } else if let Some(d) = m.max_abs_diff.filter(|&d| d > tolerance) {
-            row.status = format!("mismatch: max |diff| {d:.3e} > {tolerance:.0e}");
+        } else if let Some(why) = out_of_tolerance(m, tolerance) {
+            row.status = format!("mismatch: {why}");
         }
     }
     let original = rows[0].latency.clone();
@@ -310,6 +312,22 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
     }
     let ratios = ratios(&rows);
     Ok(FixtureReport { name: f.name.clone(), model: model.to_path_buf(), rows, ratios })
+}
+
+/// Why a measured model is too far from the original under `tolerance`, if it is.
+fn out_of_tolerance(m: &measure::Measured, tolerance: Tolerance) -> Option<String> {
+    match tolerance {
+        Tolerance::MaxAbsDiff(limit) => {
+            m.max_abs_diff.filter(|&d| d > limit).map(|d| format!("max |diff| {d:.3e} > {limit:.0e}"))
+        }
+        Tolerance::CosineMin(floor) => m
+            .accuracy
+            .iter()
+            .filter_map(|(name, a)| Some((name, a.cosine_min?)))
+            .filter(|&(_, c)| c < floor)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(name, c)| format!("output {name:?} cosine_min {c:.4} < {floor}")),
+    }
 }
 
 /// Runs one tool `opts.repeats` times on the fixture; the last run's model is measured.
@@ -335,6 +353,11 @@ fn optimize_with(
             Program::VenvScript(name) => {
                 (venv_bin(env.python.parent().and_then(Path::parent).unwrap_or(Path::new(".")), name), vec![])
             }
+            Program::Script(_) => (env.python.to_path_buf(), vec![]),
+        };
+        let args = match tool.program {
+            Program::Script(script) => std::iter::once(utf8(&env.root.join(script))?.to_string()).chain(args).collect(),
+            _ => args,
         };
         if i == 0 {
             eprintln!("   {:<17} {} {}", tool.id, program.display(), args.join(" "));
@@ -403,5 +426,27 @@ mod tests {
         assert!(parse_options(&["--repeats"]).is_err());
         assert!(parse_options(&["--bogus"]).is_err());
         assert!(parse_options(&["--fixtures", ""]).is_err());
+    }
+
+    #[test]
+    fn tolerances_judge_their_own_measure() {
+        use measure::{Accuracy, Measured};
+        let acc = |c| Accuracy {
+            samples: 16,
+            cosine_mean: Some(c),
+            cosine_min: Some(c),
+            top1: None,
+            max_abs: None,
+            mean_abs: None,
+        };
+        let m = Measured {
+            max_abs_diff: Some(0.05),
+            accuracy: [("a".to_string(), acc(0.999)), ("b".to_string(), acc(0.95))].into_iter().collect(),
+            ..Measured::default()
+        };
+        assert_eq!(out_of_tolerance(&m, Tolerance::MaxAbsDiff(1e-3)).unwrap(), "max |diff| 5.000e-2 > 1e-3");
+        assert_eq!(out_of_tolerance(&m, Tolerance::MaxAbsDiff(0.1)), None);
+        assert_eq!(out_of_tolerance(&m, Tolerance::CosineMin(0.99)).unwrap(), "output \"b\" cosine_min 0.9500 < 0.99");
+        assert_eq!(out_of_tolerance(&m, Tolerance::CosineMin(0.9)), None);
     }
 }
