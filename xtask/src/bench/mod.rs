@@ -25,9 +25,14 @@
 //!    relative to the fastest peer, and Kiln's optimize time relative to onnxsim's and ORT's
 //!    transformer optimizer's.
 //!
-//! Rows are compared within a group (`fp32` today): a later `kiln-int8` row and INT8 peers
-//! join [`tools::GROUPS`] under a group of their own with a looser output tolerance, and the summary
-//! compares them among themselves.
+//! Rows are compared within a group ([`tools::GROUPS`]): `fp32` (graph optimizers, flagged
+//! above a max |diff| of 1e-3), `int8` (Kiln static and dynamic against ONNX Runtime's
+//! `quantize_static`/`quantize_dynamic`, `tools_int8.rs`) and `fp16` (Kiln against
+//! onnxconverter-common's and ONNX Runtime's float16 converters, `tools_half.rs`); the lowered
+//! precisions are flagged only when an output's cosine falls below a floor, and otherwise
+//! compared by their accuracy columns. Every Kiln row gets, against each peer of its group,
+//! the ratios of optimize time, peak RSS and latency beside both rows' worst-output accuracy
+//! (a third table, `ratios[].vs_peers` and `summary[].vs_peers_geomean` in the report).
 //!
 //! Numbers on a shared or busy machine are noisy: the round-robin timing makes the comparison
 //! between models fair, not the absolute times exact. Nothing here is asserted by a test.
@@ -66,9 +71,11 @@ const FIXTURES: &[&str] = &["cnn", "cnn_lcnet", "transformer", "transformer_ocr"
 const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
-Optimizes the pinned fixtures with Kiln (release build) and its peers (ONNX Runtime's
-transformer optimizer, onnxsim, onnxslim), times every model in ONNX Runtime's CPU provider,
-checks outputs against the original, and writes <target>/bench/report.json.
+Optimizes the pinned fixtures with Kiln (release build) and its peers: at FP32 ONNX Runtime's
+transformer optimizer, onnxsim, onnxslim; at INT8 ONNX Runtime's quantize_static and
+quantize_dynamic; at FP16 onnxconverter-common and ONNX Runtime's float16 converter. Times
+every model in ONNX Runtime's CPU provider, checks outputs against the original, and writes
+<target>/bench/report.json.
 
 options:
   --fixtures a,b,..   fixtures to run (default: cnn,cnn_lcnet,transformer,transformer_ocr,recurrent_op15)
@@ -77,7 +84,8 @@ options:
   --min-runs N        timed runs per model at least (default: 50)
   --min-seconds S     timed seconds per model at least (default: 2)
   --timeout S         seconds before one optimize run is stopped (default: 600)
-  --kiln-args ARGS    Kiln's arguments, {model} and {out} substituted
+  --groups a,b,..     row groups to run: fp32, int8, fp16 (default: all)
+  --kiln-args ARGS    the fp32 Kiln row's arguments, {model}, {out} and {data} substituted
                       (default: \"{model} --opt O3 --target cpu -o {out}\")
   --quick             a smoke test: 1 repeat, 1 thread, 10 runs, 0.2 s
 ";
@@ -86,6 +94,8 @@ options:
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct Options {
     fixtures: Vec<String>,
+    /// Row groups to run ([`tools::GROUPS`]); empty: all.
+    groups: Vec<String>,
     threads: Vec<u32>,
     repeats: usize,
     warmup: usize,
@@ -100,6 +110,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             fixtures: FIXTURES.iter().map(|s| s.to_string()).collect(),
+            groups: Vec::new(),
             threads: vec![1, 2],
             repeats: 3,
             warmup: 10,
@@ -132,6 +143,15 @@ fn parse_options(args: &[&str]) -> Result<Option<Options>> {
                 o.min_seconds = 0.2;
             }
             "--fixtures" => o.fixtures = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            "--groups" => {
+                o.groups = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                if let Some(g) = o.groups.iter().find(|g| !all_tools().any(|t| t.group == g.as_str())) {
+                    bail!("no row group named {g:?}");
+                }
+                if o.groups.is_empty() {
+                    bail!("--groups needs at least one entry");
+                }
+            }
             "--threads" => {
                 o.threads = value()?
                     .split(',')
@@ -280,7 +300,7 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         model_bytes: fs::metadata(model).ok().map(|m| m.len()),
         ..Row::new("original", "", false)
     }];
-    for tool in all_tools() {
+    for tool in all_tools().filter(|t| opts.groups.is_empty() || opts.groups.iter().any(|g| g == t.group)) {
         rows.push(optimize_with(tool, f, model_str, data, &work.join(tool.id), opts, env)?);
     }
 
@@ -426,6 +446,9 @@ mod tests {
         assert!(parse_options(&["--repeats"]).is_err());
         assert!(parse_options(&["--bogus"]).is_err());
         assert!(parse_options(&["--fixtures", ""]).is_err());
+        assert_eq!(parse_options(&["--groups", "int8,fp16"]).unwrap().unwrap().groups, ["int8", "fp16"]);
+        assert!(parse_options(&["--groups", "int3"]).is_err());
+        assert!(parse_options(&["--groups", ","]).is_err());
     }
 
     #[test]
