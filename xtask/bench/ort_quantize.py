@@ -1,11 +1,15 @@
 """INT8 peer for `cargo xtask bench`: ONNX Runtime's own quantization tool.
 
     python ort_quantize.py static IN.onnx OUT.onnx DATA_DIR
+    python ort_quantize.py static-no-preprocess IN.onnx OUT.onnx DATA_DIR
     python ort_quantize.py dynamic IN.onnx OUT.onnx
 
-Both run `quant_pre_process` first (symbolic shape inference, ORT's basic graph optimization,
-ONNX shape inference), as ONNX Runtime's quantization documentation recommends, into a
-temporary folder, so only the quantized model lands next to OUT.
+`static` and `dynamic` run `quant_pre_process` first (symbolic shape inference, ORT's basic
+graph optimization, ONNX shape inference), as ONNX Runtime's quantization documentation
+recommends, into a temporary folder, so only the quantized model lands next to OUT.
+`static-no-preprocess` quantizes the model as given: on opset-11 models the pre-processing's
+Conv+Add fusion leaves a bias that `quantize_static` dequantizes per channel with an `axis`
+attribute opset 11 does not have, and ONNX Runtime refuses to load the result.
 
 `static`: `quantize_static` in QDQ format, per-channel S8 weights, U8 activations, MinMax
 calibration over every `.npz` sample of DATA_DIR (keys = input names, the samples Kiln is
@@ -75,11 +79,11 @@ def preprocess(model_in, tmp):
 
 
 def main(argv):
-    if len(argv) == 4 and argv[0] == "static":
+    if len(argv) == 4 and argv[0] in ("static", "static-no-preprocess"):
         model_in, model_out, data_dir = (os.path.abspath(a) for a in argv[1:])
         with tempfile.TemporaryDirectory() as tmp:
             os.chdir(tmp)  # the tools leave temporary files in the working directory
-            pre = preprocess(model_in, tmp)
+            pre = preprocess(model_in, tmp) if argv[0] == "static" else model_in
             quantize_static(
                 pre,
                 model_out,

@@ -380,7 +380,7 @@ fn optimize_with(
             _ => args,
         };
         if i == 0 {
-            eprintln!("   {:<17} {} {}", tool.id, program.display(), args.join(" "));
+            eprintln!("   {:<25} {} {}", tool.id, program.display(), args.join(" "));
         }
         let mut cmd = Command::new(&program);
         cmd.args(&args).current_dir(&run_dir);
@@ -396,7 +396,7 @@ fn optimize_with(
         };
         if let Some(why) = failure {
             row.status = format!("failed: {why}");
-            eprintln!("   {:<17} {}", tool.id, row.status);
+            eprintln!("   {:<25} {}", tool.id, row.status);
             return Ok(row);
         }
         row.optimize_runs_s.push(outcome.seconds);
@@ -408,7 +408,7 @@ fn optimize_with(
         row.model = Some(produced);
     }
     row.optimize_s = median(&row.optimize_runs_s);
-    eprintln!("   {:<17} optimized in {}", tool.id, row.optimize_s.map_or("-".into(), fmt_secs));
+    eprintln!("   {:<25} optimized in {}", tool.id, row.optimize_s.map_or("-".into(), fmt_secs));
     Ok(row)
 }
 

@@ -42,6 +42,14 @@ pub(super) const INT8_TOOLS: &[Tool] = &[
         tolerance: INT8_TOLERANCE,
     },
     Tool {
+        id: "ort-quantize-static-nopre",
+        group: "int8",
+        peer: true,
+        program: Program::Script(ORT_QUANTIZE_PY),
+        args: ort_static_no_preprocess,
+        tolerance: INT8_TOLERANCE,
+    },
+    Tool {
         id: "ort-quantize-dynamic",
         group: "int8",
         peer: true,
@@ -76,6 +84,12 @@ fn ort_static(inv: &Invocation) -> Vec<String> {
     vec!["static".into(), inv.model.to_string(), out_model(inv), inv.data.to_string()]
 }
 
+/// `quantize_static` as above on the model as given: the pre-processing breaks ORT's static
+/// quantization of opset-11 CNNs (ort_quantize.py says how), so a user would try without.
+fn ort_static_no_preprocess(inv: &Invocation) -> Vec<String> {
+    vec!["static-no-preprocess".into(), inv.model.to_string(), out_model(inv), inv.data.to_string()]
+}
+
 /// `quantize_dynamic`: per-channel, weights QInt8, after `quant_pre_process`.
 fn ort_dynamic(inv: &Invocation) -> Vec<String> {
     vec!["dynamic".into(), inv.model.to_string(), out_model(inv)]
@@ -95,6 +109,7 @@ mod tests {
         let d = kiln_dynamic(&inv);
         assert!(d.contains(&"--dynamic".to_string()) && !s.contains(&"--dynamic".to_string()));
         assert_eq!(ort_static(&inv), ["static", "/m.onnx", "/o/model.onnx", "/d"]);
+        assert_eq!(ort_static_no_preprocess(&inv)[..2], ["static-no-preprocess", "/m.onnx"]);
         assert_eq!(ort_dynamic(&inv), ["dynamic", "/m.onnx", "/o/model.onnx"]);
     }
 }
