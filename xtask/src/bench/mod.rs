@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: Kiln against its peers, on the pinned real models, in one run.
 //!
 //! Run it with `cargo xtask bench` (`--help` lists the options; `--quick` is a smoke test,
-//! not a measurement). It needs Python 3 with `venv` and access to PyPI the first time. A full
-//! run takes about 3 to 4 minutes on a 2-core machine; the first one adds the venv install.
+//! not a measurement). It needs Python 3 with `venv` and access to PyPI the first time. The
+//! fp32 group alone took about 3 to 4 minutes on a 2-core machine; the int8 and fp16 groups
+//! add about as much again per fixture at `--repeats 1` (two fixtures, all groups, `--repeats 1`:
+//! about 3 minutes); `--groups` runs some only. The first run adds the venv install.
 //!
 //! What it does, in order:
 //! 1. Makes a Python virtual environment at `$KILN_CACHE_DIR/bench-venv` with the peers pinned
