@@ -13,7 +13,7 @@
 //! // Every pass and stage reports what it changed.
 //! let fused = outcome.report.entries_of("applied").count();
 //! let stage = &outcome.stages[0];
-//! let int8_nodes = stage.decisions.values().filter(|d| d.as_str() == "int8").count();
+//! let int8_nodes = stage.decisions.values().filter(|d| d.starts_with("int8")).count();
 //! println!("{fused} rewrites; {int8_nodes} nodes in int8; {:?}", stage.facts["nodes_quantized"]);
 //! assert!(int8_nodes > 0);
 //! let dir = tempfile::tempdir()?;
