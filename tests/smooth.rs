@@ -98,17 +98,29 @@ fn transformer_smoothquant_raises_minmax_int8_cosine() {
     let plain = run_int8(&fixture("transformer"), &data, &loose, &plain_out);
     assert!(plain["facts"].get("smooth_quant").is_none());
     let smooth_out = dir.path().join("smooth");
-    let smooth = run_int8(&fixture("transformer"), &data, &[&loose[..], &["--smooth-quant", "auto"]].concat(), &smooth_out);
+    let smooth =
+        run_int8(&fixture("transformer"), &data, &[&loose[..], &["--smooth-quant", "auto"]].concat(), &smooth_out);
     let facts = &smooth["facts"];
     assert_eq!(facts["smooth_quant"], "auto");
     let smoothed = facts["smooth_quant_smoothed"].as_u64().unwrap();
     assert!(smoothed >= 3, "at least one activation per layer smoothed: {facts}");
     eprintln!("alpha per MatMul input: {:#}", facts["smooth_quant_alpha"]);
     assert_eq!(facts["nodes_quantized"]["MatMul"], plain["facts"]["nodes_quantized"]["MatMul"], "same MatMuls int8");
-    let (cos_plain, cos_smooth) = (min_cosine(&plain_out.join("model.onnx")), min_cosine(&smooth_out.join("model.onnx")));
+    let (cos_plain, cos_smooth) =
+        (min_cosine(&plain_out.join("model.onnx")), min_cosine(&smooth_out.join("model.onnx")));
     eprintln!("transformer int8 minmax: min cosine {cos_plain:.5} plain, {cos_smooth:.5} with SmoothQuant");
     assert!(cos_smooth > cos_plain, "SmoothQuant {cos_smooth} not above plain {cos_plain}");
     assert!(cos_smooth >= 0.99, "SmoothQuant cosine {cos_smooth}");
+    // Deterministic whatever the thread count: the same bytes at --threads 1.
+    let again = dir.path().join("again");
+    run_int8(
+        &fixture("transformer"),
+        &data,
+        &[&loose[..], &["--smooth-quant", "auto", "--threads", "1"]].concat(),
+        &again,
+    );
+    let bytes = |d: &Path| std::fs::read(d.join("model.onnx")).unwrap();
+    assert!(bytes(&smooth_out) == bytes(&again), "SmoothQuant artifact differs at --threads 1");
 }
 
 #[test]

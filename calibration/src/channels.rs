@@ -39,13 +39,18 @@ impl ChannelRange {
 
     /// `max |x|` per channel (0 for a channel never seen).
     pub fn abs_max(&self) -> Vec<f32> {
-        self.min.iter().zip(&self.max).map(|(lo, hi)| lo.abs().max(hi.abs())).map(|m| if m.is_finite() { m } else { 0.0 }).collect()
+        self.min
+            .iter()
+            .zip(&self.max)
+            .map(|(lo, hi)| lo.abs().max(hi.abs()))
+            .map(|m| if m.is_finite() { m } else { 0.0 })
+            .collect()
     }
 
     /// Folds in one value whose last axis is the channel axis; NaNs are ignored.
     fn observe(&mut self, name: &str, values: &[f32], keep_rows: usize) -> Result<(), CalibError> {
         let k = self.channels();
-        if k == 0 || values.len() % k != 0 {
+        if k == 0 || !values.len().is_multiple_of(k) {
             return Err(CalibError::Model(format!(
                 "`{name}`: {} values do not split into rows of {k} channels",
                 values.len()

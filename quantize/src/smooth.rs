@@ -17,14 +17,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_calibration::CalibError;
-use kiln_calibration::channels::{ChannelRange, collect_channels};
+use kiln_calibration::channels::collect_channels;
 use kiln_calibration::data::SampleSource;
 use kiln_compiler::ir::{AttrLookup, Graph, Model, NodeId, NodeSpec, ValueId};
 use kiln_compiler::runtime::{Executor, OptLevel, SessionConfig};
 use kiln_compiler::{DataType, Tensor};
 
 use crate::handlers::constant;
-use crate::weights::{IntType, activation_params};
+use crate::weights::IntType;
 
 /// The α values tried per activation when α is chosen automatically.
 pub const ALPHA_GRID: [f64; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -62,7 +62,13 @@ pub struct SmoothConfig {
 
 impl Default for SmoothConfig {
     fn default() -> SmoothConfig {
-        SmoothConfig { alpha: Alpha::Auto, activation: IntType::U8, symmetric_activations: false, rows: 64, threads: None }
+        SmoothConfig {
+            alpha: Alpha::Auto,
+            activation: IntType::U8,
+            symmetric_activations: false,
+            rows: 64,
+            threads: None,
+        }
     }
 }
 
@@ -118,7 +124,6 @@ pub struct Smoothed {
 pub fn float_nodes(records: &[Smoothed]) -> Vec<String> {
     records.iter().filter_map(|r| r.mul.clone()).collect()
 }
-
 
 /// Smooths every MatMul/Gemm with a constant weight in the main graph: collects per-channel
 /// maxima of their activations on `source`, chooses `s` per activation and rewrites the model.
@@ -215,7 +220,9 @@ fn target(g: &Graph, id: NodeId) -> Option<Target> {
         return None;
     }
     let (x, w) = (node.input(0)?, node.input(1)?);
-    if constant(g, x).is_some() || !matches!(g.value(x).def(), kiln_compiler::ir::ValueDef::Node { .. } | kiln_compiler::ir::ValueDef::Input) {
+    if constant(g, x).is_some()
+        || !matches!(g.value(x).def(), kiln_compiler::ir::ValueDef::Node { .. } | kiln_compiler::ir::ValueDef::Input)
+    {
         return None;
     }
     let tensor = constant(g, w)?;
@@ -232,157 +239,6 @@ fn target(g: &Graph, id: NodeId) -> Option<Target> {
         return None;
     }
     Some(Target { node: id, weight: w, k, n, transposed })
-}
-
-/// The weight as row-major [K, N] values.
-fn weight_kn(g: &Graph, t: &Target) -> Result<Vec<f32>, SmoothError> {
-    let tensor = constant(g, t.weight).ok_or_else(|| SmoothError::Model("weight is no longer constant".into()))?;
-    let v = tensor.to_vec::<f32>().map_err(|e| SmoothError::Model(format!("{}: {e}", g.value(t.weight).name)))?;
-    if !t.transposed {
-        return Ok(v);
-    }
-    let mut out = vec![0.0f32; v.len()];
-    for r in 0..t.n {
-        for c in 0..t.k {
-            out[c * t.n + r] = v[r * t.k + c];
-        }
-    }
-    Ok(out)
-}
-
-/// `s` for a given α: `max|X_j|^α / max|W_j|^(1−α)`, 1 where either side is 0.
-pub fn scales(x_absmax: &[f32], w_absmax: &[f32], alpha: f64) -> Vec<f32> {
-    x_absmax
-        .iter()
-        .zip(w_absmax)
-        .map(|(&x, &w)| {
-            if x > 0.0 && w > 0.0 && x.is_finite() && w.is_finite() {
-                let s = f64::from(x).powf(alpha) / f64::from(w).powf(1.0 - alpha);
-                (s as f32).clamp(1e-4, 1e4)
-            } else {
-                1.0
-            }
-        })
-        .collect()
-}
-
-/// Chooses α for one activation; `None` when its channel count does not match the weights.
-fn choose(
-    g: &Graph,
-    group: &Group,
-    name: &str,
-    range: &ChannelRange,
-    config: &SmoothConfig,
-) -> Result<Option<(ValueId, Vec<f32>, Smoothed)>, SmoothError> {
-    let k = group.targets[0].k;
-    if range.channels() != k || range.rows.is_empty() {
-        return Ok(None);
-    }
-    let weights: Vec<(Vec<f32>, usize)> =
-        group.targets.iter().map(|t| Ok((weight_kn(g, t)?, t.n))).collect::<Result<_, SmoothError>>()?;
-    let mut w_absmax = vec![0.0f32; k];
-    for (w, n) in &weights {
-        for (j, row) in w.chunks_exact(*n).enumerate() {
-            w_absmax[j] = row.iter().fold(w_absmax[j], |m, v| m.max(v.abs()));
-        }
-    }
-    let x_absmax = range.abs_max();
-    let reference = reference_outputs(&range.rows, k, &weights);
-    let ones = vec![1.0f32; k];
-    let error_before = simulated_error(range, &weights, &reference, &ones, config);
-    let alphas: Vec<f64> = match config.alpha {
-        Alpha::Fixed(a) => vec![a],
-        Alpha::Auto => ALPHA_GRID.to_vec(),
-    };
-    let mut best: Option<(f64, f64, Vec<f32>)> = None;
-    for a in alphas {
-        let s = scales(&x_absmax, &w_absmax, a);
-        let e = simulated_error(range, &weights, &reference, &s, config);
-        if best.as_ref().is_none_or(|(_, be, _)| e < *be) {
-            best = Some((a, e, s));
-        }
-    }
-    let nodes = group.targets.iter().map(|t| node_name(g, t.node)).collect();
-    let record = |alpha, error_after| Smoothed {
-        activation: name.to_string(),
-        nodes,
-        alpha,
-        error_before,
-        error_after,
-        folded_into: None,
-        mul: None,
-    };
-    Ok(Some(match best {
-        // A fixed α is applied as asked; an automatic one only when it helps.
-        Some((a, e, s)) if matches!(config.alpha, Alpha::Fixed(_)) || e < error_before => {
-            (group.activation, s, record(Some(a), e))
-        }
-        _ => (group.activation, ones, record(None, error_before)),
-    }))
-}
-
-/// `X·W` of the kept rows for each weight.
-fn reference_outputs(rows: &[f32], k: usize, weights: &[(Vec<f32>, usize)]) -> Vec<Vec<f32>> {
-    weights.iter().map(|(w, n)| matmul(rows, k, w, *n)).collect()
-}
-
-fn matmul(x: &[f32], k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    let m = x.len() / k;
-    let mut y = vec![0.0f32; m * n];
-    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        for (&xv, wr) in xr.iter().zip(w.chunks_exact(n)) {
-            if xv != 0.0 {
-                for (o, &wv) in yr.iter_mut().zip(wr) {
-                    *o += xv * wv;
-                }
-            }
-        }
-    }
-    y
-}
-
-/// `Σ‖XW − Q(X/s)·Q(diag(s)W)‖² / Σ‖XW‖²` over the group's weights, activations quantized per
-/// tensor over the smoothed tensor's calibrated range (as minmax calibration would see it),
-/// weights S8 symmetric per output channel.
-fn simulated_error(
-    range: &ChannelRange,
-    weights: &[(Vec<f32>, usize)],
-    reference: &[Vec<f32>],
-    s: &[f32],
-    config: &SmoothConfig,
-) -> f64 {
-    let k = s.len();
-    let lo = range.min.iter().zip(s).map(|(v, s)| f64::from(v / s)).fold(0.0f64, f64::min);
-    let hi = range.max.iter().zip(s).map(|(v, s)| f64::from(v / s)).fold(0.0f64, f64::max);
-    let p = activation_params(lo, hi, config.activation, config.symmetric_activations);
-    let xq: Vec<f32> = range
-        .rows
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let x = v / s[i % k];
-            if x.is_finite() { p.dequantize(p.quantize(x, 0), 0) } else { 0.0 }
-        })
-        .collect();
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for ((w, n), y) in weights.iter().zip(reference) {
-        let n = *n;
-        let mut ws: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * s[i / n]).collect();
-        let mut col_max = vec![0.0f32; n];
-        for (i, v) in ws.iter().enumerate() {
-            col_max[i % n] = col_max[i % n].max(v.abs());
-        }
-        for (i, v) in ws.iter_mut().enumerate() {
-            let scale = (col_max[i % n] / 127.0).max(f32::MIN_POSITIVE);
-            *v = (*v / scale).round_ties_even().clamp(-127.0, 127.0) * scale;
-        }
-        let yq = matmul(&xq, k, &ws, n);
-        for (a, b) in y.iter().zip(&yq) {
-            num += f64::from(a - b).powi(2);
-            den += f64::from(*a).powi(2);
-        }
-    }
-    if den > 0.0 { num / den } else { 0.0 }
 }
 
 /// Where 1/s went.
@@ -428,8 +284,8 @@ fn apply(g: &mut Graph, group: &Group, s: &[f32]) -> Result<Applied, SmoothError
     let out_name = g.fresh_name(&format!("{base}_smoothed"));
     let node_name = g.fresh_name(&format!("{base}_smooth"));
     let first = group.targets[0].node;
-    let mul =
-        g.insert_node_before(first, NodeSpec::new("Mul").name(node_name.clone()).inputs([x, inv_v]).outputs([out_name]));
+    let mul = g
+        .insert_node_before(first, NodeSpec::new("Mul").name(node_name.clone()).inputs([x, inv_v]).outputs([out_name]));
     let smoothed = g.node(mul).output(0).ok_or_else(|| SmoothError::Model("Mul without output".into()))?;
     if let Some(tt) = g.tensor_type(x).cloned() {
         g.value_mut(smoothed).ty = Some(kiln_compiler::ir::Type::tensor(tt));
@@ -450,8 +306,7 @@ fn fold_into_layernorm(g: &mut Graph, group: &Group, inv: &[f32]) -> Result<Opti
     let rank = g.tensor_type(x).and_then(|t| t.rank());
     let axis_ok = last_axis == -1 || rank.is_some_and(|r| last_axis == r as i64 - 1);
     let only_group = g.value(x).uses().iter().all(|u| group.targets.iter().any(|t| t.node == u.node));
-    if !node.is_onnx("LayerNormalization") || node.output(0) != Some(x) || !axis_ok || !only_group || g.is_output(x)
-    {
+    if !node.is_onnx("LayerNormalization") || node.output(0) != Some(x) || !axis_ok || !only_group || g.is_output(x) {
         return Ok(None);
     }
     let mut params = Vec::new();
@@ -520,5 +375,9 @@ pub fn summary(records: &[Smoothed]) -> BTreeMap<String, String> {
         .collect()
 }
 
+mod alpha;
 #[cfg(test)]
 mod tests;
+
+use alpha::choose;
+pub use alpha::scales;

@@ -235,7 +235,8 @@ mod tune {
         let mut built: Vec<(&'static str, Model, StaticOutcome, f64)> = Vec::new();
         for (name, candidate) in candidates(config) {
             let mut m = model.clone();
-            let outcome = quantize_with_ranges(&mut m, ranges, &candidate).map_err(|e| StageError::bad_input(STAGE, e))?;
+            let outcome =
+                quantize_with_ranges(&mut m, ranges, &candidate).map_err(|e| StageError::bad_input(STAGE, e))?;
             // A form that quantizes nothing is FP32; one equal to an earlier form is not new.
             if outcome.quantized_ops.is_empty() || built.iter().any(|(_, _, o, _)| o.decisions == outcome.decisions) {
                 continue;

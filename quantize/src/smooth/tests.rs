@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use kiln_calibration::data::{Synthetic, SyntheticSpec, model_inputs};
 use kiln_calibration::{CollectOptions, SampleSource, collect};
+use kiln_compiler::Tensor;
 use kiln_compiler::ir::{Graph, Model};
 use kiln_compiler::runtime::{OrtExecutor, Value};
-use kiln_compiler::{DataType, Tensor};
 use kiln_passes::testing::{B, require_ort, run};
 
 use super::*;
@@ -221,5 +221,36 @@ fn bad_alpha_and_unknown_activation_are_refused() {
     let err = apply_scales(&mut m, "nope", &[1.0; K]).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(scales(&[4.0, 0.0], &[1.0, 2.0], 0.5), vec![2.0, 1.0]);
-    let _ = DataType::F32;
+}
+
+#[test]
+fn gemm_with_transposed_weight_and_bias_is_smoothed_exactly() {
+    let mut b = B::new(13);
+    let x = b.input("x", &[32, K]);
+    let mut boost: Vec<f32> = vec![1.0; K];
+    boost[2] = 60.0;
+    let boost = b.konst("boost", Tensor::from_slice(vec![K], &boost).unwrap());
+    let xb = b.op("Mul", &[x, boost], vec![]);
+    let w = b.weight("w", &[N, K], -0.5, 0.5);
+    let c = b.weight("c", &[N], -0.1, 0.1);
+    let y = b.op("Gemm", &[xb, w, c], vec![kiln_compiler::ir::Attribute::int("transB", 1)]);
+    b.output(y);
+    let model = b.model(17);
+    let (m, records) = smoothed(&model, Alpha::Fixed(0.5));
+    assert_eq!(records.len(), 1);
+    assert!(records[0].mul.is_some());
+    let diff = rel_max_diff(&model, &m);
+    assert!(diff < 1e-5, "smoothing changed the Gemm's outputs by {diff}");
+    // Negative twin: the [N, K] weight scaled as if it were [K, N] is wrong.
+    let mut wrong = model.clone();
+    let s: Vec<f32> = (0..K).map(|j| 1.0 + j as f32).collect();
+    apply_scales(&mut wrong, &records[0].activation, &s).unwrap();
+    let g = wrong.graph.as_mut().unwrap();
+    let (_, gemm) = g.nodes().find(|(_, n)| n.op_type == "Gemm").unwrap();
+    let wv = gemm.input(1).unwrap();
+    let vals = g.value(wv).initializer().unwrap().to_vec::<f32>().unwrap();
+    let unscaled: Vec<f32> = vals.iter().enumerate().map(|(i, v)| v / s[i % K]).collect();
+    let misscaled: Vec<f32> = unscaled.iter().enumerate().map(|(i, v)| v * s[(i / N) % K]).collect();
+    g.set_initializer(wv, Arc::new(Tensor::from_slice(vec![N, K], &misscaled).unwrap()));
+    assert!(rel_max_diff(&model, &wrong) > 1e-2);
 }

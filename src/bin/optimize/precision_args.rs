@@ -74,7 +74,11 @@ impl PrecisionArgs {
                     Some("auto") => SmoothOption::Auto,
                     Some(a) => match a.parse::<f64>() {
                         Ok(v) if (0.0..=1.0).contains(&v) => SmoothOption::Alpha(v),
-                        _ => return Err(Failure::bad_input(format!("--smooth-quant {a}: expected auto or a number in [0, 1]"))),
+                        _ => {
+                            return Err(Failure::bad_input(format!(
+                                "--smooth-quant {a}: expected auto or a number in [0, 1]"
+                            )));
+                        }
                     },
                 };
                 if args.dynamic && (smooth != SmoothOption::Off || args.tune) {
