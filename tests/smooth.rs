@@ -132,6 +132,8 @@ fn bad_smooth_quant_alpha_and_dynamic_are_refused() {
     assert_failed(&o, 2, &["--smooth-quant", "1.5"]);
     let o = optimize(&[&model, "--precision", "int8", "--dynamic", "--tune", "-o", &out]);
     assert_failed(&o, 2, &["--tune", "--dynamic"]);
+    let o = optimize(&[&model, "--precision", "fp16", "--tune", "-o", &out]);
+    assert_failed(&o, 2, &["--tune", "int8"]);
 }
 
 #[test]

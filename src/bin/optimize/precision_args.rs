@@ -60,6 +60,9 @@ impl PrecisionArgs {
     pub fn precision(&self) -> Result<Precision, Failure> {
         let args = self;
         let exclude = args.exclude.clone();
+        if args.precision != PrecisionArg::Int8 && (args.smooth_quant.is_some() || args.tune) {
+            return Err(Failure::bad_input("--smooth-quant and --tune apply to --precision int8"));
+        }
         Ok(match args.precision {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
