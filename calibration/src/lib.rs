@@ -8,6 +8,7 @@
 //! - [`collect`]: runs the model with the observed tensors exposed, group by group.
 //! - [`ranges`]: the serializable, mergeable result.
 
+pub mod channels;
 pub mod collect;
 pub mod data;
 pub mod observe;

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod int8;
 pub mod plan;
 pub mod qdq;
+pub mod smooth;
 pub mod weights;
 
 #[cfg(test)]
