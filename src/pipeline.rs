@@ -57,7 +57,12 @@ impl Precision {
         let exclude = match &mut p {
             Precision::Fp32 => return p,
             Precision::Half(o) => &mut o.exclude,
-            Precision::Int8(o) => &mut o.exclude,
+            Precision::Int8(o) => {
+                // Trial candidates are measured for accuracy; timing each one would only
+                // make sensitivity slow and its ranking machine-dependent.
+                o.tune = false;
+                &mut o.exclude
+            }
             Precision::Int4(o) => &mut o.exclude,
         };
         exclude.extend(extra.iter().cloned());
