@@ -268,7 +268,9 @@ fn slice(x: &Tensor, ranges: &[(i64, i64, i64)]) -> Option<Tensor> {
     let dims: Vec<usize> =
         ranges.iter().map(|&(s, e, st)| if e > s { ((e - s + st - 1) / st) as usize } else { 0 }).collect();
     let st = strides(x.dims());
-    gather(x, dims, |p| p.iter().enumerate().map(|(i, &q)| (ranges[i].0 as usize + q * ranges[i].2 as usize) * st[i]).sum())
+    gather(x, dims, |p| {
+        p.iter().enumerate().map(|(i, &q)| (ranges[i].0 as usize + q * ranges[i].2 as usize) * st[i]).sum()
+    })
 }
 
 fn transpose(x: &Tensor, perm: &[usize]) -> Option<Tensor> {

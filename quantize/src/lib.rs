@@ -19,4 +19,6 @@ pub mod qdq;
 pub mod weights;
 
 #[cfg(test)]
+mod lstm_tests;
+#[cfg(test)]
 mod tests;
