@@ -6,8 +6,9 @@
 //! emitting it directly gives the same kernel with one node instead of five and nothing left
 //! to the runtime's pattern matching. LSTM with constant W and R (also through captures and
 //! layout ops, see [`crate::constexpr`]) becomes `com.microsoft.DynamicQuantizeLSTM`
-//! ([`crate::lstm`]). Conv stays float (ORT's ConvInteger takes only a per-tensor weight zero
-//! point).
+//! ([`crate::lstm`]). Conv stays float: ORT's ConvInteger takes only a per-tensor weight zero
+//! point, and its form (DynamicQuantizeLinear, ConvInteger, Cast, Mul, Add per Conv) was slower
+//! than the float Conv (silero_vad_16k_op15, 1 thread: 0.28 ms against 0.22 ms FP32).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ fn graph(
         } else {
             match op.as_str() {
                 "MatMul" | "Gemm" => matmul(g, id),
-                "Conv" => Err("ORT's ConvInteger takes only a per-tensor weight; kept float".into()),
+                "Conv" => Err("ORT's ConvInteger takes only a per-tensor weight and is slower than float Conv".into()),
                 _ => quantize_lstm(g, id, scope).map(|names| released.extend(names)),
             }
         };
