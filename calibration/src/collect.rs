@@ -438,6 +438,66 @@ mod tests {
         assert!(err.to_string().contains("nowhere"), "{err}");
     }
 
+    /// y = Loop(3) { t = x * 2; scan output t + 1 }: t only exists inside the body.
+    fn looped(static_shape: bool) -> Model {
+        let dims = if static_shape { vec![Dim::known(4)] } else { vec![Dim::symbol("n")] };
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(Type::tensor(TensorType::new(DataType::F32, Some(dims)))));
+        let _ = x;
+        let trips = g.add_initializer("trips", std::sync::Arc::new(Tensor::scalar(3i64)));
+        let mut body = Graph::new();
+        body.name = Some("body".into());
+        body.add_input("i", Some(Type::tensor(TensorType::new(DataType::I64, Some(vec![])))));
+        let c = body.add_input("c", Some(Type::tensor(TensorType::new(DataType::Bool, Some(vec![])))));
+        let xo = body.add_outer("x");
+        let two = body.add_initializer("two", std::sync::Arc::new(Tensor::scalar(2.0f32)));
+        let one = body.add_initializer("one", std::sync::Arc::new(Tensor::scalar(1.0f32)));
+        let co = body.add_node(NodeSpec::new("Identity").inputs([c]).outputs(["c_out"]));
+        let co = body.node(co).output(0).unwrap();
+        let t = body.add_node(NodeSpec::new("Mul").inputs([xo, two]).outputs(["t"]));
+        let t = body.node(t).output(0).unwrap();
+        let s = body.add_node(NodeSpec::new("Add").inputs([t, one]).outputs(["s"]));
+        let s = body.node(s).output(0).unwrap();
+        body.push_output(co);
+        body.push_output(s);
+        let l = g.add_node(
+            NodeSpec::new("Loop")
+                .inputs([trips])
+                .input_opt(None)
+                .outputs(["y"])
+                .attr(Attribute::new("body", AttrValue::Graph(Box::new(body)))),
+        );
+        let y = g.node(l).output(0).unwrap();
+        g.push_output(y);
+        Model {
+            ir_version: Some(8),
+            opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
+            graph: Some(g),
+            ..Model::default()
+        }
+    }
+
+    #[test]
+    fn values_inside_loop_bodies_of_static_shape_are_observed() {
+        let source = |model: &Model| {
+            let mut spec = SyntheticSpec { samples: 3, seed: 9, ..Default::default() };
+            spec.dims.insert("n".into(), 4);
+            Synthetic::new(&model_inputs(model).unwrap(), &spec).unwrap()
+        };
+        let m = looped(true);
+        let r = collect(&OrtExecutor::new(), &m, None, &source(&m), &CollectOptions::default()).unwrap();
+        let (xlo, xhi) = r.range("x").unwrap();
+        let (tlo, thi) = r.range("t").unwrap();
+        assert!((tlo - 2.0 * xlo).abs() < 1e-5 && (thi - 2.0 * xhi).abs() < 1e-5, "{:?}", r.range("t"));
+        assert!(r.range("s").is_some());
+        // Negative twin: of a symbolic shape, a body value may change shape between iterations,
+        // which a scan output cannot carry: left unobserved (its nodes stay float), no error.
+        let m = looped(false);
+        let r = collect(&OrtExecutor::new(), &m, None, &source(&m), &CollectOptions::default()).unwrap();
+        assert!(r.range("x").is_some());
+        assert_eq!(r.range("t"), None);
+    }
+
     #[test]
     fn unknown_tensors_are_refused() {
         let model = tiny();
