@@ -176,9 +176,14 @@ fn compare(original: &Path, quantized: &Path, streams: usize) -> Agreement {
 
 fn int8(fixture_name: &str, dynamic: bool, extra: &[&str]) -> (serde_json::Value, Agreement) {
     let dir = tempfile::tempdir().unwrap();
+    let (stage, r) = int8_in(dir.path(), fixture_name, dynamic, extra);
+    (stage, r)
+}
+
+fn int8_in(dir: &Path, fixture_name: &str, dynamic: bool, extra: &[&str]) -> (serde_json::Value, Agreement) {
     let original = fixture(fixture_name);
-    let data = calibration(&original, dir.path(), 3);
-    let out = dir.path().join("out");
+    let data = calibration(&original, dir, 3);
+    let out = dir.join("out");
     let mut args = vec![
         original.display().to_string(),
         "--precision".into(),
@@ -226,7 +231,39 @@ fn decided<'a>(d: &'a [(String, String)], node: &str, verdict: &str) -> Vec<&'a 
 
 #[test]
 fn recurrent_static_int8_quantizes_the_convs_inside_if_branches() {
-    let (stage, _) = int8("recurrent", false, STATIC);
+    let dir = tempfile::tempdir().unwrap();
+    let (stage, _) = int8_in(dir.path(), "recurrent", false, STATIC);
+    // The calibration copy's lifted outputs stay out of the artifact.
+    let artifact = dir.path().join("out/model.onnx");
+    let m = load_model(&artifact).unwrap();
+    let mut lifted = 0;
+    m.graph.as_ref().unwrap().visit_graphs(&mut |g| {
+        lifted += g.values().filter(|(_, v)| v.name.contains("__kiln_calib")).count();
+    });
+    assert_eq!(lifted, 0);
+    assert_eq!(m.graph.as_ref().unwrap().outputs().len(), 2);
+    // The 8 kHz branch, never calibrated, stays float: at 8 kHz the artifact computes what the
+    // original does (up to float reassociation by the runtime's optimizations).
+    let mut rng = SplitMix64::new(4);
+    let audio: Vec<f32> = utterance(&mut rng, 288 * 6).iter().map(|&v| v as f32).collect();
+    let (mut a, mut b) = (session(&fixture("recurrent")), session(&artifact));
+    let mut state = (
+        Tensor::from_slice(vec![2, 1, 128], &[0.0f32; 256]).unwrap(),
+        Tensor::from_slice(vec![2, 1, 128], &[0.0f32; 256]).unwrap(),
+    );
+    for chunk in audio.chunks_exact(288) {
+        let feed = |state: &Tensor| -> Vec<(String, Value)> {
+            vec![
+                ("input".into(), Value::Tensor(Tensor::from_slice(vec![1, 288], chunk).unwrap())),
+                ("state".into(), Value::Tensor(state.clone())),
+                ("sr".into(), Value::Tensor(Tensor::scalar(8_000i64))),
+            ]
+        };
+        let (want, got) = (a.run(&feed(&state.0), None).unwrap(), b.run(&feed(&state.1), None).unwrap());
+        let p = |o: &[(String, Value)]| o[0].1.as_tensor().unwrap().to_f64_vec().unwrap()[0];
+        assert!((p(&want) - p(&got)).abs() < 1e-4, "8 kHz: {} vs {}", p(&want), p(&got));
+        state = (want[1].1.as_tensor().unwrap().clone(), got[1].1.as_tensor().unwrap().clone());
+    }
     assert_eq!(stage["facts"]["nodes_quantized"]["Conv"], 6, "{}", stage["facts"]);
     let d = decisions(&stage);
     // The 16 kHz branch was calibrated: its STFT Conv, 4 encoder Convs and decoder Conv are
