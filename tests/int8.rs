@@ -1,5 +1,6 @@
 //! `optimize --precision int8` end to end on the trained fixtures: static QDQ on the cnn and
-//! the transformer, dynamic on the transformer and the recurrent model. Each artifact is loaded
+//! the transformer, dynamic on the transformer and the recurrent model (its accuracy on audio:
+//! `tests/int8_recurrent.rs`). Each artifact is loaded
 //! in ONNX Runtime with its optimizations on (what deployment runs) and compared with the
 //! original on evaluation samples apart from the calibration samples: top-1 agreement for the
 //! cnn, sentence-embedding cosine for the transformer, max/mean abs error for every output.
@@ -8,11 +9,9 @@ mod common;
 
 use std::path::Path;
 
-use common::data::{Sample, cosine, fixture, floats, outputs, samples, sentence, text_line, write_samples};
+use common::data::{cosine, fixture, floats, outputs, samples, sentence, text_line, write_samples};
 use common::{assert_failed, assert_ok, optimize, write_npy};
-use kiln_compiler::Tensor;
 use kiln_compiler::onnx::load_model;
-use kiln_compiler::rng::SplitMix64;
 use kiln_compiler::runtime::Value;
 
 /// Max and mean abs error of output `k` over all samples.
