@@ -1,9 +1,9 @@
 //! `optimize --precision int8` end to end on the trained fixtures: static QDQ on the cnn and
-//! the transformer, dynamic on the transformer and the recurrent model (its accuracy on audio:
-//! `tests/int8_recurrent.rs`). Each artifact is loaded
-//! in ONNX Runtime with its optimizations on (what deployment runs) and compared with the
-//! original on evaluation samples apart from the calibration samples: top-1 agreement for the
-//! cnn, sentence-embedding cosine for the transformer, max/mean abs error for every output.
+//! the transformer, dynamic on the transformer and the recurrent model (its accuracy on audio
+//! is in `tests/int8_recurrent.rs`). Each artifact is loaded in ONNX Runtime with its
+//! optimizations on (what deployment runs) and compared with the original on evaluation
+//! samples apart from the calibration samples: top-1 agreement for the cnn, sentence-embedding
+//! cosine for the transformer, max/mean abs error for every output.
 
 mod common;
 
