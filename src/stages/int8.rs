@@ -78,14 +78,17 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
         let config = DynamicConfig { exclude: options.exclude.clone() };
         let outcome = quantize_dynamic(model, &config).map_err(|e| StageError::bad_input(STAGE, e))?;
         report.fact("mode", "dynamic");
-        report.fact("form", "com.microsoft.DynamicQuantizeMatMul (weights S8 per output channel)");
+        report
+            .fact("form", "com.microsoft.DynamicQuantizeMatMul / DynamicQuantizeLSTM (weights S8 per output channel)");
         report.fact("nodes_quantized", &outcome.quantized_ops);
         report.fact("nodes_quantized_total", outcome.quantized_ops.values().sum::<usize>());
         let excluded: std::collections::BTreeMap<&String, &String> =
             outcome.decisions.iter().filter(|(_, d)| d.contains("excluded")).collect();
         report.fact("excluded_nodes", excluded);
         if outcome.quantized_ops.is_empty() {
-            report.warnings.push("dynamic INT8 found no MatMul or Gemm with a constant weight to quantize".into());
+            report
+                .warnings
+                .push("dynamic INT8 found no MatMul, Gemm or LSTM with a constant weight to quantize".into());
         }
         report.decisions = outcome.decisions;
         return Ok(report);
