@@ -12,6 +12,7 @@
 pub mod channels;
 pub mod collect;
 pub mod data;
+pub mod gram;
 mod lift;
 pub mod observe;
 pub mod ranges;

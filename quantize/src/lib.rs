@@ -7,11 +7,13 @@
 //!   [`constexpr`] for weights reached through captures and layout ops).
 //! - [`half`]: FP16/BF16 conversion driven by each op's type constraints.
 //! - [`weights`]: the scale and zero-point math shared by the quantizers.
+//! - [`int4`]: INT4 weight-only, blockwise along K (RTN, GPTQ), as MatMulNBits or blocked DQ.
 
 pub mod constexpr;
 pub mod dynamic;
 pub mod half;
 pub mod handlers;
+pub mod int4;
 pub mod int8;
 pub mod lstm;
 pub mod plan;

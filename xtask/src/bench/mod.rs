@@ -44,6 +44,7 @@ mod process;
 mod report;
 mod tools;
 mod tools_half;
+mod tools_int4;
 mod tools_int8;
 pub(crate) mod venv;
 

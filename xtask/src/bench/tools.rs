@@ -60,7 +60,8 @@ pub(super) struct Tool {
 
 /// Every group's tools, in row order. A precision adds its rows as a `const` slice in a file
 /// of its own (`tools_int8.rs`, …) and one line here.
-pub(super) const GROUPS: &[&[Tool]] = &[FP32_TOOLS, super::tools_int8::INT8_TOOLS, super::tools_half::FP16_TOOLS];
+pub(super) const GROUPS: &[&[Tool]] =
+    &[FP32_TOOLS, super::tools_int8::INT8_TOOLS, super::tools_half::FP16_TOOLS, super::tools_int4::INT4_TOOLS];
 
 /// Every tool of every group, in row order.
 pub(super) fn all_tools() -> impl Iterator<Item = &'static Tool> {

@@ -1,0 +1,242 @@
+//! Gram matrices `XᵀX` of activations: for a MatMul input `X[..., K]`, the sum over every row
+//! of every sample of `xᵀx` (`K×K`). Data-aware weight quantizers (GPTQ) minimize a layer's
+//! output error through it.
+//!
+//! Like [`crate::collect`], tensors are observed in groups (one session per group, the data
+//! streamed once per group), and each group's matrices are handed to the caller as soon as the
+//! group is done, so memory holds one group's matrices, never the whole model's. Samples are
+//! accumulated one at a time in order, in f64, each matrix by one thread: the result does not
+//! depend on the thread count.
+
+use std::path::Path;
+
+use kiln_compiler::ir::{Model, ValueDef};
+use kiln_compiler::runtime::{Executor, OptLevel, SessionConfig, Value};
+use rayon::prelude::*;
+
+use crate::collect::CalibError;
+use crate::data::{SampleSource, model_inputs, validate};
+
+/// The Gram matrix of one activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gram {
+    pub name: String,
+    /// `K`, the activation's last dimension.
+    pub dim: usize,
+    /// Rows summed (samples × the product of the leading dimensions).
+    pub rows: u64,
+    /// `K×K`, row-major, symmetric.
+    pub xtx: Vec<f64>,
+}
+
+impl Gram {
+    fn new(name: String, dim: usize) -> Gram {
+        Gram { name, dim, rows: 0, xtx: vec![0.0; dim * dim] }
+    }
+
+    /// Adds the rows of one activation (`values.len()` a multiple of `dim`); only the upper
+    /// triangle is accumulated until [`Gram::finish`].
+    fn add(&mut self, values: &[f64]) {
+        let k = self.dim;
+        for x in values.chunks_exact(k) {
+            for (i, &xi) in x.iter().enumerate() {
+                if xi == 0.0 {
+                    continue;
+                }
+                let row = &mut self.xtx[i * k + i..(i + 1) * k];
+                for (h, &xj) in row.iter_mut().zip(&x[i..]) {
+                    *h += xi * xj;
+                }
+            }
+            self.rows += 1;
+        }
+    }
+
+    /// Mirrors the upper triangle into the lower one.
+    fn finish(mut self) -> Gram {
+        let k = self.dim;
+        for i in 0..k {
+            for j in 0..i {
+                self.xtx[i * k + j] = self.xtx[j * k + i];
+            }
+        }
+        self
+    }
+}
+
+/// How Gram matrices are collected.
+#[derive(Debug, Clone)]
+pub struct GramOptions {
+    /// Bytes of matrices held at once (a group holds at least one tensor whatever its size).
+    pub memory_budget: usize,
+    pub session: SessionConfig,
+}
+
+impl Default for GramOptions {
+    fn default() -> GramOptions {
+        GramOptions {
+            memory_budget: 512 << 20,
+            session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
+        }
+    }
+}
+
+/// Runs the model over every sample of `source` and hands `sink` the Gram matrix of each named
+/// activation (with its expected last dimension `K`), group by group, in the order given.
+pub fn collect_grams(
+    executor: &dyn Executor,
+    model: &Model,
+    base_dir: Option<&Path>,
+    source: &dyn SampleSource,
+    tensors: &[(String, usize)],
+    options: &GramOptions,
+    sink: &mut dyn FnMut(Gram) -> Result<(), CalibError>,
+) -> Result<(), CalibError> {
+    let inputs = model_inputs(model)?;
+    let g = model.main_graph().ok_or_else(|| CalibError::Model("the model has no graph".into()))?;
+    for (name, _) in tensors {
+        let v = g
+            .find_value(name)
+            .ok_or_else(|| CalibError::Model(format!("no value named `{name}` in the main graph")))?;
+        if !matches!(g.value(v).def(), ValueDef::Input | ValueDef::Node { .. }) {
+            return Err(CalibError::Model(format!("`{name}` is a constant or not computed by the main graph")));
+        }
+    }
+    if source.is_empty() {
+        return Err(CalibError::Model("no calibration samples to collect activations from".into()));
+    }
+    let mut start = 0;
+    while start < tensors.len() {
+        // As many tensors as fit the memory budget, at least one.
+        let mut end = start + 1;
+        let mut bytes = tensors[start].1 * tensors[start].1 * 8;
+        while end < tensors.len() && bytes + tensors[end].1 * tensors[end].1 * 8 <= options.memory_budget {
+            bytes += tensors[end].1 * tensors[end].1 * 8;
+            end += 1;
+        }
+        let group = &tensors[start..end];
+        let names: Vec<String> = group.iter().map(|(n, _)| n.clone()).collect();
+        let mut m = model.clone();
+        if let Some(g) = m.graph.as_mut() {
+            let ids = names.iter().filter_map(|n| g.find_value(n)).collect();
+            g.set_outputs(ids);
+        }
+        let mut session =
+            kiln_compiler::execute::load_session(executor, &m, base_dir, &options.session).map_err(CalibError::Load)?;
+        let mut grams: Vec<Gram> = group.iter().map(|(n, k)| Gram::new(n.clone(), *k)).collect();
+        for i in 0..source.len() {
+            let s = source.read(i)?;
+            validate(&inputs, &s)?;
+            let feed: Vec<(String, Value)> =
+                s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
+            let out = session
+                .run(&feed, Some(&names))
+                .map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
+            grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(gram, (_, value))| {
+                let t =
+                    value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
+                let last = t.dims().last().copied().unwrap_or(0);
+                if last != gram.dim {
+                    return Err(CalibError::Model(format!(
+                        "{}: `{}` has shape {:?}, expected a last dimension of {}",
+                        s.origin,
+                        gram.name,
+                        t.dims(),
+                        gram.dim
+                    )));
+                }
+                let values = t.to_f64_vec().map_err(|e| CalibError::Model(format!("`{}`: {e}", gram.name)))?;
+                gram.add(&values);
+                Ok(())
+            })?;
+        }
+        for gram in grams {
+            sink(gram.finish())?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Synthetic, SyntheticSpec};
+    use kiln_compiler::ir::{Graph, NodeSpec, OpsetImport, TensorType, Type};
+    use kiln_compiler::runtime::OrtExecutor;
+    use kiln_compiler::{DataType, Tensor};
+
+    /// y = x · W with x f32[2, 3]; the Gram of `x` and of `y`.
+    fn tiny() -> Model {
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(Type::tensor(TensorType::with_dims(DataType::F32, &[2, 3]))));
+        let w = Tensor::from_slice(vec![3, 2], &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+        let w = g.add_initializer("w", std::sync::Arc::new(w));
+        let y = g.add_node(NodeSpec::new("MatMul").inputs([x, w]).outputs(["y"]));
+        let y = g.node(y).output(0).unwrap();
+        g.push_output(y);
+        Model {
+            ir_version: Some(8),
+            opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
+            graph: Some(g),
+            ..Model::default()
+        }
+    }
+
+    #[test]
+    fn gram_matrices_sum_every_row_of_every_sample() {
+        let model = tiny();
+        let inputs = model_inputs(&model).unwrap();
+        let src = Synthetic::new(&inputs, &SyntheticSpec { samples: 3, seed: 7, ..Default::default() }).unwrap();
+        let mut got = Vec::new();
+        let names = [("x".to_string(), 3), ("y".to_string(), 2)];
+        // A budget of one matrix at a time: two groups, two sessions.
+        let options = GramOptions { memory_budget: 1, ..GramOptions::default() };
+        collect_grams(&OrtExecutor::new(), &model, None, &src, &names, &options, &mut |g| {
+            got.push(g);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        // Reference: from the samples themselves.
+        let mut want = vec![0.0f64; 9];
+        for i in 0..3 {
+            let x = src.read(i).unwrap().inputs[0].1.to_f64_vec().unwrap();
+            for row in x.chunks(3) {
+                for a in 0..3 {
+                    for b in 0..3 {
+                        want[a * 3 + b] += row[a] * row[b];
+                    }
+                }
+            }
+        }
+        assert_eq!(got[0].name, "x");
+        assert_eq!(got[0].rows, 6);
+        for (a, b) in got[0].xtx.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+        // y = [x0 + x2, x1 + x2]: its Gram follows from x's.
+        let y = &got[1];
+        assert_eq!((y.dim, y.rows), (2, 6));
+        let want = &want;
+        let yy =
+            |p: &[usize], q: &[usize]| -> f64 { p.iter().flat_map(|&a| q.iter().map(move |&b| want[a * 3 + b])).sum() };
+        assert!((y.xtx[1] - yy(&[0, 2], &[1, 2])).abs() < 1e-4);
+        assert_eq!(y.xtx[1], y.xtx[2]);
+    }
+
+    #[test]
+    fn wrong_dimensions_and_names_are_refused() {
+        let model = tiny();
+        let src = Synthetic::new(&model_inputs(&model).unwrap(), &SyntheticSpec::default()).unwrap();
+        let run = |names: &[(String, usize)]| {
+            collect_grams(&OrtExecutor::new(), &model, None, &src, names, &GramOptions::default(), &mut |_| Ok(()))
+        };
+        let err = run(&[("x".into(), 4)]).unwrap_err();
+        assert!(err.to_string().contains("last dimension of 4"), "{err}");
+        let err = run(&[("w".into(), 2)]).unwrap_err();
+        assert!(err.to_string().contains("`w`"), "{err}");
+        let err = run(&[("nope".into(), 2)]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

@@ -1,0 +1,433 @@
+//! GPTQ (Frantar et al., 2022): quantize a weight one input feature (column of K) at a time and
+//! push each column's rounding error onto the columns not yet quantized, weighted by the inverse
+//! Hessian of the layer's squared output error, `H = Σ xᵀx` over calibration activations.
+//!
+//! Why GPTQ rather than AWQ: it changes nothing but the weights (AWQ's per-channel scales must be
+//! folded into the previous op or paid for as an extra `Mul` at run time), it needs only the Gram
+//! matrix of each MatMul's input, which streams over samples in bounded memory, and it minimizes
+//! the layer's output error directly rather than searching one scale per channel.
+//!
+//! With `act_order`, columns go in order of decreasing `H[i,i]` (the most active input features
+//! first, while the most columns are left to absorb their error). MatMulNBits and blocked
+//! DequantizeLinear have no group index, so blocks stay contiguous along K: with act order, each
+//! block's scale is fixed from the original weights before any update ("static groups");
+//! without it, a block's scale is chosen from the updated weights when its first column comes.
+
+use rayon::prelude::*;
+
+use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
+
+/// GPTQ settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqOptions {
+    /// Damping added to the Hessian's diagonal, as a fraction of its mean.
+    pub damp: f64,
+    /// Quantize the most active input features first.
+    pub act_order: bool,
+    /// Columns per lazy batch update (rounded up to whole blocks).
+    pub batch: usize,
+}
+
+impl Default for GptqOptions {
+    fn default() -> GptqOptions {
+        GptqOptions { damp: 0.01, act_order: false, batch: 128 }
+    }
+}
+
+/// Why GPTQ could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GptqError {
+    #[error("the Gram matrix has {got} entries, expected {k}×{k}")]
+    GramSize { got: usize, k: usize },
+    #[error("the Hessian is not positive definite even with damping {damp}")]
+    NotPositiveDefinite { damp: f64 },
+    #[error("the Gram matrix holds a value that is not finite")]
+    NotFinite,
+}
+
+/// A dot product with eight independent accumulators, summed in a fixed order: the compiler
+/// vectorizes it, and the result does not depend on anything but the inputs.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+/// In-place lower Cholesky factor of a row-major `k×k` symmetric matrix; `false` if it is not
+/// positive definite.
+fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
+    for j in 0..k {
+        let row_j: Vec<f64> = a[j * k..j * k + j].to_vec();
+        let d = a[j * k + j] - dot(&row_j, &row_j);
+        if d <= 0.0 || !d.is_finite() {
+            return false;
+        }
+        let d = d.sqrt();
+        a[j * k + j] = d;
+        a[j * k + j + 1..(j + 1) * k].fill(0.0);
+        for i in j + 1..k {
+            let row_i = &mut a[i * k..(i + 1) * k];
+            let s = row_i[j] - dot(&row_i[..j], &row_j);
+            row_i[j] = s / d;
+        }
+    }
+    true
+}
+
+/// Inverse of a row-major lower-triangular matrix (also lower triangular).
+fn invert_lower(l: &[f64], k: usize) -> Vec<f64> {
+    // Column by column: L x = e_j, forward substitution; stored transposed for contiguous sums.
+    let mut xt = vec![0.0f64; k * k];
+    for j in 0..k {
+        let col = &mut xt[j * k..(j + 1) * k];
+        col[j] = 1.0 / l[j * k + j];
+        for i in j + 1..k {
+            let row = &l[i * k..(i + 1) * k];
+            let s = dot(&row[j..i], &col[j..i]);
+            col[i] = -s / row[i];
+        }
+    }
+    let mut x = vec![0.0f64; k * k];
+    for j in 0..k {
+        for i in j..k {
+            x[i * k + j] = xt[j * k + i];
+        }
+    }
+    x
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from one Cholesky factorization:
+/// with `J` the reversal, `JHJ = LLᵀ` gives `H = VVᵀ` for the upper `V = JLJ`, so `U = V⁻¹ =
+/// J L⁻¹ J`.
+pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
+    let mut r = vec![0.0f64; k * k];
+    for i in 0..k {
+        for j in 0..k {
+            r[i * k + j] = h[(k - 1 - i) * k + (k - 1 - j)];
+        }
+    }
+    if !cholesky_lower(&mut r, k) {
+        return None;
+    }
+    let x = invert_lower(&r, k);
+    let mut u = vec![0.0f64; k * k];
+    for i in 0..k {
+        for j in 0..k {
+            u[i * k + j] = x[(k - 1 - i) * k + (k - 1 - j)];
+        }
+    }
+    Some(u)
+}
+
+/// What GPTQ needs from a layer's input, prepared once and shared by every layer that reads
+/// it (Q, K and V projections read the same activation).
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    pub k: usize,
+    /// Column order.
+    pub perm: Vec<usize>,
+    /// Upper Cholesky factor of the damped, permuted inverse Hessian.
+    pub u: Vec<f64>,
+    /// Each input feature's share of the Hessian diagonal, for the scale search (K order).
+    pub importance: Vec<f32>,
+    pub act_order: bool,
+    /// The damping that made it factorable.
+    pub damp: f64,
+}
+
+impl Hessian {
+    /// Prepares the Gram matrix `h` (`k×k`, row-major) of a layer's input. Damping grows ten
+    /// times at a time (to at most 10× the mean diagonal) until the matrix factors.
+    pub fn new(h: &[f64], k: usize, options: &GptqOptions) -> Result<Hessian, GptqError> {
+        if h.len() != k * k {
+            return Err(GptqError::GramSize { got: h.len(), k });
+        }
+        if h.iter().any(|v| !v.is_finite()) {
+            return Err(GptqError::NotFinite);
+        }
+        let diag: Vec<f64> = (0..k).map(|i| h[i * k + i]).collect();
+        // Column order: most active input features first under act order.
+        let mut perm: Vec<usize> = (0..k).collect();
+        if options.act_order {
+            perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
+        }
+        let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
+        let mut damp = options.damp.max(0.0);
+        let u = loop {
+            let mut hp = vec![0.0f64; k * k];
+            for (i, &pi) in perm.iter().enumerate() {
+                for (j, &pj) in perm.iter().enumerate() {
+                    hp[i * k + j] = h[pi * k + pj];
+                }
+                // An input feature that is always zero: its weights do not matter, keep it solvable.
+                if hp[i * k + i] == 0.0 {
+                    hp[i * k + i] = 1.0;
+                }
+                hp[i * k + i] += damp * mean_diag;
+            }
+            if let Some(u) = inverse_upper_cholesky(&hp, k) {
+                break u;
+            }
+            if damp >= 10.0 {
+                return Err(GptqError::NotPositiveDefinite { damp });
+            }
+            damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
+        };
+        let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
+        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp })
+    }
+}
+
+/// Quantizes `w` (rows of K) with GPTQ against the Gram matrix `h` (`k×k`, row-major) of the
+/// layer's input.
+pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> Result<BlockQuantized, GptqError> {
+    let hessian = Hessian::new(h, w.k, options)?;
+    Ok(gptq_prepared(w, &hessian, spec, options.batch))
+}
+
+/// [`gptq`] with the input's [`Hessian`] prepared; `batch` columns per lazy update.
+pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> BlockQuantized {
+    let (n, k) = (w.n, w.k);
+    let (perm, u, importance) = (&hessian.perm, &hessian.u, &hessian.importance);
+    let block = spec.block;
+    let kb = k.div_ceil(block);
+    let mut scales = vec![0.0f32; n * kb];
+    let mut zps = vec![0u8; n * kb];
+    if hessian.act_order {
+        for r in 0..n {
+            for b in 0..kb {
+                let range = b * block..((b + 1) * block).min(k);
+                let (s, z) = block_params(&w.row(r)[range.clone()], Some(&importance[range]), spec);
+                scales[r * kb + b] = s;
+                zps[r * kb + b] = z;
+            }
+        }
+    }
+
+    // Rows are independent given U: each runs on its own thread, so the result does not depend
+    // on the thread count.
+    let batch = batch.max(1).div_ceil(block) * block;
+    let rows: Vec<RowOut> = (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let fixed = hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
+            gptq_row(w.row(r), perm, u, importance, spec, batch, fixed)
+        })
+        .collect();
+    let mut codes = Vec::with_capacity(n * k);
+    for (r, row) in rows.into_iter().enumerate() {
+        codes.extend(row.codes);
+        scales[r * kb..(r + 1) * kb].copy_from_slice(&row.scales);
+        zps[r * kb..(r + 1) * kb].copy_from_slice(&row.zps);
+    }
+    BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) }
+}
+
+/// One quantized row: codes in K order, and its blocks' parameters.
+struct RowOut {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zps: Vec<u8>,
+}
+
+/// GPTQ on one row of the weight: columns in `perm` order, errors spread through `u` (the
+/// upper Cholesky factor of the permuted inverse Hessian), updates batched `batch` columns at a
+/// time. `fixed` holds the row's block parameters under act order; otherwise each block's are
+/// chosen when its first column comes.
+fn gptq_row(
+    row: &[f32],
+    perm: &[usize],
+    u: &[f64],
+    importance: &[f32],
+    spec: QuantSpec,
+    batch: usize,
+    fixed: Option<(&[f32], &[u8])>,
+) -> RowOut {
+    let k = row.len();
+    let block = spec.block;
+    let kb = k.div_ceil(block);
+    let (mut scales, mut zps) = match fixed {
+        Some((s, z)) => (s.to_vec(), z.to_vec()),
+        None => (vec![0.0f32; kb], vec![0u8; kb]),
+    };
+    let mut have = vec![fixed.is_some(); kb];
+    let mut wp: Vec<f64> = perm.iter().map(|&p| f64::from(row[p])).collect();
+    let mut codes = vec![0u8; k];
+    let mut errs = vec![0.0f64; batch];
+    let mut i1 = 0;
+    while i1 < k {
+        let i2 = (i1 + batch).min(k);
+        for c in i1..i2 {
+            let orig = perm[c];
+            let b = orig / block;
+            if !have[b] {
+                // Without act order, columns come in K order: block b starts at column c, and
+                // the batch holds whole blocks, so its values here are up to date.
+                let range = c..(c + block).min(k);
+                let vals: Vec<f32> = wp[range.clone()].iter().map(|&v| v as f32).collect();
+                let (s, z) = block_params(&vals, Some(&importance[range]), spec);
+                scales[b] = s;
+                zps[b] = z;
+                have[b] = true;
+            }
+            let urow = &u[c * k..(c + 1) * k];
+            let (s, z) = (scales[b], zps[b]);
+            let q = quantize_value(wp[c] as f32, s, z, spec);
+            codes[orig] = q;
+            let deq = f64::from((f32::from(q) - f32::from(z)) * s);
+            let e = (wp[c] - deq) / urow[c];
+            for (x, &h) in wp[c..i2].iter_mut().zip(&urow[c..i2]) {
+                *x -= e * h;
+            }
+            errs[c - i1] = e;
+        }
+        if i2 < k {
+            for (i, &e) in errs[..i2 - i1].iter().enumerate() {
+                if e == 0.0 {
+                    continue;
+                }
+                let urow = &u[(i1 + i) * k..(i1 + i + 1) * k];
+                for (x, &h) in wp[i2..].iter_mut().zip(&urow[i2..]) {
+                    *x -= e * h;
+                }
+            }
+        }
+        i1 = i2;
+    }
+    RowOut { codes, scales, zps }
+}
+
+/// The layer's summed squared output error over the calibration rows, `Σ_rows ‖x(W − Q)ᵀ‖²
+/// = Σ_n (w_n − q_n) H (w_n − q_n)ᵀ`, of a quantized weight.
+pub fn output_error(w: &RowMajor, q: &BlockQuantized, h: &[f64]) -> f64 {
+    let k = w.k;
+    let d = q.dequantize();
+    // Per row in parallel, summed in row order: independent of the thread count.
+    let per_row: Vec<f64> = (0..w.n)
+        .into_par_iter()
+        .map(|r| {
+            let e: Vec<f64> = (0..k).map(|i| f64::from(w.values[r * k + i]) - f64::from(d.values[r * k + i])).collect();
+            let mut total = 0.0;
+            for i in 0..k {
+                if e[i] != 0.0 {
+                    total += e[i] * dot(&h[i * k..(i + 1) * k], &e);
+                }
+            }
+            total
+        })
+        .collect();
+    per_row.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int4::block::rtn;
+
+    /// A deterministic pseudo-random stream in [-1, 1).
+    fn stream(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+    }
+
+    /// Activations with correlated features and a few strong ones, and their Gram matrix.
+    fn correlated_gram(k: usize, rows: usize, seed: u64) -> Vec<f64> {
+        let mut r = stream(seed);
+        let mut h = vec![0.0; k * k];
+        for _ in 0..rows {
+            let base = r();
+            let x: Vec<f64> = (0..k).map(|i| base * 0.8 + r() * if i % 7 == 0 { 3.0 } else { 0.5 }).collect();
+            for i in 0..k {
+                for j in 0..k {
+                    h[i * k + j] += x[i] * x[j];
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn inverse_cholesky_factor_is_exact() {
+        let k = 9;
+        let h = correlated_gram(k, 40, 3);
+        let u = inverse_upper_cholesky(&h, k).unwrap();
+        // H · (UᵀU) = I, and U is upper triangular.
+        for i in 0..k {
+            for j in 0..i {
+                assert_eq!(u[i * k + j], 0.0);
+            }
+        }
+        for i in 0..k {
+            for j in 0..k {
+                let mut s = 0.0;
+                for m in 0..k {
+                    let hinv_mj: f64 = (0..k).map(|t| u[t * k + m] * u[t * k + j]).sum();
+                    s += h[i * k + m] * hinv_mj;
+                }
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-8, "({i},{j}) = {s}");
+            }
+        }
+        // Not positive definite: refused.
+        let mut bad = h.clone();
+        bad[0] = -1.0;
+        assert!(inverse_upper_cholesky(&bad, k).is_none());
+    }
+
+    #[test]
+    fn gptq_beats_rtn_on_the_output_error() {
+        let (n, k) = (24, 64);
+        let h = correlated_gram(k, 256, 11);
+        let mut r = stream(5);
+        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        for symmetric in [true, false] {
+            let spec = QuantSpec { bits: 4, block: 16, symmetric, negative_scales: true };
+            let base = output_error(&w, &rtn(&w, spec, None), &h);
+            for act_order in [false, true] {
+                let q = gptq(&w, &h, spec, &GptqOptions { act_order, batch: 32, ..Default::default() }).unwrap();
+                let e = output_error(&w, &q, &h);
+                assert!(e < 0.8 * base, "symmetric {symmetric} act_order {act_order}: gptq {e} vs rtn {base}");
+            }
+        }
+    }
+
+    #[test]
+    fn gptq_with_no_activation_signal_matches_the_weights_closely() {
+        // A Gram matrix of the identity: every input feature alike and independent. GPTQ has
+        // nothing to trade, so it rounds like RTN with the same scales.
+        let (n, k) = (4, 32);
+        let mut h = vec![0.0; k * k];
+        for i in 0..k {
+            h[i * k + i] = 1.0;
+        }
+        let mut r = stream(9);
+        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let spec = QuantSpec { bits: 4, block: 32, symmetric: true, negative_scales: false };
+        let q = gptq(&w, &h, spec, &GptqOptions::default()).unwrap();
+        assert_eq!(q, rtn(&w, spec, Some(&vec![1.0; k])));
+    }
+
+    #[test]
+    fn bad_gram_matrices_are_refused() {
+        let w = RowMajor { n: 1, k: 4, values: vec![0.5; 4] };
+        let spec = QuantSpec { bits: 4, block: 16, symmetric: true, negative_scales: false };
+        let err = gptq(&w, &[1.0; 9], spec, &GptqOptions::default()).unwrap_err();
+        assert!(matches!(err, GptqError::GramSize { got: 9, k: 4 }));
+        let mut h = vec![0.0; 16];
+        h[0] = f64::NAN;
+        assert_eq!(gptq(&w, &h, spec, &GptqOptions::default()).unwrap_err(), GptqError::NotFinite);
+    }
+}
