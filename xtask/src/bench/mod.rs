@@ -21,7 +21,8 @@
 //!    the same values as Kiln's fixture tests), checks each model's outputs against the
 //!    original's (max |diff|), then times all models round robin after a warm-up: median and
 //!    p90 of at least 50 runs and 2 s each.
-//! 5. Writes `<cargo target dir>/bench/report.json` (`target/bench/report.json` unless
+//! 5. Writes `<cargo target dir>/bench/report.json` and the same tables as Markdown in
+//!    `report.md` (`target/bench/report.json` unless
 //!    `CARGO_TARGET_DIR` moves it) and prints a table: per fixture and tool, optimize time,
 //!    latency median/p90, latency relative to the original and max |diff|; then Kiln's latency
 //!    relative to the fastest peer, and Kiln's optimize time relative to onnxsim's and ORT's
@@ -63,7 +64,8 @@ use crate::manifest::Fixture;
 use measure::{CALIBRATION_SEEDS, measure, session_options, write_samples};
 use process::{Ended, timed_run};
 use report::{
-    FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render, summarize,
+    FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render,
+    render_markdown, summarize,
 };
 use tools::{Invocation, KILN_ARGS, Program, Tolerance, Tool, all_tools};
 use venv::{ensure_venv, python_versions, venv_bin};
@@ -242,6 +244,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    let md = bench_dir.join("report.md");
+    fs::write(&md, render_markdown(&report)).with_context(|| format!("writing {}", md.display()))?;
     println!("{}", render(&report));
     if let Some(load) = report.machine.get("load_average_after") {
         eprintln!("xtask: load average at the end: {load} on {} CPUs", report.machine["cpus"]);

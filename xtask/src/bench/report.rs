@@ -381,7 +381,19 @@ fn fmt_accuracy(worst: Option<&WorstAccuracy>) -> String {
     }
 }
 
+/// The report as aligned text tables, for the terminal.
 pub(super) fn render(report: &Report) -> String {
+    render_with(report, format_table)
+}
+
+/// The report as Markdown tables (`report.md` beside `report.json`).
+pub(super) fn render_markdown(report: &Report) -> String {
+    let mut out = String::from("# Kiln benchmark\n");
+    out.push_str(&render_with(report, markdown_table));
+    out
+}
+
+fn render_with(report: &Report, format_table: fn(&[Vec<String>], usize) -> String) -> String {
     let threads: Vec<String> = report.settings.threads.iter().map(u32::to_string).collect();
     let mut header: Vec<String> =
         ["fixture", "tool", "optimize", "peak MiB", "MB"].iter().map(|s| s.to_string()).collect();
@@ -490,6 +502,26 @@ fn peer_table(report: &Report, threads: &[String]) -> Vec<Vec<String>> {
         }
     }
     table
+}
+
+/// A Markdown table: the first row is the header; the first `left` columns align left, the
+/// rest right. A blank line before it, so it follows a paragraph.
+fn markdown_table(rows: &[Vec<String>], left: usize) -> String {
+    let Some(header) = rows.first() else { return String::new() };
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let cell = |s: &str| s.replace('|', "\\|");
+    let line = |r: &[String]| {
+        let cells: Vec<String> = (0..cols).map(|c| cell(r.get(c).map_or("", String::as_str))).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = String::from("\n");
+    out.push_str(&line(header));
+    let rule: Vec<&str> = (0..cols).map(|c| if c < left { ":--" } else { "--:" }).collect();
+    out.push_str(&format!("| {} |\n", rule.join(" | ")));
+    for r in &rows[1..] {
+        out.push_str(&line(r));
+    }
+    out
 }
 
 /// Left-aligns the first `left` columns and right-aligns the rest; the last column is not padded.
@@ -640,5 +672,6 @@ mod tests {
     fn tables_align() {
         let t = vec![vec!["a".to_string(), "12".into(), "x".into()], vec!["bbb".into(), "3".into(), "yy".into()]];
         assert_eq!(format_table(&t, 1), "a    12  x\nbbb   3  yy\n");
+        assert_eq!(markdown_table(&t, 1), "\n| a | 12 | x |\n| :-- | --: | --: |\n| bbb | 3 | yy |\n");
     }
 }
