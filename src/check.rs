@@ -2,16 +2,26 @@
 //! model on the same executor with the same inputs, measure accuracy per output, latency and
 //! size, hold them to a tolerance spec, budgets and (optionally) a previous run's report.
 //!
-//! ```no_run
-//! use kiln::check::{Check, CheckOptions, open_data};
+//! ```
+//! use kiln::check::{Check, CheckOptions, Synthetic};
+//! use kiln::compiler::metrics::ToleranceSpec;
 //! use kiln::compiler::runtime::{OrtExecutor, SessionConfig};
 //!
-//! let mut check = Check::open(&OrtExecutor::new(), "ref.onnx".as_ref(), "cand.onnx".as_ref(), &SessionConfig::default())?;
-//! let mut samples = open_data("data/".as_ref(), &check.input_types())?;
-//! let report = check.run(samples.as_mut(), &CheckOptions::default())?;
+//! // A release gate: the candidate (here the reference's O2 rewrite) against the reference.
+//! let reference = kiln_fixtures::model("cnn")?;
+//! let dir = tempfile::tempdir()?;
+//! let candidate = dir.path().join("cand.onnx");
+//! let model = kiln::compiler::onnx::load_model(&reference)?;
+//! let optimized = kiln::pipeline::Pipeline::new(kiln::pipeline::OptLevel::O2).run(model)?.model;
+//! kiln::compiler::onnx::save_model(&optimized, &candidate, &Default::default())?;
+//!
+//! let mut check = Check::open(&OrtExecutor::new(), &reference, &candidate, &SessionConfig::default())?;
+//! let mut samples = Synthetic::new(check.inputs(), 4, 0); // or check::open_data(dir, &check.input_types())
+//! let options = CheckOptions { tolerance: ToleranceSpec::parse("*:cosine_min>=0.9999")?, ..CheckOptions::default() };
+//! let report = check.run(&mut samples, &options)?;
 //! println!("{}", kiln::check::render_table(&report));
-//! std::process::exit(if report.pass { 0 } else { 1 });
-//! # Ok::<(), kiln::check::CheckError>(())
+//! assert!(report.pass);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! **The baseline rule.** With a previous report as baseline, every metric of every output

@@ -4,15 +4,16 @@
 //! crate: [`compiler`] (IR, ONNX/safetensors I/O, verifier, pass manager, executors),
 //! [`passes`], [`calibration`], [`quantize`] and [`targets`].
 //!
-//! ```no_run
-//! use kiln::compiler::onnx::{load_model, save_model, SaveOptions};
+//! ```
 //! use kiln::compiler::inspect::summarize;
+//! use kiln::compiler::onnx::{SaveOptions, load_model, save_model};
 //!
-//! let model = load_model("model.onnx".as_ref())?;
+//! let model = load_model(&kiln_fixtures::model("cnn")?)?; // memory-mapped, zero-copy weights
 //! let summary = summarize(&model);
 //! println!("{} nodes, {} parameters", summary.nodes, summary.parameters);
-//! save_model(&model, "copy.onnx".as_ref(), &SaveOptions::default())?;
-//! # Ok::<(), kiln::compiler::onnx::OnnxError>(())
+//! let dir = tempfile::tempdir()?;
+//! save_model(&model, &dir.path().join("copy.onnx"), &SaveOptions::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub use kiln_calibration as calibration;

@@ -15,7 +15,9 @@
 
 use std::path::Path;
 
-use kiln_compiler::ir::{Model, ValueDef};
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_compiler::ir::{Graph, Model, ValueDef};
 use kiln_compiler::runtime::{ErrorKind, Executor, OptLevel, RuntimeError, SessionConfig, Value};
 use kiln_compiler::{DataType, Tensor};
 use rayon::prelude::*;
@@ -78,9 +80,10 @@ fn is_observed_float(d: Option<DataType>) -> bool {
     matches!(d, Some(DataType::F32 | DataType::F16 | DataType::BF16 | DataType::F64))
 }
 
-/// Every float activation of the main graph: runtime inputs, then node outputs in node order
-/// (outputs of `Constant` nodes are weights, not activations). Types come from shape inference
-/// on a copy of the model.
+/// Every float activation: runtime inputs of the main graph, then node outputs in node order
+/// (outputs of `Constant` nodes are weights, not activations), then the node outputs of If
+/// branches and Loop bodies, depth first (observed through [`crate::lift`]). Types come from
+/// shape inference on a copy of the model.
 pub fn float_activations(model: &Model) -> Vec<String> {
     let mut m = model.clone();
     kiln_compiler::shape::infer_model(&mut m);
@@ -88,24 +91,44 @@ pub fn float_activations(model: &Model) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for v in g.runtime_inputs() {
-        if is_observed_float(g.tensor_type(v).and_then(|t| t.dtype())) && seen.insert(v) {
+        if is_observed_float(g.tensor_type(v).and_then(|t| t.dtype())) && seen.insert(g.value(v).name.clone()) {
             out.push(g.value(v).name.clone());
         }
     }
+    node_outputs(g, &mut seen, &mut out);
+    let mut nested = Vec::new();
+    subgraph_outputs(g, &mut seen, &mut nested);
+    out.extend(nested);
+    out
+}
+
+fn node_outputs(g: &Graph, seen: &mut std::collections::HashSet<String>, out: &mut Vec<String>) {
     for (_, node) in g.nodes() {
         if node.is_onnx("Constant") {
             continue;
         }
         for v in node.outputs().iter().flatten() {
-            if is_observed_float(g.tensor_type(*v).and_then(|t| t.dtype())) && seen.insert(*v) {
+            if is_observed_float(g.tensor_type(*v).and_then(|t| t.dtype())) && seen.insert(g.value(*v).name.clone()) {
                 out.push(g.value(*v).name.clone());
             }
         }
     }
-    out
 }
 
-/// A copy of the model whose only outputs are `names`.
+/// Float node outputs of the If branches and Loop bodies nested in `g`.
+fn subgraph_outputs(g: &Graph, seen: &mut std::collections::HashSet<String>, out: &mut Vec<String>) {
+    for (_, node) in g.nodes() {
+        if !(node.is_onnx("If") || node.is_onnx("Loop")) {
+            continue;
+        }
+        for sub in node.subgraphs() {
+            node_outputs(sub, seen, out);
+            subgraph_outputs(sub, seen, out);
+        }
+    }
+}
+
+/// A copy of the model whose only outputs are `names` (main-graph names of the run model).
 fn group_model(model: &Model, names: &[String]) -> Result<Model, CalibError> {
     let mut m = model.clone();
     let g = m.graph.as_mut().ok_or_else(|| CalibError::Model("the model has no graph".into()))?;
@@ -118,7 +141,9 @@ fn group_model(model: &Model, names: &[String]) -> Result<Model, CalibError> {
 }
 
 /// Runs the model over every sample of `source` and returns the ranges `options.method`
-/// gives. `base_dir` is where the model's external data lives.
+/// gives. `base_dir` is where the model's external data lives. Values inside If branches and
+/// Loop bodies are observed through a copy of the model that lifts them to the main graph
+/// ([`crate::lift`]).
 pub fn collect(
     executor: &dyn Executor,
     model: &Model,
@@ -132,20 +157,52 @@ pub fn collect(
         Some(t) => t.clone(),
         None => float_activations(model),
     };
-    // Graph inputs are observed from the samples themselves; node outputs through sessions.
+    // Names the main graph does not compute are looked for in its subgraphs.
+    let inner: BTreeSet<String> = names
+        .iter()
+        .filter(|n| g.find_value(n).is_none_or(|v| matches!(g.value(v).def(), ValueDef::Outer | ValueDef::Detached)))
+        .cloned()
+        .collect();
+    let (run_model, lifted) = if inner.is_empty() {
+        (None, BTreeMap::new())
+    } else {
+        let mut m = model.clone();
+        kiln_compiler::shape::infer_model(&mut m);
+        let lifted = crate::lift::lift_subgraph_values(&mut m, &inner);
+        (Some(m), lifted)
+    };
+    let run_model = run_model.as_ref().unwrap_or(model);
+    // Graph inputs are observed from the samples themselves; node outputs through sessions,
+    // each under the name the run model returns it by.
     let mut from_inputs: Vec<(String, TensorObserver)> = Vec::new();
     let mut from_nodes: Vec<(String, TensorObserver)> = Vec::new();
+    let mut run_names: Vec<String> = Vec::new();
+    let mut listed = BTreeSet::new();
     for name in names {
-        if from_inputs.iter().chain(&from_nodes).any(|(n, _)| n == &name) {
+        if !listed.insert(name.clone()) {
             continue;
         }
-        let v = g
-            .find_value(&name)
-            .ok_or_else(|| CalibError::Model(format!("no value named `{name}` in the main graph")))?;
         let observer = TensorObserver::new(&options.method);
-        match g.value(v).def() {
-            ValueDef::Input => from_inputs.push((name, observer)),
-            ValueDef::Node { .. } => from_nodes.push((name, observer)),
+        if let Some(outer) = lifted.get(&name) {
+            run_names.push(outer.clone());
+            from_nodes.push((name, observer));
+            continue;
+        }
+        let def = g.find_value(&name).map(|v| g.value(v).def());
+        match def {
+            Some(ValueDef::Input) => from_inputs.push((name, observer)),
+            Some(ValueDef::Node { .. }) => {
+                run_names.push(name.clone());
+                from_nodes.push((name, observer));
+            }
+            // Listed by default but not liftable (untyped, or a Loop value of varying shape):
+            // left unobserved, so the quantizer keeps its nodes in float.
+            None if options.tensors.is_none() => {}
+            None => {
+                return Err(CalibError::Model(format!(
+                    "no value named `{name}` in the main graph or in an If branch or Loop body it can be observed in"
+                )));
+            }
             _ => return Err(CalibError::Model(format!("`{name}` is a constant or not computed by the main graph"))),
         }
     }
@@ -153,14 +210,15 @@ pub fn collect(
     let group_size = options.group_size.max(1);
     let batch = options.batch.max(1);
     let groups: Vec<&mut [(String, TensorObserver)]> = from_nodes.chunks_mut(group_size).collect();
+    let mut group_names = run_names.chunks(group_size);
     let passes = groups.len().max(1);
     let mut groups = groups.into_iter();
     for pass in 0..passes {
         let group = groups.next();
         let mut session = match &group {
-            Some(group) => {
-                let names: Vec<String> = group.iter().map(|(n, _)| n.clone()).collect();
-                let m = group_model(model, &names)?;
+            Some(_) => {
+                let names: Vec<String> = group_names.next().map(<[String]>::to_vec).unwrap_or_default();
+                let m = group_model(run_model, &names)?;
                 Some((
                     kiln_compiler::execute::load_session(executor, &m, base_dir, &options.session)
                         .map_err(CalibError::Load)?,
@@ -225,66 +283,16 @@ fn observe_all<'a>(
         for s in 0..samples {
             let t =
                 value(j, s).ok_or_else(|| CalibError::Model(format!("the runtime returned no tensor for `{name}`")))?;
-            o.observe(name, t)?;
+            // Empty: a subgraph value on a run that took the other branch (or a genuinely
+            // empty tensor); either way there is nothing to observe.
+            if !t.is_empty() {
+                o.observe(name, t)?;
+            }
         }
         Ok(())
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::data::{DimSpec, Synthetic, SyntheticSpec};
-    use kiln_compiler::ir::{Dim, Graph, NodeSpec, OpsetImport, TensorType, Type};
-    use kiln_compiler::runtime::OrtExecutor;
-
-    /// y = Relu(x) * 2, with a symbolic length: x[n].
-    fn tiny() -> Model {
-        let mut g = Graph::new();
-        let x = g.add_input("x", Some(Type::tensor(TensorType::new(DataType::F32, Some(vec![Dim::symbol("n")])))));
-        let two = g.add_initializer("two", std::sync::Arc::new(Tensor::scalar(2.0f32)));
-        let r = g.add_node(NodeSpec::new("Relu").inputs([x]).outputs(["r"]));
-        let r = g.node(r).output(0).unwrap();
-        let y = g.add_node(NodeSpec::new("Mul").inputs([r, two]).outputs(["y"]));
-        let y = g.node(y).output(0).unwrap();
-        g.push_output(y);
-        Model {
-            ir_version: Some(8),
-            opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-            graph: Some(g),
-            ..Model::default()
-        }
-    }
-
-    #[test]
-    fn activations_are_listed_and_observed() {
-        let model = tiny();
-        assert_eq!(float_activations(&model), ["x", "r", "y"]);
-        let inputs = model_inputs(&model).unwrap();
-        assert_eq!(inputs[0].dims, Some(vec![DimSpec::Symbol("n".into())]));
-        let mut spec = SyntheticSpec { samples: 5, seed: 3, ..Default::default() };
-        spec.dims.insert("n".into(), 100);
-        let src = Synthetic::new(&inputs, &spec).unwrap();
-        let options = CollectOptions { group_size: 1, batch: 2, ..Default::default() };
-        let r = collect(&OrtExecutor::new(), &model, None, &src, &options).unwrap();
-        assert_eq!(r.samples, 5);
-        let (xlo, xhi) = r.range("x").unwrap();
-        assert!(xlo < -0.9 && xhi > 0.9);
-        assert_eq!(r.range("r").unwrap(), (0.0, xhi));
-        assert_eq!(r.range("y").unwrap(), (0.0, 2.0 * xhi));
-        let one_group = CollectOptions { group_size: 64, batch: 5, ..Default::default() };
-        assert_eq!(collect(&OrtExecutor::new(), &model, None, &src, &one_group).unwrap(), r);
-    }
-
-    #[test]
-    fn unknown_tensors_are_refused() {
-        let model = tiny();
-        let src = Synthetic::new(&model_inputs(&model).unwrap(), &SyntheticSpec::default()).unwrap();
-        for bad in ["nope", "two"] {
-            let options = CollectOptions { tensors: Some(vec![bad.into()]), ..Default::default() };
-            let err = collect(&OrtExecutor::new(), &model, None, &src, &options).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
-            assert!(err.to_string().contains(bad), "{err}");
-        }
-    }
-}
+#[path = "collect_tests.rs"]
+mod tests;

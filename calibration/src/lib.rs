@@ -6,11 +6,14 @@
 //!   power-of-two grid whose merge is exact, so results do not depend on batch size, sample
 //!   order or sharding — and the methods that turn them into ranges.
 //! - [`collect`]: runs the model with the observed tensors exposed, group by group.
+//! - `lift`: values inside If branches and Loop bodies exposed for observation.
 //! - [`ranges`]: the serializable, mergeable result.
 
+pub mod channels;
 pub mod collect;
 pub mod data;
 pub mod gram;
+mod lift;
 pub mod observe;
 pub mod ranges;
 

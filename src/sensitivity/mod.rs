@@ -78,7 +78,40 @@ pub struct Evaluator<'a> {
     base_dir: Option<&'a Path>,
     session: SessionConfig,
     inputs: Vec<Vec<(String, Value)>>,
+    /// The original's outputs, plus the logits of outputs that are softmax probabilities.
     reference: Vec<Vec<(String, Value)>>,
+    /// Output → the value feeding the Softmax that produces it. Rankings measure noise there:
+    /// a saturated softmax squashes a layer's error by how confident each sample is, which
+    /// makes errors of different layers stop adding up; the logits keep them linear.
+    logits: Vec<(String, String)>,
+}
+
+/// Outputs of the main graph produced by a Softmax, with the Softmax's input.
+fn softmax_logits(model: &Model) -> Vec<(String, String)> {
+    let Some(g) = model.main_graph() else { return Vec::new() };
+    let mut out = Vec::new();
+    for &v in g.outputs() {
+        let Some(n) = g.value(v).producer() else { continue };
+        let node = g.node(n);
+        if node.op_type == "Softmax"
+            && node.domain().is_empty()
+            && let Some(x) = node.input(0)
+        {
+            out.push((g.value(v).name.clone(), g.value(x).name.clone()));
+        }
+    }
+    out
+}
+
+/// A copy of `model` that also outputs the logits.
+fn with_logits(model: &Model, logits: &[(String, String)]) -> Model {
+    let mut m = model.clone();
+    let names: Vec<String> = logits.iter().map(|(_, l)| l.clone()).collect();
+    // A logit the candidate renamed or removed is simply not measured there.
+    for name in names {
+        let _ = kiln_compiler::execute::expose_values(&mut m, std::slice::from_ref(&name));
+    }
+    m
 }
 
 impl<'a> Evaluator<'a> {
@@ -100,19 +133,21 @@ impl<'a> Evaluator<'a> {
             let sample = eval.read(i).map_err(|e| SensitivityError::Data(e.to_string()))?;
             inputs.push(sample.inputs.into_iter().map(|(k, t)| (k, Value::Tensor(t))).collect::<Vec<_>>());
         }
-        let mut s = load_session(executor, original, base_dir, &session)
+        let logits = softmax_logits(original);
+        let mut s = load_session(executor, &with_logits(original, &logits), base_dir, &session)
             .map_err(|source| SensitivityError::Runtime { context: "loading the original".into(), source })?;
         let reference = run_all(s.as_mut(), &inputs, "the original")?;
-        Ok(Evaluator { executor, base_dir, session, inputs, reference })
+        Ok(Evaluator { executor, base_dir, session, inputs, reference, logits })
     }
 
     pub fn samples(&self) -> usize {
         self.inputs.len()
     }
 
-    /// Every float output's metrics of `candidate` against the original.
+    /// Every float output's metrics of `candidate` against the original (the model's outputs
+    /// only; the logits of softmax outputs are included under their own names).
     pub fn metrics(&self, candidate: &Model, what: &str) -> Result<Vec<(String, OutputMetrics)>, SensitivityError> {
-        let mut s = load_session(self.executor, candidate, self.base_dir, &self.session)
+        let mut s = load_session(self.executor, &with_logits(candidate, &self.logits), self.base_dir, &self.session)
             .map_err(|source| SensitivityError::Runtime { context: format!("loading {what}"), source })?;
         let got = run_all(s.as_mut(), &self.inputs, what)?;
         let mut accs: BTreeMap<String, Accumulator> = BTreeMap::new();
@@ -134,10 +169,28 @@ impl<'a> Evaluator<'a> {
         Ok(accs.into_iter().map(|(k, a)| (k, a.finish())).collect())
     }
 
-    /// The worst output's SQNR and cosine of `candidate`.
+    /// The worst output's SQNR and cosine of `candidate`, softmax outputs measured on their
+    /// logits.
     pub fn layer_error(&self, candidate: &Model, node: &str, op_type: &str) -> Result<LayerError, SensitivityError> {
         let metrics = self.metrics(candidate, &format!("the candidate for {node}"))?;
-        Ok(worst(node, op_type, &metrics))
+        let measured: Vec<(String, OutputMetrics)> = metrics
+            .iter()
+            .filter(|(name, _)| {
+                // A softmax output whose logits were measured is represented by them.
+                !self.logits.iter().any(|(out, logit)| out == name && metrics.iter().any(|(n, _)| n == logit))
+            })
+            .cloned()
+            .collect();
+        Ok(worst(node, op_type, &measured))
+    }
+
+    /// Whether the outputs meet `budget` (the model's own outputs only).
+    fn meets(&self, budget: &ToleranceSpec, metrics: &[(String, OutputMetrics)]) -> bool {
+        let logit_only = |name: &str| self.logits.iter().any(|(out, l)| l == name && out != name);
+        metrics
+            .iter()
+            .filter(|(name, _)| !logit_only(name))
+            .all(|(name, m)| budget.evaluate(name, m).iter().all(|v| v.pass || v.value.is_none()))
     }
 }
 
@@ -176,12 +229,20 @@ fn worst(node: &str, op_type: &str, metrics: &[(String, OutputMetrics)]) -> Laye
     }
 }
 
-/// The nodes a stage report says were lowered, in a stable order (by name).
-pub fn lowered_nodes(report: &StageReport) -> Vec<String> {
+/// Ops that carry weights: the units of integer precisions. The ops around them (Relu, Add,
+/// Reshape…) are quantized because their neighbours are; measured alone, leaving one of them
+/// in float only breaks its neighbours' quantization, which says nothing about its own error.
+const WEIGHTED_OPS: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Gather"];
+
+/// The nodes a stage report says were lowered that are measured as units, in a stable order
+/// (by name): for integer precisions the weighted ops, for FP16/BF16 every lowered node.
+pub fn lowered_nodes(report: &StageReport, precision: &Precision, op_types: &BTreeMap<String, String>) -> Vec<String> {
+    let integer = matches!(precision, Precision::Int8(_) | Precision::Int4(_));
     report
         .decisions
         .iter()
         .filter(|(_, how)| !how.starts_with("fp32") && !how.starts_with("float") && !how.starts_with("kept"))
+        .filter(|(node, _)| !integer || op_types.get(*node).is_some_and(|op| WEIGHTED_OPS.contains(&op.as_str())))
         .map(|(node, _)| node.clone())
         .collect()
 }
@@ -221,9 +282,9 @@ pub fn measure(
     mode: Mode,
 ) -> Result<SensitivityReport, SensitivityError> {
     let (full, report) = candidate(model, precision, &[], cx)?;
-    let lowered = report.as_ref().map(lowered_nodes).unwrap_or_default();
-    let all_lowered = eval.layer_error(&full, "(all lowered)", "")?;
     let ops = op_types(model);
+    let lowered = report.as_ref().map(|r| lowered_nodes(r, precision, &ops)).unwrap_or_default();
+    let all_lowered = eval.layer_error(&full, "(all lowered)", "")?;
     let mut layers = Vec::with_capacity(lowered.len());
     for node in &lowered {
         let exclude: Vec<String> = match mode {
@@ -267,11 +328,6 @@ pub struct Fallback {
     pub sensitivity: SensitivityReport,
 }
 
-/// Whether every rule of `budget` holds on `metrics`.
-fn meets(budget: &ToleranceSpec, metrics: &[(String, OutputMetrics)]) -> bool {
-    metrics.iter().all(|(name, m)| budget.evaluate(name, m).iter().all(|v| v.pass || v.value.is_none()))
-}
-
 /// Keeps the most sensitive nodes in the original precision until `budget` holds, fewest
 /// first: one measurement pass, then a search along the ranking starting at the count the
 /// additive-noise model predicts, each probe verified by a real run. Returns the chosen model
@@ -300,8 +356,10 @@ pub fn fallback(
         }
         let (m, report) = candidate(model, precision, &ranked[..k], cx)?;
         let metrics = eval.metrics(&m, &format!("the candidate with {k} nodes kept"))?;
-        let pass = meets(budget, &metrics);
-        let e = worst("", "", &metrics);
+        let pass = eval.meets(budget, &metrics);
+        let logit_only = |name: &str| eval.logits.iter().any(|(out, l)| l == name && out != name);
+        let outputs: Vec<(String, OutputMetrics)> = metrics.into_iter().filter(|(n, _)| !logit_only(n)).collect();
+        let e = worst("", "", &outputs);
         probes.push(Probe {
             fallback: k,
             predicted_noise: predicted(k),

@@ -1,5 +1,12 @@
 //! INT8 quantization: static QDQ from calibrated ranges, or dynamic (weights only, activations
 //! quantized at run time). The work is in `kiln_quantize`; this maps options to it.
+//!
+//! Static INT8 may first apply SmoothQuant (`smooth`), which migrates activation outliers of
+//! MatMul inputs into the weights before calibration, and may `tune` the form on the CPU
+//! target: several legal forms are built and timed against the FP32 model in ONNX Runtime, and
+//! the fastest not slower than FP32 is kept (or FP32 itself). Tuning trades byte-identical
+//! reproducibility for speed: which form wins depends on the machine. The manifest records the
+//! chosen form's name, so a rerun can pin it (`--exclude` with the ops that form leaves float).
 
 use std::sync::Arc;
 
@@ -8,8 +15,9 @@ use kiln_calibration::{Method, SharedSource};
 use kiln_compiler::ir::Model;
 use kiln_compiler::runtime::{ErrorKind, OrtExecutor};
 use kiln_quantize::dynamic::{DynamicConfig, quantize_dynamic};
-use kiln_quantize::int8::{Int8Error, calibrate, quantize_with_ranges};
+use kiln_quantize::int8::{Int8Error, StaticOutcome, calibrate, quantize_with_ranges};
 use kiln_quantize::plan::Int8Config;
+use kiln_quantize::smooth::{Alpha, SmoothConfig, Smoothed, float_nodes, smooth, summary};
 
 use super::{StageContext, StageError, StageReport};
 use crate::pipeline::TargetKind;
@@ -25,11 +33,32 @@ pub struct Int8Options {
     pub method: Method,
     /// Node names or op types left in float.
     pub exclude: Vec<String>,
+    /// SmoothQuant before static calibration (`--smooth-quant [ALPHA|auto]`).
+    pub smooth: SmoothOption,
+    /// CPU target: time candidate forms against FP32 and keep the fastest not slower (`--tune`).
+    pub tune: bool,
+}
+
+/// Whether and how SmoothQuant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SmoothOption {
+    #[default]
+    Off,
+    /// One α for every MatMul input.
+    Alpha(f64),
+    /// α per activation from a grid, by simulated int8 error.
+    Auto,
 }
 
 impl Default for Int8Options {
     fn default() -> Int8Options {
-        Int8Options { dynamic: false, method: Method::MinMax, exclude: Vec::new() }
+        Int8Options {
+            dynamic: false,
+            method: Method::MinMax,
+            exclude: Vec::new(),
+            smooth: SmoothOption::Off,
+            tune: false,
+        }
     }
 }
 
@@ -49,14 +78,17 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
         let config = DynamicConfig { exclude: options.exclude.clone() };
         let outcome = quantize_dynamic(model, &config).map_err(|e| StageError::bad_input(STAGE, e))?;
         report.fact("mode", "dynamic");
-        report.fact("form", "com.microsoft.DynamicQuantizeMatMul (weights S8 per output channel)");
+        report
+            .fact("form", "com.microsoft.DynamicQuantizeMatMul / DynamicQuantizeLSTM (weights S8 per output channel)");
         report.fact("nodes_quantized", &outcome.quantized_ops);
         report.fact("nodes_quantized_total", outcome.quantized_ops.values().sum::<usize>());
         let excluded: std::collections::BTreeMap<&String, &String> =
             outcome.decisions.iter().filter(|(_, d)| d.contains("excluded")).collect();
         report.fact("excluded_nodes", excluded);
         if outcome.quantized_ops.is_empty() {
-            report.warnings.push("dynamic INT8 found no MatMul or Gemm with a constant weight to quantize".into());
+            report
+                .warnings
+                .push("dynamic INT8 found no MatMul, Gemm or LSTM with a constant weight to quantize".into());
         }
         report.decisions = outcome.decisions;
         return Ok(report);
@@ -74,17 +106,77 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
         ErrorKind::BadInput => StageError::bad_input(STAGE, e),
         _ => StageError::runtime(STAGE, e),
     };
+    let original = options.tune.then(|| model.clone());
+    let mut exclude = options.exclude.clone();
+    let alpha = match options.smooth {
+        SmoothOption::Off => None,
+        SmoothOption::Alpha(a) => Some(Alpha::Fixed(a)),
+        SmoothOption::Auto => Some(Alpha::Auto),
+    };
+    if let Some(alpha) = alpha {
+        // Smoothing ignores `exclude` (on a float MatMul it changes nothing), so repeated runs
+        // of this stage with other exclusions smooth alike and may share calibrated ranges.
+        let base = config_for(cx.target, &[]);
+        let config = SmoothConfig {
+            alpha,
+            activation: base.activation,
+            symmetric_activations: base.symmetric_activations,
+            threads: cx.threads,
+            ..SmoothConfig::default()
+        };
+        let records = smooth(&OrtExecutor::new(), model, cx.base_dir.as_deref(), source.as_ref(), &config)
+            .map_err(|e| StageError::bad_input(STAGE, e))?;
+        smooth_facts(&mut report, alpha, &records);
+        exclude.extend(float_nodes(&records));
+    }
     // Calibrated once per pipeline run: sensitivity analysis runs this stage once per node.
-    let ranges = cx.memo.ranges(&format!("int8:{}", options.method), || {
+    let key = format!("int8:{}:smooth={}", options.method, alpha.map_or("off".to_string(), |a| a.to_string()));
+    let ranges = cx.memo.ranges(&key, || {
         let mut m = model.clone();
         calibrate(&OrtExecutor::new(), &mut m, cx.base_dir.as_deref(), source.as_ref(), options.method, cx.threads)
     });
     let ranges = ranges.map_err(fail)?;
-    let outcome = quantize_with_ranges(model, &ranges, &config_for(cx.target, &options.exclude)).map_err(fail)?;
+    let config = config_for(cx.target, &exclude);
+    let outcome = match &original {
+        Some(original) if cx.target == TargetKind::Cpu => {
+            match tune::choose(original, model, &ranges, &config, source.as_ref(), cx, &mut report)? {
+                Some(outcome) => outcome,
+                None => {
+                    // FP32 was fastest: the stage leaves the input model as it was.
+                    *model = original.clone();
+                    report.fact("mode", "static (tuned: fp32 kept)");
+                    return Ok(report);
+                }
+            }
+        }
+        _ => {
+            if options.tune {
+                report.warnings.push(format!("--tune measures on ONNX Runtime CPU only; ignored for {:?}", cx.target));
+            }
+            quantize_with_ranges(model, &ranges, &config).map_err(fail)?
+        }
+    };
+    static_facts(&mut report, options, &ranges, source.describe(), &outcome);
+    Ok(report)
+}
+
+fn smooth_facts(report: &mut StageReport, alpha: Alpha, records: &[Smoothed]) {
+    report.fact("smooth_quant", alpha.to_string());
+    report.fact("smooth_quant_alpha", summary(records));
+    report.fact("smooth_quant_smoothed", records.iter().filter(|r| r.alpha.is_some()).count());
+}
+
+fn static_facts(
+    report: &mut StageReport,
+    options: &Int8Options,
+    ranges: &kiln_calibration::Ranges,
+    data: String,
+    outcome: &StaticOutcome,
+) {
     report.fact("mode", "static");
     report.fact("calibration_method", options.method.to_string());
     report.fact("calibration_samples", ranges.samples);
-    report.fact("calibration_data", source.describe());
+    report.fact("calibration_data", data);
     report.fact("nodes_quantized", &outcome.quantized_ops);
     report.fact("nodes_quantized_total", outcome.quantized_ops.values().sum::<usize>());
     report.fact("quantize_nodes", outcome.qdq.quantize_nodes);
@@ -95,6 +187,86 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
     let excluded: std::collections::BTreeMap<&String, &String> =
         outcome.decisions.iter().filter(|(_, d)| d.contains("excluded")).collect();
     report.fact("excluded_nodes", excluded);
-    report.decisions = outcome.decisions;
-    Ok(report)
+    report.decisions = outcome.decisions.clone();
+}
+
+/// `--tune`: legal forms of the same calibrated model, timed against FP32 on ORT CPU.
+mod tune {
+    use kiln_calibration::{Ranges, SampleSource};
+    use kiln_compiler::ir::Model;
+    use kiln_compiler::onnx::encode_model;
+    use kiln_compiler::runtime::{ModelSource, SessionConfig, Value};
+    use kiln_quantize::int8::{StaticOutcome, quantize_with_ranges};
+    use kiln_quantize::plan::Int8Config;
+    use kiln_targets::bench::{BenchOptions, compare_latency};
+
+    use super::{STAGE, StageContext, StageError, StageReport};
+
+    /// The candidate forms: name and scheme.
+    fn candidates(config: &Int8Config) -> Vec<(&'static str, Int8Config)> {
+        let mut out = vec![("default", config.clone())];
+        if config.float_depthwise {
+            out.push(("all-int8", Int8Config { float_depthwise: false, ..config.clone() }));
+        }
+        if config.include.is_empty() {
+            let include = vec!["MatMul".to_string(), "Gemm".to_string()];
+            out.push(("matmul-only", Int8Config { include, ..config.clone() }));
+        }
+        out
+    }
+
+    /// Builds each candidate from `model` (the smoothed float model), times it against
+    /// `original` and returns the fastest not slower than FP32, in `model`; `None`: FP32 won.
+    pub(super) fn choose(
+        original: &Model,
+        model: &mut Model,
+        ranges: &Ranges,
+        config: &Int8Config,
+        source: &dyn SampleSource,
+        cx: &StageContext,
+        report: &mut StageReport,
+    ) -> Result<Option<StaticOutcome>, StageError> {
+        let sample = source.read(0).map_err(|e| StageError::bad_input(STAGE, e))?;
+        let feed: Vec<(String, Value)> = sample.inputs.into_iter().map(|(n, t)| (n, Value::Tensor(t))).collect();
+        let original_bytes = encode_model(original);
+        let base_dir = cx.base_dir.as_deref();
+        let options = BenchOptions {
+            warmup: 3,
+            runs: 20,
+            session: SessionConfig { deterministic: false, intra_threads: cx.threads, ..SessionConfig::default() },
+        };
+        let mut built: Vec<(&'static str, Model, StaticOutcome, f64)> = Vec::new();
+        for (name, candidate) in candidates(config) {
+            let mut m = model.clone();
+            let outcome =
+                quantize_with_ranges(&mut m, ranges, &candidate).map_err(|e| StageError::bad_input(STAGE, e))?;
+            // A form that quantizes nothing is FP32; one equal to an earlier form is not new.
+            if outcome.quantized_ops.is_empty() || built.iter().any(|(_, _, o, _)| o.decisions == outcome.decisions) {
+                continue;
+            }
+            let bytes = encode_model(&m);
+            let cmp = compare_latency(
+                ModelSource { bytes: &original_bytes, base_dir },
+                ModelSource { bytes: &bytes, base_dir },
+                &feed,
+                &options,
+            )
+            .map_err(|e| StageError::runtime(STAGE, e))?;
+            built.push((name, m, outcome, cmp.ratio));
+        }
+        let mut ranking: Vec<(&str, f64)> = built.iter().map(|(n, _, _, r)| (*n, *r)).collect();
+        ranking.push(("fp32", 1.0));
+        ranking.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+        let chosen = ranking.first().map_or("fp32", |(n, _)| *n);
+        report.fact("tune_candidates", built.iter().map(|(n, ..)| *n).collect::<Vec<_>>());
+        report.fact("tune_ranking", ranking.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        report.fact("tune_chosen", chosen);
+        let Some(pos) = built.iter().position(|(n, ..)| *n == chosen) else {
+            report.warnings.push("--tune: every INT8 form was slower than FP32 on this machine; FP32 kept".into());
+            return Ok(None);
+        };
+        let (_, m, outcome, _) = built.swap_remove(pos);
+        *model = m;
+        Ok(Some(outcome))
+    }
 }

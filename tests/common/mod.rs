@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod data;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};

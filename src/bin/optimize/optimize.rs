@@ -307,7 +307,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         None
     } else {
         let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
-        let quantized = !matches!(pipeline.precision, Precision::Fp32);
+        // Latency before and after when the model's arithmetic changed (precision, pruning).
+        let quantized = !matches!(pipeline.precision, Precision::Fp32) || pipeline.prune.is_some();
         validate_artifact(
             model_path,
             &writer.staged_path(MODEL),

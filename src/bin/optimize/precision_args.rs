@@ -4,7 +4,7 @@ use kiln::calibration::Method;
 use kiln::pipeline::Precision;
 use kiln::stages::half::{HalfKind, HalfOptions};
 use kiln::stages::int4::{Int4Method, Int4Options};
-use kiln::stages::int8::Int8Options;
+use kiln::stages::int8::{Int8Options, SmoothOption};
 
 use crate::Failure;
 
@@ -25,6 +25,14 @@ pub struct PrecisionArgs {
     /// INT4: how weights are rounded.
     #[arg(long, value_enum, default_value = "rtn")]
     pub int4_method: Int4MethodArg,
+    /// INT8 static: SmoothQuant before calibration, migrating MatMul input outliers into the
+    /// weights; ALPHA in [0, 1] everywhere, or `auto` to choose it per MatMul input.
+    #[arg(long, value_name = "ALPHA|auto", num_args = 0..=1, default_missing_value = "auto")]
+    pub smooth_quant: Option<String>,
+    /// INT8 static on cpu: time candidate forms against FP32 and keep the fastest that is not
+    /// slower (machine-dependent: the manifest records the chosen form).
+    #[arg(long)]
+    pub tune: bool,
     /// Leave these nodes (by name) or op types in their original precision (repeatable).
     #[arg(long, value_name = "NODE|OP")]
     pub exclude: Vec<String>,
@@ -52,6 +60,9 @@ impl PrecisionArgs {
     pub fn precision(&self) -> Result<Precision, Failure> {
         let args = self;
         let exclude = args.exclude.clone();
+        if args.precision != PrecisionArg::Int8 && (args.smooth_quant.is_some() || args.tune) {
+            return Err(Failure::bad_input("--smooth-quant and --tune apply to --precision int8"));
+        }
         Ok(match args.precision {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
@@ -61,7 +72,22 @@ impl PrecisionArgs {
             PrecisionArg::Int8 => {
                 let method = Method::parse(&args.calibration)
                     .map_err(|e| Failure::bad_input(format!("--calibration {}: {e}", args.calibration)))?;
-                Precision::Int8(Int8Options { dynamic: args.dynamic, method, exclude })
+                let smooth = match args.smooth_quant.as_deref() {
+                    None => SmoothOption::Off,
+                    Some("auto") => SmoothOption::Auto,
+                    Some(a) => match a.parse::<f64>() {
+                        Ok(v) if (0.0..=1.0).contains(&v) => SmoothOption::Alpha(v),
+                        _ => {
+                            return Err(Failure::bad_input(format!(
+                                "--smooth-quant {a}: expected auto or a number in [0, 1]"
+                            )));
+                        }
+                    },
+                };
+                if args.dynamic && (smooth != SmoothOption::Off || args.tune) {
+                    return Err(Failure::bad_input("--smooth-quant and --tune apply to static INT8, not --dynamic"));
+                }
+                Precision::Int8(Int8Options { dynamic: args.dynamic, method, exclude, smooth, tune: args.tune })
             }
             PrecisionArg::Int4 => {
                 let method = match args.int4_method {

@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: Kiln against its peers, on the pinned real models, in one run.
 //!
 //! Run it with `cargo xtask bench` (`--help` lists the options; `--quick` is a smoke test,
-//! not a measurement). It needs Python 3 with `venv` and access to PyPI the first time. A full
-//! run takes about 3 to 4 minutes on a 2-core machine; the first one adds the venv install.
+//! not a measurement). It needs Python 3 with `venv` and access to PyPI the first time. The
+//! fp32 group alone took about 3 to 4 minutes on a 2-core machine; the int8 and fp16 groups
+//! add about as much again per fixture at `--repeats 1` (two fixtures, all groups, `--repeats 1`:
+//! about 3 minutes); `--groups` runs some only. The first run adds the venv install.
 //!
 //! What it does, in order:
 //! 1. Makes a Python virtual environment at `$KILN_CACHE_DIR/bench-venv` with the peers pinned
@@ -19,15 +21,21 @@
 //!    the same values as Kiln's fixture tests), checks each model's outputs against the
 //!    original's (max |diff|), then times all models round robin after a warm-up: median and
 //!    p90 of at least 50 runs and 2 s each.
-//! 5. Writes `<cargo target dir>/bench/report.json` (`target/bench/report.json` unless
+//! 5. Writes `<cargo target dir>/bench/report.json` and the same tables as Markdown in
+//!    `report.md` (`target/bench/report.json` unless
 //!    `CARGO_TARGET_DIR` moves it) and prints a table: per fixture and tool, optimize time,
 //!    latency median/p90, latency relative to the original and max |diff|; then Kiln's latency
 //!    relative to the fastest peer, and Kiln's optimize time relative to onnxsim's and ORT's
 //!    transformer optimizer's.
 //!
-//! Rows are compared within a group (`fp32` today): a later `kiln-int8` row and INT8 peers
-//! join [`tools::GROUPS`] under a group of their own with a looser output tolerance, and the summary
-//! compares them among themselves.
+//! Rows are compared within a group ([`tools::GROUPS`]): `fp32` (graph optimizers, flagged
+//! above a max |diff| of 1e-3), `int8` (Kiln static and dynamic against ONNX Runtime's
+//! `quantize_static`/`quantize_dynamic`, `tools_int8.rs`) and `fp16` (Kiln against
+//! onnxconverter-common's and ONNX Runtime's float16 converters, `tools_half.rs`); the lowered
+//! precisions are flagged only when an output's cosine falls below a floor, and otherwise
+//! compared by their accuracy columns. Every Kiln row gets, against each peer of its group,
+//! the ratios of optimize time, peak RSS and latency beside both rows' worst-output accuracy
+//! (a third table, `ratios[].vs_peers` and `summary[].vs_peers_geomean` in the report).
 //!
 //! Numbers on a shared or busy machine are noisy: the round-robin timing makes the comparison
 //! between models fair, not the absolute times exact. Nothing here is asserted by a test.
@@ -36,7 +44,9 @@ mod measure;
 mod process;
 mod report;
 mod tools;
+mod tools_half;
 mod tools_int4;
+mod tools_int8;
 pub(crate) mod venv;
 
 use std::ffi::OsString;
@@ -54,9 +64,10 @@ use crate::manifest::Fixture;
 use measure::{CALIBRATION_SEEDS, measure, session_options, write_samples};
 use process::{Ended, timed_run};
 use report::{
-    FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render, summarize,
+    FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render,
+    render_markdown, summarize,
 };
-use tools::{Invocation, KILN_ARGS, Program, Tool, all_tools};
+use tools::{Invocation, KILN_ARGS, Program, Tolerance, Tool, all_tools};
 use venv::{ensure_venv, python_versions, venv_bin};
 
 /// Fixtures measured by default, in report order.
@@ -65,9 +76,11 @@ const FIXTURES: &[&str] = &["cnn", "cnn_lcnet", "transformer", "transformer_ocr"
 const USAGE: &str = "\
 usage: cargo xtask bench [options]
 
-Optimizes the pinned fixtures with Kiln (release build) and its peers (ONNX Runtime's
-transformer optimizer, onnxsim, onnxslim), times every model in ONNX Runtime's CPU provider,
-checks outputs against the original, and writes <target>/bench/report.json.
+Optimizes the pinned fixtures with Kiln (release build) and its peers: at FP32 ONNX Runtime's
+transformer optimizer, onnxsim, onnxslim; at INT8 ONNX Runtime's quantize_static and
+quantize_dynamic; at FP16 onnxconverter-common and ONNX Runtime's float16 converter. Times
+every model in ONNX Runtime's CPU provider, checks outputs against the original, and writes
+<target>/bench/report.json.
 
 options:
   --fixtures a,b,..   fixtures to run (default: cnn,cnn_lcnet,transformer,transformer_ocr,recurrent_op15)
@@ -76,7 +89,8 @@ options:
   --min-runs N        timed runs per model at least (default: 50)
   --min-seconds S     timed seconds per model at least (default: 2)
   --timeout S         seconds before one optimize run is stopped (default: 600)
-  --kiln-args ARGS    Kiln's arguments, {model} and {out} substituted
+  --groups a,b,..     row groups to run: fp32, int8, fp16 (default: all)
+  --kiln-args ARGS    the fp32 Kiln row's arguments, {model}, {out} and {data} substituted
                       (default: \"{model} --opt O3 --target cpu -o {out}\")
   --quick             a smoke test: 1 repeat, 1 thread, 10 runs, 0.2 s
 ";
@@ -85,6 +99,8 @@ options:
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct Options {
     fixtures: Vec<String>,
+    /// Row groups to run ([`tools::GROUPS`]); empty: all.
+    groups: Vec<String>,
     threads: Vec<u32>,
     repeats: usize,
     warmup: usize,
@@ -99,6 +115,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             fixtures: FIXTURES.iter().map(|s| s.to_string()).collect(),
+            groups: Vec::new(),
             threads: vec![1, 2],
             repeats: 3,
             warmup: 10,
@@ -131,6 +148,15 @@ fn parse_options(args: &[&str]) -> Result<Option<Options>> {
                 o.min_seconds = 0.2;
             }
             "--fixtures" => o.fixtures = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            "--groups" => {
+                o.groups = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                if let Some(g) = o.groups.iter().find(|g| !all_tools().any(|t| t.group == g.as_str())) {
+                    bail!("no row group named {g:?}");
+                }
+                if o.groups.is_empty() {
+                    bail!("--groups needs at least one entry");
+                }
+            }
             "--threads" => {
                 o.threads = value()?
                     .split(',')
@@ -218,6 +244,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    let md = bench_dir.join("report.md");
+    fs::write(&md, render_markdown(&report)).with_context(|| format!("writing {}", md.display()))?;
     println!("{}", render(&report));
     if let Some(load) = report.machine.get("load_average_after") {
         eprintln!("xtask: load average at the end: {load} on {} CPUs", report.machine["cpus"]);
@@ -279,7 +307,7 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         model_bytes: fs::metadata(model).ok().map(|m| m.len()),
         ..Row::new("original", "", false)
     }];
-    for tool in all_tools() {
+    for tool in all_tools().filter(|t| opts.groups.is_empty() || opts.groups.iter().any(|g| g == t.group)) {
         rows.push(optimize_with(tool, f, model_str, data, &work.join(tool.id), opts, env)?);
     }
 
@@ -292,13 +320,13 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
         row.latency = m.latency.clone();
         row.max_abs_diff = m.max_abs_diff;
         row.accuracy = m.accuracy.clone();
-        let tolerance = all_tools().find(|t| t.id == row.tool).map_or(0.0, |t| t.tolerance);
+        let tolerance = all_tools().find(|t| t.id == row.tool).map_or(Tolerance::MaxAbsDiff(0.0), |t| t.tolerance);
         if let Some(e) = &m.error {
             row.status = format!("ORT failed: {e}");
         } else if let Some(why) = &m.mismatch {
             row.status = format!("mismatch: {why}");
-        } else if let Some(d) = m.max_abs_diff.filter(|&d| d > tolerance) {
-            row.status = format!("mismatch: max |diff| {d:.3e} > {tolerance:.0e}");
+        } else if let Some(why) = out_of_tolerance(m, tolerance) {
+            row.status = format!("mismatch: {why}");
         }
     }
     let original = rows[0].latency.clone();
@@ -311,6 +339,22 @@ fn bench_fixture(f: &Fixture, model: &Path, work: &Path, opts: &Options, env: &E
     }
     let ratios = ratios(&rows);
     Ok(FixtureReport { name: f.name.clone(), model: model.to_path_buf(), rows, ratios })
+}
+
+/// Why a measured model is too far from the original under `tolerance`, if it is.
+fn out_of_tolerance(m: &measure::Measured, tolerance: Tolerance) -> Option<String> {
+    match tolerance {
+        Tolerance::MaxAbsDiff(limit) => {
+            m.max_abs_diff.filter(|&d| d > limit).map(|d| format!("max |diff| {d:.3e} > {limit:.0e}"))
+        }
+        Tolerance::CosineMin(floor) => m
+            .accuracy
+            .iter()
+            .filter_map(|(name, a)| Some((name, a.cosine_min?)))
+            .filter(|&(_, c)| c < floor)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(name, c)| format!("output {name:?} cosine_min {c:.4} < {floor}")),
+    }
 }
 
 /// Runs one tool `opts.repeats` times on the fixture; the last run's model is measured.
@@ -336,9 +380,14 @@ fn optimize_with(
             Program::VenvScript(name) => {
                 (venv_bin(env.python.parent().and_then(Path::parent).unwrap_or(Path::new(".")), name), vec![])
             }
+            Program::Script(_) => (env.python.to_path_buf(), vec![]),
+        };
+        let args = match tool.program {
+            Program::Script(script) => std::iter::once(utf8(&env.root.join(script))?.to_string()).chain(args).collect(),
+            _ => args,
         };
         if i == 0 {
-            eprintln!("   {:<17} {} {}", tool.id, program.display(), args.join(" "));
+            eprintln!("   {:<25} {} {}", tool.id, program.display(), args.join(" "));
         }
         let mut cmd = Command::new(&program);
         cmd.args(&args).current_dir(&run_dir);
@@ -354,7 +403,7 @@ fn optimize_with(
         };
         if let Some(why) = failure {
             row.status = format!("failed: {why}");
-            eprintln!("   {:<17} {}", tool.id, row.status);
+            eprintln!("   {:<25} {}", tool.id, row.status);
             return Ok(row);
         }
         row.optimize_runs_s.push(outcome.seconds);
@@ -366,7 +415,7 @@ fn optimize_with(
         row.model = Some(produced);
     }
     row.optimize_s = median(&row.optimize_runs_s);
-    eprintln!("   {:<17} optimized in {}", tool.id, row.optimize_s.map_or("-".into(), fmt_secs));
+    eprintln!("   {:<25} optimized in {}", tool.id, row.optimize_s.map_or("-".into(), fmt_secs));
     Ok(row)
 }
 
@@ -404,5 +453,30 @@ mod tests {
         assert!(parse_options(&["--repeats"]).is_err());
         assert!(parse_options(&["--bogus"]).is_err());
         assert!(parse_options(&["--fixtures", ""]).is_err());
+        assert_eq!(parse_options(&["--groups", "int8,fp16"]).unwrap().unwrap().groups, ["int8", "fp16"]);
+        assert!(parse_options(&["--groups", "int3"]).is_err());
+        assert!(parse_options(&["--groups", ","]).is_err());
+    }
+
+    #[test]
+    fn tolerances_judge_their_own_measure() {
+        use measure::{Accuracy, Measured};
+        let acc = |c| Accuracy {
+            samples: 16,
+            cosine_mean: Some(c),
+            cosine_min: Some(c),
+            top1: None,
+            max_abs: None,
+            mean_abs: None,
+        };
+        let m = Measured {
+            max_abs_diff: Some(0.05),
+            accuracy: [("a".to_string(), acc(0.999)), ("b".to_string(), acc(0.95))].into_iter().collect(),
+            ..Measured::default()
+        };
+        assert_eq!(out_of_tolerance(&m, Tolerance::MaxAbsDiff(1e-3)).unwrap(), "max |diff| 5.000e-2 > 1e-3");
+        assert_eq!(out_of_tolerance(&m, Tolerance::MaxAbsDiff(0.1)), None);
+        assert_eq!(out_of_tolerance(&m, Tolerance::CosineMin(0.99)).unwrap(), "output \"b\" cosine_min 0.9500 < 0.99");
+        assert_eq!(out_of_tolerance(&m, Tolerance::CosineMin(0.9)), None);
     }
 }

@@ -67,10 +67,38 @@ impl Row {
 pub(super) struct Ratios {
     pub(super) group: String,
     pub(super) kiln: String,
+    /// Kiln's row status (`ok`, `failed: …`, …).
+    pub(super) status: String,
     /// By thread count: Kiln's median latency over the fastest working peer's.
     pub(super) latency_vs_best_peer: BTreeMap<String, BestPeer>,
-    /// By peer: Kiln's optimize time over the peer's.
+    /// By fp32 baseline peer ([`OPT_TIME_BASELINES`]): Kiln's optimize time over the peer's.
     pub(super) optimize_time_vs: BTreeMap<String, f64>,
+    /// Kiln's worst output on the evaluation samples.
+    pub(super) accuracy: Option<WorstAccuracy>,
+    /// By peer of the group, in row order: Kiln against that peer.
+    pub(super) vs_peers: Vec<PeerRatios>,
+}
+
+/// The least accurate output of a row: lowest `cosine_min`, with that output's argmax
+/// agreement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct WorstAccuracy {
+    pub(super) output: String,
+    pub(super) cosine_min: f64,
+    pub(super) top1: Option<f64>,
+}
+
+/// Kiln's row over one peer's, on one fixture (below 1: Kiln takes less). A ratio is left
+/// out where either side has no number; the peer's status says whether it counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct PeerRatios {
+    pub(super) peer: String,
+    pub(super) peer_status: String,
+    pub(super) optimize_time: Option<f64>,
+    pub(super) peak_rss: Option<f64>,
+    /// By thread count: Kiln's median latency over the peer's.
+    pub(super) latency: BTreeMap<String, f64>,
+    pub(super) peer_accuracy: Option<WorstAccuracy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,6 +122,18 @@ pub(super) struct Summary {
     pub(super) kiln: String,
     pub(super) latency_vs_best_peer_geomean: BTreeMap<String, f64>,
     pub(super) optimize_time_vs_geomean: BTreeMap<String, f64>,
+    /// By peer: geometric means over the fixtures where both rows are `ok`.
+    pub(super) vs_peers_geomean: Vec<PeerGeomean>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct PeerGeomean {
+    pub(super) peer: String,
+    /// Fixtures that went into the means.
+    pub(super) fixtures: usize,
+    pub(super) optimize_time: Option<f64>,
+    pub(super) peak_rss: Option<f64>,
+    pub(super) latency: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,20 +174,53 @@ pub(super) fn ratios(rows: &[Row]) -> Vec<Ratios> {
             }
             let mut optimize_time_vs = BTreeMap::new();
             for base in OPT_TIME_BASELINES {
-                let peer_time = rows.iter().find(|r| r.tool == *base).and_then(|r| r.optimize_s);
+                let peer_time = in_group().find(|r| r.tool == *base).and_then(|r| r.optimize_s);
                 if let (Some(k), Some(p)) = (kiln.optimize_s, peer_time) {
                     optimize_time_vs.insert(base.to_string(), k / p);
                 }
             }
+            let vs_peers = in_group().filter(|r| r.peer).map(|p| peer_ratios(kiln, p)).collect();
             out.push(Ratios {
                 group: group.to_string(),
                 kiln: kiln.tool.clone(),
+                status: kiln.status.clone(),
                 latency_vs_best_peer,
                 optimize_time_vs,
+                accuracy: worst_output(&kiln.accuracy),
+                vs_peers,
             });
         }
     }
     out
+}
+
+fn peer_ratios(kiln: &Row, peer: &Row) -> PeerRatios {
+    let over = |k: Option<f64>, p: Option<f64>| Some(k? / p.filter(|&p| p > 0.0)?);
+    PeerRatios {
+        peer: peer.tool.clone(),
+        peer_status: peer.status.clone(),
+        optimize_time: over(kiln.optimize_s, peer.optimize_s),
+        // Only for runs that finished (a failed repeat may have left a peak behind).
+        peak_rss: over(
+            kiln.optimize_s.and(kiln.optimize_peak_rss_mib),
+            peer.optimize_s.and(peer.optimize_peak_rss_mib),
+        ),
+        latency: kiln
+            .latency
+            .iter()
+            .filter_map(|(t, l)| Some((t.clone(), over(Some(l.median_ms), Some(peer.latency.get(t)?.median_ms))?)))
+            .collect(),
+        peer_accuracy: worst_output(&peer.accuracy),
+    }
+}
+
+/// The output with the lowest `cosine_min` (ties: the first by name).
+pub(super) fn worst_output(accuracy: &BTreeMap<String, Accuracy>) -> Option<WorstAccuracy> {
+    accuracy
+        .iter()
+        .filter_map(|(name, a)| Some((name, a.cosine_min?, a.top1)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, cosine_min, top1)| WorstAccuracy { output: name.clone(), cosine_min, top1 })
 }
 
 /// Geometric means over fixtures of each ratio.
@@ -174,7 +247,49 @@ pub(super) fn summarize(fixtures: &[FixtureReport]) -> Vec<Summary> {
             }
             let gm =
                 |m: BTreeMap<String, Vec<f64>>| m.into_iter().filter_map(|(k, v)| Some((k, geomean(&v)?))).collect();
-            Summary { group, kiln, latency_vs_best_peer_geomean: gm(lat), optimize_time_vs_geomean: gm(opt) }
+            let mut peers: Vec<&str> = Vec::new();
+            for p in mine.iter().flat_map(|r| &r.vs_peers) {
+                if !peers.contains(&p.peer.as_str()) {
+                    peers.push(&p.peer);
+                }
+            }
+            let vs_peers_geomean = peers
+                .into_iter()
+                .map(|peer| {
+                    // Only fixtures where both made a working model: a failed row's time is
+                    // not a comparison.
+                    let both_ok: Vec<&PeerRatios> = mine
+                        .iter()
+                        .filter(|r| r.status == "ok")
+                        .flat_map(|r| &r.vs_peers)
+                        .filter(|p| p.peer == peer && p.peer_status == "ok")
+                        .collect();
+                    let of = |f: &dyn Fn(&PeerRatios) -> Option<f64>| {
+                        let v: Vec<f64> = both_ok.iter().filter_map(|p| f(p)).collect();
+                        if v.len() == both_ok.len() { geomean(&v) } else { None }
+                    };
+                    let mut lat: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+                    for p in &both_ok {
+                        for (t, v) in &p.latency {
+                            lat.entry(t.clone()).or_default().push(*v);
+                        }
+                    }
+                    PeerGeomean {
+                        peer: peer.to_string(),
+                        fixtures: both_ok.len(),
+                        optimize_time: of(&|p| p.optimize_time),
+                        peak_rss: of(&|p| p.peak_rss),
+                        latency: gm(lat),
+                    }
+                })
+                .collect();
+            Summary {
+                group,
+                kiln,
+                latency_vs_best_peer_geomean: gm(lat),
+                optimize_time_vs_geomean: gm(opt),
+                vs_peers_geomean,
+            }
         })
         .collect()
 }
@@ -250,12 +365,14 @@ fn fmt_ratio(r: f64) -> String {
 /// The printed tables.
 /// The least accurate output's cosine (worst sample) and argmax agreement, for the table.
 fn worst_accuracy(accuracy: &BTreeMap<String, Accuracy>) -> String {
-    let worst =
-        accuracy.values().min_by(|a, b| a.cosine_min.unwrap_or(f64::NAN).total_cmp(&b.cosine_min.unwrap_or(f64::NAN)));
+    fmt_accuracy(worst_output(accuracy).as_ref())
+}
+
+fn fmt_accuracy(worst: Option<&WorstAccuracy>) -> String {
     match worst {
         None => "-".into(),
         Some(a) => {
-            let mut text = a.cosine_min.map_or("cos -".into(), |c| format!("cos {c:.5}"));
+            let mut text = format!("cos {:.5}", a.cosine_min);
             if let Some(t) = a.top1 {
                 text.push_str(&format!(" top1 {t:.3}"));
             }
@@ -264,7 +381,19 @@ fn worst_accuracy(accuracy: &BTreeMap<String, Accuracy>) -> String {
     }
 }
 
+/// The report as aligned text tables, for the terminal.
 pub(super) fn render(report: &Report) -> String {
+    render_with(report, format_table)
+}
+
+/// The report as Markdown tables (`report.md` beside `report.json`).
+pub(super) fn render_markdown(report: &Report) -> String {
+    let mut out = String::from("# Kiln benchmark\n");
+    out.push_str(&render_with(report, markdown_table));
+    out
+}
+
+fn render_with(report: &Report, format_table: fn(&[Vec<String>], usize) -> String) -> String {
     let threads: Vec<String> = report.settings.threads.iter().map(u32::to_string).collect();
     let mut header: Vec<String> =
         ["fixture", "tool", "optimize", "peak MiB", "MB"].iter().map(|s| s.to_string()).collect();
@@ -338,6 +467,60 @@ pub(super) fn render(report: &Report) -> String {
     }
     out.push_str("\nKiln relative to its peers (below 1x: Kiln is faster)\n");
     out.push_str(&format_table(&table, 2));
+    out.push_str("\nKiln against each peer of its group (Kiln / peer; below 1x: Kiln takes less)\n");
+    out.push_str(&format_table(&peer_table(report, &threads), 3));
+    out
+}
+
+/// Per fixture, Kiln row and peer: time, peak RSS and latency ratios, both accuracies, the
+/// peer's status; then the geometric means over fixtures where both rows are `ok`.
+fn peer_table(report: &Report, threads: &[String]) -> Vec<Vec<String>> {
+    let mut header: Vec<String> =
+        ["fixture", "kiln row", "peer", "optimize time", "peak RSS"].iter().map(|s| s.to_string()).collect();
+    header.extend(threads.iter().map(|t| format!("t{t} latency")));
+    header.extend(["kiln accuracy", "peer accuracy", "peer status"].map(String::from));
+    let ratio = |r: Option<f64>| r.map_or("-".into(), fmt_ratio);
+    let mut table = vec![header];
+    for f in &report.fixtures {
+        for r in f.ratios.iter().filter(|r| !r.vs_peers.is_empty()) {
+            for p in &r.vs_peers {
+                let mut line = vec![f.name.clone(), r.kiln.clone(), p.peer.clone()];
+                line.extend([ratio(p.optimize_time), ratio(p.peak_rss)]);
+                line.extend(threads.iter().map(|t| ratio(p.latency.get(t).copied())));
+                line.extend([fmt_accuracy(r.accuracy.as_ref()), fmt_accuracy(p.peer_accuracy.as_ref())]);
+                line.push(clip(&p.peer_status, 60));
+                table.push(line);
+            }
+        }
+    }
+    for s in &report.summary {
+        for g in &s.vs_peers_geomean {
+            let mut line = vec![format!("geomean ({} fixtures)", g.fixtures), s.kiln.clone(), g.peer.clone()];
+            line.extend([ratio(g.optimize_time), ratio(g.peak_rss)]);
+            line.extend(threads.iter().map(|t| ratio(g.latency.get(t).copied())));
+            table.push(line);
+        }
+    }
+    table
+}
+
+/// A Markdown table: the first row is the header; the first `left` columns align left, the
+/// rest right. A blank line before it, so it follows a paragraph.
+fn markdown_table(rows: &[Vec<String>], left: usize) -> String {
+    let Some(header) = rows.first() else { return String::new() };
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let cell = |s: &str| s.replace('|', "\\|");
+    let line = |r: &[String]| {
+        let cells: Vec<String> = (0..cols).map(|c| cell(r.get(c).map_or("", String::as_str))).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = String::from("\n");
+    out.push_str(&line(header));
+    let rule: Vec<&str> = (0..cols).map(|c| if c < left { ":--" } else { "--:" }).collect();
+    out.push_str(&format!("| {} |\n", rule.join(" | ")));
+    for r in &rows[1..] {
+        out.push_str(&line(r));
+    }
     out
 }
 
@@ -407,6 +590,74 @@ mod tests {
         assert!(r[0].latency_vs_best_peer.is_empty() && r[0].optimize_time_vs.is_empty());
     }
 
+    fn accuracy(cosine_min: f64, top1: Option<f64>) -> Accuracy {
+        Accuracy {
+            samples: 16,
+            cosine_mean: Some(cosine_min),
+            cosine_min: Some(cosine_min),
+            top1,
+            max_abs: None,
+            mean_abs: None,
+        }
+    }
+
+    fn in_group(mut r: Row, group: &str, rss: f64, cos: f64) -> Row {
+        r.group = group.into();
+        r.optimize_peak_rss_mib = Some(rss);
+        r.accuracy.insert("a".into(), accuracy(1.0, None));
+        r.accuracy.insert("b".into(), accuracy(cos, Some(0.5)));
+        r
+    }
+
+    #[test]
+    fn every_kiln_row_is_compared_with_each_peer_of_its_group_only() {
+        let rows = vec![
+            row("original", false, "ok", None, Some(10.0)),
+            row("kiln", false, "ok", Some(0.5), Some(8.0)),
+            row("onnxsim", true, "ok", Some(1.0), Some(10.0)),
+            in_group(row("kiln-int8", false, "ok", Some(4.0), Some(4.0)), "int8", 300.0, 0.99),
+            in_group(row("kiln-int8-dynamic", false, "failed: x", None, None), "int8", 0.0, 0.0),
+            in_group(row("ort-quantize-static", true, "ok", Some(2.0), Some(5.0)), "int8", 200.0, 0.98),
+            in_group(row("ort-quantize-dynamic", true, "mismatch: y", Some(1.0), Some(2.0)), "int8", 100.0, 0.5),
+        ];
+        let r = ratios(&rows);
+        let names: Vec<&str> = r.iter().map(|x| x.kiln.as_str()).collect();
+        assert_eq!(names, ["kiln", "kiln-int8", "kiln-int8-dynamic"]);
+        // The fp32 row is compared with fp32 peers only; int8 rows get no onnxsim time ratio.
+        assert_eq!(r[0].vs_peers.iter().map(|p| p.peer.as_str()).collect::<Vec<_>>(), ["onnxsim"]);
+        assert!(r[1].optimize_time_vs.is_empty());
+        let int8 = &r[1];
+        assert_eq!(int8.accuracy.as_ref().unwrap().output, "b");
+        assert_eq!(int8.accuracy.as_ref().unwrap().cosine_min, 0.99);
+        let [stat, dynamic] = &int8.vs_peers[..] else { panic!("{:?}", int8.vs_peers) };
+        assert_eq!(
+            (stat.peer.as_str(), stat.optimize_time, stat.peak_rss),
+            ("ort-quantize-static", Some(2.0), Some(1.5))
+        );
+        assert_eq!(stat.latency["1"], 0.8);
+        assert_eq!(stat.peer_accuracy.as_ref().unwrap().top1, Some(0.5));
+        // A broken peer still gets its ratios, with its status beside them.
+        assert_eq!((dynamic.peer_status.as_str(), dynamic.latency["1"]), ("mismatch: y", 2.0));
+        // A failed Kiln row has no ratios at all.
+        assert!(
+            r[2].vs_peers.iter().all(|p| p.optimize_time.is_none() && p.peak_rss.is_none() && p.latency.is_empty())
+        );
+
+        let fixture = |ratios| FixtureReport { name: "f".into(), model: "m".into(), rows: vec![], ratios };
+        let mut other = ratios(&rows);
+        other[1].vs_peers[0].optimize_time = Some(8.0);
+        let summary = summarize(&[fixture(r), fixture(other)]);
+        let int8 = summary.iter().find(|s| s.kiln == "kiln-int8").unwrap();
+        let stat = int8.vs_peers_geomean.iter().find(|g| g.peer == "ort-quantize-static").unwrap();
+        assert_eq!(stat.fixtures, 2);
+        assert!((stat.optimize_time.unwrap() - 4.0).abs() < 1e-12);
+        // The mismatched peer and the failed Kiln row are left out of the means.
+        let dynamic = int8.vs_peers_geomean.iter().find(|g| g.peer == "ort-quantize-dynamic").unwrap();
+        assert_eq!((dynamic.fixtures, dynamic.optimize_time), (0, None));
+        let failed = summary.iter().find(|s| s.kiln == "kiln-int8-dynamic").unwrap();
+        assert!(failed.vs_peers_geomean.iter().all(|g| g.fixtures == 0));
+    }
+
     #[test]
     fn summary_takes_geometric_means() {
         assert!((geomean(&[0.5, 2.0]).unwrap() - 1.0).abs() < 1e-12);
@@ -421,5 +672,6 @@ mod tests {
     fn tables_align() {
         let t = vec![vec!["a".to_string(), "12".into(), "x".into()], vec!["bbb".into(), "3".into(), "yy".into()]];
         assert_eq!(format_table(&t, 1), "a    12  x\nbbb   3  yy\n");
+        assert_eq!(markdown_table(&t, 1), "\n| a | 12 | x |\n| :-- | --: | --: |\n| bbb | 3 | yy |\n");
     }
 }

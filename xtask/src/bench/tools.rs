@@ -6,7 +6,18 @@ pub(super) const KILN_ARGS: &str = "{model} --opt O3 --target cpu -o {out}";
 
 /// Largest max |diff| against the original before an fp32 row is flagged; the fixtures'
 /// outputs are probabilities and embeddings of magnitude about 1.
-const FP32_TOLERANCE: f64 = 1e-3;
+const FP32_TOLERANCE: Tolerance = Tolerance::MaxAbsDiff(1e-3);
+
+/// When a row's outputs are too far from the original's to count as the same model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Tolerance {
+    /// Largest max |diff| on the timing input (seed 1): for rows meant to be exact up to
+    /// float reassociation.
+    MaxAbsDiff(f64),
+    /// Smallest cosine of any output on any evaluation sample: for lowered precisions, whose
+    /// outputs differ by far more than rounding and are judged by how close they stay.
+    CosineMin(f64),
+}
 
 /// Which program a tool runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +28,9 @@ pub(super) enum Program {
     Python,
     /// A console script installed into the venv's `bin`.
     VenvScript(&'static str),
+    /// A script of the repository (path relative to its root), run by the venv's Python; its
+    /// absolute path goes before the tool's arguments.
+    Script(&'static str),
 }
 
 /// What a tool's argument builder gets. Paths are UTF-8 (checked before).
@@ -40,13 +54,14 @@ pub(super) struct Tool {
     pub(super) peer: bool,
     pub(super) program: Program,
     pub(super) args: fn(&Invocation) -> Vec<String>,
-    /// Largest max |diff| against the original before the row is flagged as a mismatch.
-    pub(super) tolerance: f64,
+    /// How far the row's outputs may be from the original's before it is flagged a mismatch.
+    pub(super) tolerance: Tolerance,
 }
 
 /// Every group's tools, in row order. A precision adds its rows as a `const` slice in a file
 /// of its own (`tools_int8.rs`, …) and one line here.
-pub(super) const GROUPS: &[&[Tool]] = &[FP32_TOOLS, super::tools_int4::INT4_TOOLS];
+pub(super) const GROUPS: &[&[Tool]] =
+    &[FP32_TOOLS, super::tools_int8::INT8_TOOLS, super::tools_half::FP16_TOOLS, super::tools_int4::INT4_TOOLS];
 
 /// Every tool of every group, in row order.
 pub(super) fn all_tools() -> impl Iterator<Item = &'static Tool> {
@@ -82,7 +97,8 @@ pub(super) const FP32_TOOLS: &[Tool] = &[
     },
 ];
 
-/// Peers whose optimize time Kiln's is divided by in the summary.
+/// FP32 peers whose optimize time the fp32 Kiln row's is divided by in the summary (every
+/// group also gets a ratio against each of its own peers).
 pub(super) const OPT_TIME_BASELINES: &[&str] = &["onnxsim", "ort-transformers"];
 
 fn kiln_args(inv: &Invocation) -> Vec<String> {
@@ -92,7 +108,7 @@ fn kiln_args(inv: &Invocation) -> Vec<String> {
         .collect()
 }
 
-fn out_model(inv: &Invocation) -> String {
+pub(super) fn out_model(inv: &Invocation) -> String {
     format!("{}/model.onnx", inv.out)
 }
 
@@ -154,7 +170,7 @@ mod tests {
             assert_eq!(all_tools().filter(|o| o.id == t.id).count(), 1);
         }
         for base in OPT_TIME_BASELINES {
-            assert!(all_tools().any(|t| t.id == *base && t.peer));
+            assert!(all_tools().any(|t| t.id == *base && t.peer && t.group == "fp32"));
         }
     }
 }

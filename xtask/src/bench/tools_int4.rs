@@ -6,11 +6,11 @@
 //! validation `optimize` runs by default, so that their time is the quantizer's, as ORT's is;
 //! the bench measures every row's accuracy on its evaluation samples anyway.
 
-use super::tools::{Invocation, Program, Tool};
+use super::tools::{Invocation, Program, Tolerance, Tool};
 
-/// Largest max |diff| against the original before an int4 row is flagged: 4-bit weights move
-/// embeddings of magnitude about 1 by tenths; accuracy is judged by the cosines.
-const INT4_TOLERANCE: f64 = 1.0;
+/// Smallest cosine of any output on any evaluation sample before an int4 row is flagged: 4-bit
+/// weights move embeddings of magnitude about 1 by tenths; the cosines compare the tools.
+const INT4_TOLERANCE: Tolerance = Tolerance::CosineMin(0.9);
 
 /// Block size every row uses.
 const BLOCK: &str = "32";

@@ -15,7 +15,8 @@ use crate::install::Installer;
 const REQUIREMENTS: &str = "xtask/bench/requirements.txt";
 
 /// Packages whose installed versions go into the report.
-const REPORTED_PACKAGES: &[&str] = &["onnxruntime", "onnx", "onnxsim", "onnxslim", "numpy", "protobuf", "sympy"];
+const REPORTED_PACKAGES: &[&str] =
+    &["onnxruntime", "onnx", "onnxsim", "onnxslim", "onnxconverter-common", "numpy", "protobuf", "sympy"];
 
 /// Creates or reuses `<cache>/bench-venv` with the pinned peers; returns its Python.
 pub(super) fn ensure_venv(root: &Path) -> Result<PathBuf> {
