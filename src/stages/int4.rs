@@ -95,10 +95,14 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
                  the weights and needs no extra scaling op at run time",
             ));
         }
+        #[cfg(feature = "learned-rounding")]
+        Int4Method::Learned => Method::Learned(kiln_quantize::int4::LearnedOptions::default()),
+        #[cfg(not(feature = "learned-rounding"))]
         Int4Method::Learned => {
             return Err(StageError::bad_input(
                 STAGE,
-                "learned rounding is not available in this build; use --int4-method gptq or rtn",
+                "learned rounding is not built: rebuild with `--features learned-rounding`, or use --int4-method gptq \
+                 or rtn",
             ));
         }
     };
@@ -172,7 +176,8 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
     let ratios: BTreeMap<String, f64> =
         r.layers.iter().filter_map(|l| Some((l.node.clone(), l.error_vs_rtn?))).collect();
     if !ratios.is_empty() {
-        report.fact("gptq_output_error_vs_rtn", ratios);
+        let key = if options.method == Int4Method::Learned { "learned" } else { "gptq" };
+        report.fact(format!("{key}_output_error_vs_rtn"), ratios);
     }
     if !r.notes.is_empty() {
         report.fact("rewrites", &r.notes);

@@ -3,6 +3,8 @@
 //! - [`block`]: the blockwise quantizer (round to nearest with a clipping search per block) and
 //!   the byte layouts of `MatMulNBits` and blocked `DequantizeLinear`.
 //! - [`gptq`]: the data-aware method, on Gram matrices of each layer's input.
+//! - `learned` (feature `learned-rounding`): AdaRound-style learned rounding on the same Gram
+//!   matrices, with burn's autodiff.
 //! - [`quantize_model`]: picks the layers (first and last projections may stay wider), quantizes
 //!   them, and writes `com.microsoft.MatMulNBits` (ONNX Runtime CPU/CUDA) or opset-21 blocked
 //!   `DequantizeLinear` → `MatMul` (TensorRT).
@@ -10,6 +12,8 @@
 pub mod block;
 mod emit;
 pub mod gptq;
+#[cfg(feature = "learned-rounding")]
+pub mod learned;
 mod opset;
 mod select;
 #[cfg(test)]
@@ -25,6 +29,8 @@ use kiln_compiler::runtime::Executor;
 
 pub use block::{BlockQuantized, QuantSpec, RowMajor};
 pub use gptq::{GptqError, GptqOptions};
+#[cfg(feature = "learned-rounding")]
+pub use learned::LearnedOptions;
 pub use opset::{BLOCKED_DQ_OPSET, upgrade_to_21};
 pub use select::{Layer, Selection, select};
 
@@ -54,6 +60,21 @@ pub enum Method {
     Rtn,
     /// GPTQ on calibration activations.
     Gptq(GptqOptions),
+    /// Learned rounding (AdaRound) on calibration activations, RTN's block scales kept.
+    #[cfg(feature = "learned-rounding")]
+    Learned(LearnedOptions),
+}
+
+impl Method {
+    /// The method's name in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Rtn => "round to nearest",
+            Method::Gptq(_) => "GPTQ",
+            #[cfg(feature = "learned-rounding")]
+            Method::Learned(_) => "learned rounding",
+        }
+    }
 }
 
 /// What to quantize and how.
@@ -107,6 +128,10 @@ impl Int4Config {
         {
             return Err(Int4Error::Config(format!("GPTQ damping {} is not a finite non-negative number", o.damp)));
         }
+        #[cfg(feature = "learned-rounding")]
+        if let Method::Learned(o) = &self.method {
+            o.validate().map_err(Int4Error::Config)?;
+        }
         Ok(())
     }
 }
@@ -132,8 +157,8 @@ pub struct LayerReport {
     pub bytes_before: u64,
     /// The quantized constants' bytes (codes, scales, zero points).
     pub bytes_after: u64,
-    /// GPTQ only: the layer's squared output error on the calibration data, relative to what
-    /// round-to-nearest gives (below 1: GPTQ did better).
+    /// Data-aware methods only: the layer's squared output error on the calibration data,
+    /// relative to what round-to-nearest gives (below 1: the method did better).
     pub error_vs_rtn: Option<f64>,
 }
 
@@ -190,7 +215,8 @@ pub fn layer_spec(layer: &Layer, config: &Int4Config) -> QuantSpec {
     }
 }
 
-/// Quantizes the weights of the main graph's `MatMul`/`Gemm` nodes. GPTQ needs `data`.
+/// Quantizes the weights of the main graph's `MatMul`/`Gemm` nodes. GPTQ and learned rounding
+/// need `data`.
 pub fn quantize_model(
     model: &mut Model,
     config: &Int4Config,
@@ -222,8 +248,9 @@ pub fn quantize_model(
                 results[i] = Some((block::rtn(&w, layer_spec(l, config), None), None));
             }
         }
-        Method::Gptq(options) => {
-            let data = data.ok_or_else(|| Int4Error::Config("GPTQ needs calibration data".into()))?;
+        _ => {
+            let needs = || Int4Error::Config(format!("{} needs calibration data", config.method.name()));
+            let data = data.ok_or_else(needs)?;
             let mut activations: Vec<(String, usize)> = Vec::new();
             for l in &layers {
                 if !activations.iter().any(|(a, _)| *a == l.activation) {
@@ -232,9 +259,20 @@ pub fn quantize_model(
             }
             let mut failure: Option<Int4Error> = None;
             let mut sink = |gram: Gram| -> Result<(), CalibError> {
-                let hessian = gptq::Hessian::new(&gram.xtx, gram.dim, options);
+                let hessian = match &config.method {
+                    Method::Gptq(options) => Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch)),
+                    _ => None,
+                };
                 for (i, l) in layers.iter().enumerate().filter(|(_, l)| l.activation == gram.name) {
-                    match quantize_gptq(l, config, &gram, &hessian, options.batch, fold_alpha) {
+                    let result = match (&config.method, &hessian) {
+                        (Method::Gptq(_), Some((hessian, batch))) => {
+                            quantize_gptq(l, config, &gram, hessian, *batch, fold_alpha)
+                        }
+                        #[cfg(feature = "learned-rounding")]
+                        (Method::Learned(options), _) => quantize_learned(l, config, &gram, options, fold_alpha),
+                        _ => Err(Int4Error::Internal(format!("{}: not a data-aware method", l.name))),
+                    };
+                    match result {
                         Ok((q, ratio, warning)) => {
                             results[i] = Some((q, ratio));
                             report.warnings.extend(warning);
@@ -333,4 +371,36 @@ fn quantize_gptq(
         }
         Err(e) => Err(Int4Error::Weight { node: layer.name.clone(), message: format!("{}: {e}", gram.name) }),
     }
+}
+
+/// Learned rounding on one layer, on the grid round to nearest picks. Keeps round to nearest
+/// (with a warning) if the learned rounding does worse on the calibration data, and returns the
+/// output error relative to it.
+#[cfg(feature = "learned-rounding")]
+fn quantize_learned(
+    layer: &Layer,
+    config: &Int4Config,
+    gram: &Gram,
+    options: &LearnedOptions,
+    fold_alpha: bool,
+) -> Result<(BlockQuantized, Option<f64>, Option<String>), Int4Error> {
+    let w = emit::layer_rows(layer, fold_alpha)?;
+    if gram.xtx.len() != w.k * w.k {
+        return Err(Int4Error::Weight {
+            node: layer.name.clone(),
+            message: format!("{}: Gram matrix of {} values for K = {}", gram.name, gram.xtx.len(), w.k),
+        });
+    }
+    let baseline = block::rtn(&w, layer_spec(layer, config), None);
+    let q = learned::adaround(&w, &baseline, &gram.xtx, options);
+    let base = gptq::output_error(&w, &baseline, &gram.xtx);
+    let err = gptq::output_error(&w, &q, &gram.xtx);
+    if !(err <= base) {
+        let warning = format!(
+            "{}: learned rounding did worse than round to nearest on the calibration data; kept round to nearest",
+            layer.name
+        );
+        return Ok((baseline, Some(1.0), Some(warning)));
+    }
+    Ok((q, (base > 0.0).then(|| err / base), None))
 }
