@@ -262,13 +262,12 @@ fn unavailable_methods_and_bad_blocks_are_refused_cleanly() {
     let data = dir.path().join("data");
     write_samples(&data, 2, 7);
     let data = data.to_str().unwrap();
-    let mut cases = vec![
-        (&["--int4-method", "awq", "--data", data][..], "AWQ is not implemented"),
-        (&["--block", "48"][..], "block size 48"),
-    ];
+    let (awq, block, learned) =
+        (["--int4-method", "awq", "--data", data], ["--block", "48"], ["--int4-method", "learned", "--data", data]);
+    let mut cases: Vec<(&[&str], &str)> = vec![(&awq, "AWQ is not implemented"), (&block, "block size 48")];
     // Without the feature, the refusal names it.
     if cfg!(not(feature = "learned-rounding")) {
-        cases.push((&["--int4-method", "learned", "--data", data][..], "--features learned-rounding"));
+        cases.push((&learned, "--features learned-rounding"));
     }
     for (extra, needle) in cases {
         let mut args = vec![path.as_os_str(), os("--precision"), os("int4"), os("-o"), out.as_os_str()];
