@@ -309,15 +309,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
         // Latency before and after when the model's arithmetic changed (precision, pruning).
         let quantized = !matches!(pipeline.precision, Precision::Fp32) || pipeline.prune.is_some();
-        validate_artifact(
-            model_path,
-            &writer.staged_path(MODEL),
-            &data_plan,
-            tolerance,
-            quantized,
-            session,
-            &mut warnings,
-        )?
+        let staged = writer.staged_path(MODEL);
+        pipeline.context.progress.step("validating against the original", None, |_| {
+            validate_artifact(model_path, &staged, &data_plan, tolerance, quantized, session, &mut warnings)
+        })?
     };
     for w in warnings.iter().skip(outcome.warnings.len()) {
         ui.warn(w);
