@@ -89,6 +89,9 @@ pub struct Int8Config {
     /// Leave depthwise convolutions (`group` equal to the input channels) in float: the
     /// target's integer kernel for them is slower than its float one.
     pub float_depthwise: bool,
+    /// Store biases as int32 with scale `s_input · s_weight` (what ORT's integer kernels take);
+    /// TensorRT takes float biases and only int8/int4 Q/DQ.
+    pub quantize_bias: bool,
 }
 
 impl Int8Config {
@@ -112,6 +115,7 @@ impl Int8Config {
             // depthwise Conv (cnn fixture, 1 thread, ORT profile); quantized, the cnn fixture
             // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
             float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
+            quantize_bias: true,
         }
     }
 
@@ -127,6 +131,7 @@ impl Int8Config {
             target_ops: ops.iter().map(|s| s.to_string()).collect(),
             absorb_relu: false,
             float_depthwise: false,
+            quantize_bias: false,
         }
     }
 

@@ -47,6 +47,15 @@ pub(super) fn register(r: &mut Registry<'_>) {
         };
         Ok(vec![tt(cx.elem(2), s)])
     });
+    // A float activation times an int8 weight (B) dequantized by its scale: MatMul's shape,
+    // A's float type.
+    r.add(MS, &["DynamicQuantizeMatMul"], |cx| {
+        let s = match (cx.shape(0), cx.shape(1)) {
+            (Some(a), Some(b)) => Some(matmul_shape(a, b)?),
+            _ => None,
+        };
+        Ok(vec![tt(cx.elem(0), s)])
+    });
     r.add(MS, &["QLinearAdd", "QLinearMul"], qlinear_binary);
     r.add(MS, &["QLinearConcat"], qlinear_concat);
     r.add(MS, &["QLinearGlobalAveragePool"], qlinear_global_pool);
