@@ -312,6 +312,7 @@ impl Pipeline {
                 stages.extend(report);
                 fallback = Some(fb);
             }
+            _ if matches!(self.precision, Precision::Fp32) => {}
             _ => {
                 let what = format!("lowering to {}", self.precision.name());
                 stages.extend(progress.step(&what, None, |_| self.precision.apply(&mut model, &cx))?)

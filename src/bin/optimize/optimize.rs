@@ -218,6 +218,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
     let model = load_verified(model_path)?;
+    // Before any work: an existing artifact without --force is refused at once.
+    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let level = opt_level(args.opt);
     let target = match args.target {
         Target::Cpu => TargetKind::Cpu,
@@ -300,7 +302,6 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
     let target_out =
         crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
-    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
     let mut warnings = outcome.warnings.clone();
     let validation = if args.skip_validation {
