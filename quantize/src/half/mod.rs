@@ -18,6 +18,8 @@ mod kernels;
 mod rewrite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_subgraphs;
 
 use std::collections::{BTreeMap, HashMap};
 

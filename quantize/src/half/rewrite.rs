@@ -263,7 +263,8 @@ pub(super) fn convert_graph(
                 _ => continue,
             };
             for body in bodies {
-                let sub_path = if path == "main" { format!("{key}.{attr}") } else { format!("{path}/{key}.{attr}") };
+                // `key` already holds the path of the graph the node sits in.
+                let sub_path = format!("{key}.{attr}");
                 convert_graph(body, &sub_env, &sub_scope, if_req.as_ref(), &sub_path, report)?;
             }
         }
