@@ -8,6 +8,9 @@
 //! hold and (with a kernel table) ops the runtime has no 16-bit kernel for stay FP32 with casts
 //! around them. `Cast` targets, `Constant`/`ConstantOfShape` values and If/Loop/Scan bodies are
 //! updated with their graphs: an If output is 16-bit only when both branches compute it so.
+//! A value whose element type is unknown (a branch shape inference skipped as dead, a capture
+//! it could not type) is never made 16-bit: it cannot be cast, so its nodes stay FP32; body
+//! inputs of Loop/Scan get their types from the node first so that bodies still convert.
 //! With `keep_io_types` the model's inputs and outputs keep their types and casts sit at the
 //! boundary; cast chains that cancel and casts of constants are folded afterwards.
 

@@ -19,7 +19,12 @@ fn f16_config() -> HalfConfig {
 
 /// Converts a copy, checks it is valid, loads and runs in ORT on seeded inputs, and compares
 /// with the FP32 model within `tol`.
-pub(super) fn convert_and_run(m: &Model, config: &HalfConfig, ranges: Option<&Ranges>, tol: f64) -> (Model, HalfReport) {
+pub(super) fn convert_and_run(
+    m: &Model,
+    config: &HalfConfig,
+    ranges: Option<&Ranges>,
+    tol: f64,
+) -> (Model, HalfReport) {
     require_ort().unwrap();
     let mut half = m.clone();
     let report = convert(&mut half, config, ranges).unwrap();
