@@ -21,7 +21,7 @@ use std::path::Path;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_compiler::ir::{Graph, Model, ValueDef};
+use kiln_compiler::ir::{Graph, Model, ValueDef, ValueId};
 use kiln_compiler::runtime::{ErrorKind, Executor, OptLevel, RuntimeError, SessionConfig, Value};
 use kiln_compiler::{DataType, Tensor};
 use rayon::prelude::*;
@@ -46,7 +46,7 @@ pub struct CollectOptions {
 }
 
 /// Default [`CollectOptions::memory_budget`].
-pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
+pub const DEFAULT_MEMORY_BUDGET: u64 = 64 << 20;
 
 impl Default for CollectOptions {
     fn default() -> CollectOptions {
@@ -55,7 +55,9 @@ impl Default for CollectOptions {
             tensors: None,
             group_size: usize::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
-            batch: 8,
+            // Observation runs in parallel over tensors, so a small batch costs no speed and
+            // leaves more of the budget to one session's tensors.
+            batch: 4,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
         }
     }
@@ -300,6 +302,13 @@ pub fn collect(
 fn estimated_bytes(model: &Model, names: &[String], sample: &crate::data::Sample) -> Vec<Option<u64>> {
     let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return vec![None; names.len()] };
+    // Declared types may hold -1 for a dynamic dimension (exporters write that), which would
+    // conflict with the inferred sizes and win: node outputs are inferred afresh.
+    let computed: Vec<ValueId> =
+        g.values().filter(|(_, v)| matches!(v.def(), ValueDef::Node { .. })).map(|(id, _)| id).collect();
+    for v in computed {
+        g.value_mut(v).ty = None;
+    }
     for v in g.inputs().to_vec() {
         let Some((_, t)) = sample.inputs.iter().find(|(n, _)| *n == g.value(v).name) else { continue };
         let ty = kiln_compiler::ir::TensorType::with_dims(t.dtype(), t.dims());
