@@ -241,4 +241,3 @@ fn sizes_are_estimated_from_the_first_sample() {
     let names: Vec<String> = ["r", "y", "nowhere"].iter().map(|s| s.to_string()).collect();
     assert_eq!(estimated_bytes(&model, &names, &sample), [Some(400), Some(400), None]);
 }
-

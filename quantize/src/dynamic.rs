@@ -54,6 +54,12 @@ pub fn quantize_dynamic(model: &mut Model, config: &DynamicConfig) -> Result<Dyn
         *out.quantized_ops.entry("Gather".to_string()).or_default() += tables.len();
     }
     out.decisions.extend(tables);
+    let attention = crate::handlers::attention::quantize_attention(model, &selection)?;
+    let n = attention.values().filter(|d| d.starts_with("int8")).count();
+    if n > 0 {
+        *out.quantized_ops.entry("Attention".to_string()).or_default() += n;
+    }
+    out.decisions.extend(attention);
     Ok(out)
 }
 

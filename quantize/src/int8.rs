@@ -112,5 +112,13 @@ pub fn quantize_with_ranges(
         }
         decisions.extend(tables);
     }
+    if config.qattention {
+        let attention = crate::handlers::attention::quantize_attention(model, config)?;
+        let n = attention.values().filter(|d| d.starts_with("int8")).count();
+        if n > 0 {
+            *quantized_ops.entry("Attention".to_string()).or_default() += n;
+        }
+        decisions.extend(attention);
+    }
     Ok(StaticOutcome { ranges: ranges.clone(), quantized_ops, decisions, qdq })
 }

@@ -92,6 +92,9 @@ pub struct Int8Config {
     /// Store large constant Gather tables (embeddings) as S8, dequantized after the Gather
     /// ([`crate::handlers::gather`]).
     pub embeddings: bool,
+    /// Fused `com.microsoft.Attention` becomes QAttention (S8 QKV weight, input quantized at
+    /// run time, [`crate::handlers::attention`]).
+    pub qattention: bool,
 }
 
 impl Int8Config {
@@ -116,6 +119,7 @@ impl Int8Config {
             // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
             float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
             embeddings: true,
+            qattention: true,
         }
     }
 
@@ -133,6 +137,7 @@ impl Int8Config {
             float_depthwise: false,
             // TensorRT chooses its own precision for a Gather; a DQ after it is left as is.
             embeddings: false,
+            qattention: false,
         }
     }
 
