@@ -55,10 +55,15 @@ fn embedding_table_stored_int8_and_dequantized_after_the_gather() {
     let table = g.value(gather.input(0).unwrap()).initializer().unwrap();
     assert_eq!((table.dtype(), table.dims()), (DataType::I8, &[VOCAB, DIM][..]));
     let rows = gather.output(0).unwrap();
-    let dq = g.node(g.value(rows).uses()[0].node);
-    assert_eq!(dq.op_type, "DequantizeLinear");
+    let cast = g.node(g.value(rows).uses()[0].node);
+    assert_eq!(cast.op_type, "Cast");
+    let mul = g.node(g.value(cast.output(0).unwrap()).uses()[0].node);
+    assert_eq!(mul.op_type, "Mul");
+    let scale_rows = g.value(mul.input(1).unwrap()).producer().map(|p| g.node(p)).unwrap();
+    assert_eq!(scale_rows.op_type, "Gather", "per-row scales are gathered with the rows");
     assert!(!f32_table(g), "the float table is gone");
-    // Per tensor, symmetric: one step is max|w| / 127; round to nearest is within half a step.
+    // Per row, symmetric: a row's step is its max|w| / 127 (at most 0.6 / 127); round to
+    // nearest is within half a step.
     let step = 0.6 / 127.0;
     let mut worst = 0.0f64;
     for seed in 0..4 {
