@@ -92,6 +92,12 @@ pub struct Int8Config {
     /// Store biases as int32 with scale `s_input · s_weight` (what ORT's integer kernels take);
     /// TensorRT takes float biases and only int8/int4 Q/DQ.
     pub quantize_bias: bool,
+    /// Store large constant Gather tables (embeddings) as S8, dequantized after the Gather
+    /// ([`crate::handlers::gather`]).
+    pub embeddings: bool,
+    /// Fused `com.microsoft.Attention` becomes QAttention (S8 QKV weight, input quantized at
+    /// run time, [`crate::handlers::attention`]).
+    pub qattention: bool,
 }
 
 impl Int8Config {
@@ -116,6 +122,8 @@ impl Int8Config {
             // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
             float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
             quantize_bias: true,
+            embeddings: true,
+            qattention: true,
         }
     }
 
@@ -132,6 +140,9 @@ impl Int8Config {
             absorb_relu: false,
             float_depthwise: false,
             quantize_bias: false,
+            // TensorRT chooses its own precision for a Gather; a DQ after it is left as is.
+            embeddings: false,
+            qattention: false,
         }
     }
 
