@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
+use super::linalg::{cholesky_lower, invert_lower_transposed, quadratic_forms};
 
 /// GPTQ settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,87 +46,23 @@ pub enum GptqError {
     NotFinite,
 }
 
-/// A dot product with eight independent accumulators, summed in a fixed order: the compiler
-/// vectorizes it, and the result does not depend on anything but the inputs.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
-}
-
-/// In-place lower Cholesky factor of a row-major `k×k` symmetric matrix; `false` if it is not
-/// positive definite.
-fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
-    for j in 0..k {
-        let row_j: Vec<f64> = a[j * k..j * k + j].to_vec();
-        let d = a[j * k + j] - dot(&row_j, &row_j);
-        if d <= 0.0 || !d.is_finite() {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * k + j] = d;
-        a[j * k + j + 1..(j + 1) * k].fill(0.0);
-        for i in j + 1..k {
-            let row_i = &mut a[i * k..(i + 1) * k];
-            let s = row_i[j] - dot(&row_i[..j], &row_j);
-            row_i[j] = s / d;
-        }
-    }
-    true
-}
-
-/// Inverse of a row-major lower-triangular matrix (also lower triangular).
-fn invert_lower(l: &[f64], k: usize) -> Vec<f64> {
-    // Column by column: L x = e_j, forward substitution; stored transposed for contiguous sums.
-    let mut xt = vec![0.0f64; k * k];
-    for j in 0..k {
-        let col = &mut xt[j * k..(j + 1) * k];
-        col[j] = 1.0 / l[j * k + j];
-        for i in j + 1..k {
-            let row = &l[i * k..(i + 1) * k];
-            let s = dot(&row[j..i], &col[j..i]);
-            col[i] = -s / row[i];
-        }
-    }
-    let mut x = vec![0.0f64; k * k];
-    for j in 0..k {
-        for i in j..k {
-            x[i * k + j] = xt[j * k + i];
-        }
-    }
-    x
-}
-
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from one Cholesky factorization:
 /// with `J` the reversal, `JHJ = LLᵀ` gives `H = VVᵀ` for the upper `V = JLJ`, so `U = V⁻¹ =
 /// J L⁻¹ J`.
 pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut r = vec![0.0f64; k * k];
-    for i in 0..k {
-        for j in 0..k {
-            r[i * k + j] = h[(k - 1 - i) * k + (k - 1 - j)];
-        }
-    }
+    let mut r: Vec<f64> = h.iter().rev().copied().collect();
     if !cholesky_lower(&mut r, k) {
         return None;
     }
-    let x = invert_lower(&r, k);
+    // xt[j][i] = L⁻¹[i][j], and U[i][j] = L⁻¹[k-1-i][k-1-j] = xt[k-1-j][k-1-i].
+    let xt = invert_lower_transposed(&r, k);
+    drop(r);
     let mut u = vec![0.0f64; k * k];
-    for i in 0..k {
-        for j in 0..k {
-            u[i * k + j] = x[(k - 1 - i) * k + (k - 1 - j)];
+    u.par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| {
+        for (j, v) in row.iter_mut().enumerate().skip(i) {
+            *v = xt[(k - 1 - j) * k + (k - 1 - i)];
         }
-    }
+    });
     Some(u)
 }
 
@@ -143,6 +80,9 @@ pub struct Hessian {
     pub act_order: bool,
     /// The damping that made it factorable.
     pub damp: f64,
+    /// What was added to each diagonal entry (permuted order): the damping, and 1 for an
+    /// input feature that is always zero. GPTQ's own error is against the damped matrix.
+    pub added: Vec<f64>,
 }
 
 impl Hessian {
@@ -163,20 +103,22 @@ impl Hessian {
         }
         let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
         let mut damp = options.damp.max(0.0);
-        let u = loop {
+        let (u, added) = loop {
             let mut hp = vec![0.0f64; k * k];
+            let mut added = vec![0.0f64; k];
             for (i, &pi) in perm.iter().enumerate() {
                 for (j, &pj) in perm.iter().enumerate() {
                     hp[i * k + j] = h[pi * k + pj];
                 }
                 // An input feature that is always zero: its weights do not matter, keep it solvable.
                 if hp[i * k + i] == 0.0 {
-                    hp[i * k + i] = 1.0;
+                    added[i] = 1.0;
                 }
-                hp[i * k + i] += damp * mean_diag;
+                added[i] += damp * mean_diag;
+                hp[i * k + i] += added[i];
             }
             if let Some(u) = inverse_upper_cholesky(&hp, k) {
-                break u;
+                break (u, added);
             }
             if damp >= 10.0 {
                 return Err(GptqError::NotPositiveDefinite { damp });
@@ -184,7 +126,7 @@ impl Hessian {
             damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
         };
         let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
-        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp })
+        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp, added })
     }
 }
 
@@ -197,6 +139,13 @@ pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> 
 
 /// [`gptq`] with the input's [`Hessian`] prepared; `batch` columns per lazy update.
 pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> BlockQuantized {
+    gptq_with_error(w, hessian, spec, batch).0
+}
+
+/// [`gptq_prepared`], and the layer's output error on the calibration data (as
+/// [`output_error`] computes it) as a by-product: with `W − Q = EU`, the damped error is
+/// `‖E‖²`, from which the damping's share `Σ added·(w − q)²` is taken back.
+pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> (BlockQuantized, f64) {
     let (n, k) = (w.n, w.k);
     let (perm, u, importance) = (&hessian.perm, &hessian.u, &hessian.importance);
     let block = spec.block;
@@ -221,16 +170,19 @@ pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: us
         .into_par_iter()
         .map(|r| {
             let fixed = hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
-            gptq_row(w.row(r), perm, u, importance, spec, batch, fixed)
+            gptq_row(w.row(r), perm, u, importance, &hessian.added, spec, batch, fixed)
         })
         .collect();
     let mut codes = Vec::with_capacity(n * k);
+    let mut error = 0.0;
     for (r, row) in rows.into_iter().enumerate() {
         codes.extend(row.codes);
         scales[r * kb..(r + 1) * kb].copy_from_slice(&row.scales);
         zps[r * kb..(r + 1) * kb].copy_from_slice(&row.zps);
+        error += row.error;
     }
-    BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) }
+    let q = BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) };
+    (q, error.max(0.0))
 }
 
 /// One quantized row: codes in K order, and its blocks' parameters.
@@ -238,6 +190,8 @@ struct RowOut {
     codes: Vec<u8>,
     scales: Vec<f32>,
     zps: Vec<u8>,
+    /// `(w − q) H (w − q)ᵀ` against the undamped Hessian.
+    error: f64,
 }
 
 /// GPTQ on one row of the weight: columns in `perm` order, errors spread through `u` (the
@@ -249,6 +203,7 @@ fn gptq_row(
     perm: &[usize],
     u: &[f64],
     importance: &[f32],
+    added: &[f64],
     spec: QuantSpec,
     batch: usize,
     fixed: Option<(&[f32], &[u8])>,
@@ -264,6 +219,7 @@ fn gptq_row(
     let mut wp: Vec<f64> = perm.iter().map(|&p| f64::from(row[p])).collect();
     let mut codes = vec![0u8; k];
     let mut errs = vec![0.0f64; batch];
+    let (mut damped, mut share) = (0.0f64, 0.0f64);
     let mut i1 = 0;
     while i1 < k {
         let i2 = (i1 + batch).min(k);
@@ -286,6 +242,9 @@ fn gptq_row(
             codes[orig] = q;
             let deq = f64::from((f32::from(q) - f32::from(z)) * s);
             let e = (wp[c] - deq) / urow[c];
+            damped += e * e;
+            let delta = f64::from(row[orig]) - deq;
+            share += added[c] * delta * delta;
             for (x, &h) in wp[c..i2].iter_mut().zip(&urow[c..i2]) {
                 *x -= e * h;
             }
@@ -304,29 +263,15 @@ fn gptq_row(
         }
         i1 = i2;
     }
-    RowOut { codes, scales, zps }
+    RowOut { codes, scales, zps, error: damped - share }
 }
 
 /// The layer's summed squared output error over the calibration rows, `Σ_rows ‖x(W − Q)ᵀ‖²
 /// = Σ_n (w_n − q_n) H (w_n − q_n)ᵀ`, of a quantized weight.
 pub fn output_error(w: &RowMajor, q: &BlockQuantized, h: &[f64]) -> f64 {
-    let k = w.k;
     let d = q.dequantize();
-    // Per row in parallel, summed in row order: independent of the thread count.
-    let per_row: Vec<f64> = (0..w.n)
-        .into_par_iter()
-        .map(|r| {
-            let e: Vec<f64> = (0..k).map(|i| f64::from(w.values[r * k + i]) - f64::from(d.values[r * k + i])).collect();
-            let mut total = 0.0;
-            for i in 0..k {
-                if e[i] != 0.0 {
-                    total += e[i] * dot(&h[i * k..(i + 1) * k], &e);
-                }
-            }
-            total
-        })
-        .collect();
-    per_row.iter().sum()
+    let e: Vec<f64> = w.values.iter().zip(&d.values).map(|(&a, &b)| f64::from(a) - f64::from(b)).collect();
+    quadratic_forms(&e, h, w.k)
 }
 
 #[cfg(test)]
@@ -401,6 +346,29 @@ mod tests {
                 let e = output_error(&w, &q, &h);
                 assert!(e < 0.8 * base, "symmetric {symmetric} act_order {act_order}: gptq {e} vs rtn {base}");
             }
+        }
+    }
+
+    #[test]
+    fn the_by_product_error_is_the_output_error() {
+        let (n, k) = (20, 48);
+        let mut h = correlated_gram(k, 200, 4);
+        // A dead input feature: its diagonal gets 1 added on top of the damping.
+        for j in 0..k {
+            h[5 * k + j] = 0.0;
+            h[j * k + 5] = 0.0;
+        }
+        let mut r = stream(8);
+        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        for act_order in [false, true] {
+            let options = GptqOptions { act_order, batch: 16, ..Default::default() };
+            let spec = QuantSpec { bits: 4, block: 16, symmetric: false, negative_scales: false };
+            let hessian = Hessian::new(&h, k, &options).unwrap();
+            let (q, err) = gptq_with_error(&w, &hessian, spec, options.batch);
+            let want = output_error(&w, &q, &h);
+            assert!((err - want).abs() < 1e-9 * want, "act_order {act_order}: {err} vs {want}");
+            // Not the error of another quantization of the same weight.
+            assert!((output_error(&w, &rtn(&w, spec, None), &h) - err).abs() > 1e-3 * want);
         }
     }
 
