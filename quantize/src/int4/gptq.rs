@@ -194,11 +194,72 @@ struct RowOut {
     error: f64,
 }
 
+/// [`gptq_row_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
+/// never fuses a multiply and an add, so every path gives the same bits.
+#[allow(clippy::too_many_arguments)]
+fn gptq_row(
+    row: &[f32],
+    perm: &[usize],
+    u: &[f64],
+    importance: &[f32],
+    added: &[f64],
+    spec: QuantSpec,
+    batch: usize,
+    fixed: Option<(&[f32], &[u8])>,
+) -> RowOut {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { gptq_row_avx512(row, perm, u, importance, added, spec, batch, fixed) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: as above.
+            return unsafe { gptq_row_avx(row, perm, u, importance, added, spec, batch, fixed) };
+        }
+    }
+    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+fn gptq_row_avx512(
+    row: &[f32],
+    perm: &[usize],
+    u: &[f64],
+    importance: &[f32],
+    added: &[f64],
+    spec: QuantSpec,
+    batch: usize,
+    fixed: Option<(&[f32], &[u8])>,
+) -> RowOut {
+    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[allow(clippy::too_many_arguments)]
+fn gptq_row_avx(
+    row: &[f32],
+    perm: &[usize],
+    u: &[f64],
+    importance: &[f32],
+    added: &[f64],
+    spec: QuantSpec,
+    batch: usize,
+    fixed: Option<(&[f32], &[u8])>,
+) -> RowOut {
+    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+}
+
 /// GPTQ on one row of the weight: columns in `perm` order, errors spread through `u` (the
 /// upper Cholesky factor of the permuted inverse Hessian), updates batched `batch` columns at a
 /// time. `fixed` holds the row's block parameters under act order; otherwise each block's are
 /// chosen when its first column comes.
-fn gptq_row(
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gptq_row_body(
     row: &[f32],
     perm: &[usize],
     u: &[f64],
