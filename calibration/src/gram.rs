@@ -154,16 +154,23 @@ fn dots_strided_avx(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
     dots_strided_body(a, p, stride)
 }
 
+/// Four partial sums per lane (`t` modulo 4), added in a fixed order at the end: four
+/// independent chains hide the latency of the additions.
 #[inline(always)]
 fn dots_strided_body(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
-    let mut acc = [0.0f64; LANES];
+    let mut acc = [[0.0f64; LANES]; 4];
     for (t, &x) in a.iter().enumerate() {
         let lane = &p[t * stride..t * stride + LANES];
+        let acc = &mut acc[t % 4];
         for r in 0..LANES {
             acc[r] += x * lane[r];
         }
     }
-    acc
+    let mut out = [0.0f64; LANES];
+    for r in 0..LANES {
+        out[r] = (acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]);
+    }
+    out
 }
 
 /// A dot product with eight independent accumulators summed in a fixed order: it vectorizes,

@@ -163,16 +163,22 @@ pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: 
         }
     }
 
-    // Rows are independent given U: each runs on its own thread, so the result does not depend
-    // on the thread count.
+    // Rows are independent given U: tiles of rows run on their own threads, so the result does
+    // not depend on the thread count.
     let batch = batch.max(1).div_ceil(block) * block;
-    let rows: Vec<RowOut> = (0..n)
+    let inputs = TileInputs { perm, u, importance, added: &hessian.added, spec, batch };
+    let tiles: Vec<Vec<RowOut>> = (0..n.div_ceil(TILE))
         .into_par_iter()
-        .map(|r| {
-            let fixed = hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
-            gptq_row(w.row(r), perm, u, importance, &hessian.added, spec, batch, fixed)
+        .map(|tile| {
+            let range = tile * TILE..((tile + 1) * TILE).min(n);
+            let rows: Vec<&[f32]> = range.clone().map(|r| w.row(r)).collect();
+            let fixed: Vec<_> = range
+                .map(|r| hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb])))
+                .collect();
+            gptq_tile(&rows, &fixed, &inputs)
         })
         .collect();
+    let rows = tiles.into_iter().flatten();
     let mut codes = Vec::with_capacity(n * k);
     let mut error = 0.0;
     for (r, row) in rows.into_iter().enumerate() {
@@ -194,137 +200,144 @@ struct RowOut {
     error: f64,
 }
 
-/// [`gptq_row_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
-/// never fuses a multiply and an add, so every path gives the same bits.
-#[allow(clippy::too_many_arguments)]
-fn gptq_row(
-    row: &[f32],
-    perm: &[usize],
-    u: &[f64],
-    importance: &[f32],
-    added: &[f64],
+/// Rows quantized together: each element of `U` is loaded once for all of them, and their
+/// updates are one vector operation (`TILE` f64 lanes).
+const TILE: usize = 8;
+
+/// Columns updated together by a batch's errors: their `TILE` lanes stay in the L1 cache.
+const SPAN: usize = 256;
+
+/// The shared inputs of every tile of a layer.
+struct TileInputs<'a> {
+    perm: &'a [usize],
+    u: &'a [f64],
+    importance: &'a [f32],
+    added: &'a [f64],
     spec: QuantSpec,
     batch: usize,
-    fixed: Option<(&[f32], &[u8])>,
-) -> RowOut {
+}
+
+/// `wp[m][r] -= e[r] · h[m]`: one vector operation per column, across the tile's rows.
+#[inline(always)]
+fn axpy_lanes(wp: &mut [f64], e: &[f64; TILE], h: &[f64]) {
+    for (lane, &h) in wp.as_chunks_mut::<TILE>().0.iter_mut().zip(h) {
+        for r in 0..TILE {
+            lane[r] -= e[r] * h;
+        }
+    }
+}
+
+/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
+/// never fuses a multiply and an add, so every path gives the same bits.
+fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { gptq_row_avx512(row, perm, u, importance, added, spec, batch, fixed) };
+            return unsafe { gptq_tile_avx512(rows, fixed, t) };
         }
         if std::arch::is_x86_feature_detected!("avx") {
             // SAFETY: as above.
-            return unsafe { gptq_row_avx(row, perm, u, importance, added, spec, batch, fixed) };
+            return unsafe { gptq_tile_avx(rows, fixed, t) };
         }
     }
-    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+    gptq_tile_body(rows, fixed, t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-fn gptq_row_avx512(
-    row: &[f32],
-    perm: &[usize],
-    u: &[f64],
-    importance: &[f32],
-    added: &[f64],
-    spec: QuantSpec,
-    batch: usize,
-    fixed: Option<(&[f32], &[u8])>,
-) -> RowOut {
-    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+fn gptq_tile_avx512(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    gptq_tile_body(rows, fixed, t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-#[allow(clippy::too_many_arguments)]
-fn gptq_row_avx(
-    row: &[f32],
-    perm: &[usize],
-    u: &[f64],
-    importance: &[f32],
-    added: &[f64],
-    spec: QuantSpec,
-    batch: usize,
-    fixed: Option<(&[f32], &[u8])>,
-) -> RowOut {
-    gptq_row_body(row, perm, u, importance, added, spec, batch, fixed)
+fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    gptq_tile_body(rows, fixed, t)
 }
 
-/// GPTQ on one row of the weight: columns in `perm` order, errors spread through `u` (the
-/// upper Cholesky factor of the permuted inverse Hessian), updates batched `batch` columns at a
-/// time. `fixed` holds the row's block parameters under act order; otherwise each block's are
-/// chosen when its first column comes.
+/// GPTQ on up to [`TILE`] rows of the weight: columns in `perm` order, errors spread through
+/// `u` (the upper Cholesky factor of the permuted inverse Hessian), updates batched `batch`
+/// columns at a time. `fixed` holds a row's block parameters under act order; otherwise each
+/// block's are chosen when its first column comes. Each row's arithmetic is what it would be
+/// alone: the tile only shares the loads of `u`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gptq_row_body(
-    row: &[f32],
-    perm: &[usize],
-    u: &[f64],
-    importance: &[f32],
-    added: &[f64],
-    spec: QuantSpec,
-    batch: usize,
-    fixed: Option<(&[f32], &[u8])>,
-) -> RowOut {
-    let k = row.len();
+fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    let (perm, u, spec) = (t.perm, t.u, t.spec);
+    let k = perm.len();
     let block = spec.block;
     let kb = k.div_ceil(block);
-    let (mut scales, mut zps) = match fixed {
-        Some((s, z)) => (s.to_vec(), z.to_vec()),
-        None => (vec![0.0f32; kb], vec![0u8; kb]),
-    };
-    let mut have = vec![fixed.is_some(); kb];
-    let mut wp: Vec<f64> = perm.iter().map(|&p| f64::from(row[p])).collect();
-    let mut codes = vec![0u8; k];
-    let mut errs = vec![0.0f64; batch];
-    let (mut damped, mut share) = (0.0f64, 0.0f64);
+    let mut outs: Vec<RowOut> = fixed
+        .iter()
+        .map(|f| {
+            let (scales, zps) = match f {
+                Some((s, z)) => (s.to_vec(), z.to_vec()),
+                None => (vec![0.0f32; kb], vec![0u8; kb]),
+            };
+            RowOut { codes: vec![0u8; k], scales, zps, error: 0.0 }
+        })
+        .collect();
+    let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
+    // wp[c·TILE + r]: row r's (updated) weight of column c, in `perm` order; unused lanes stay 0.
+    let mut wp = vec![0.0f64; k * TILE];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, &p) in perm.iter().enumerate() {
+            wp[c * TILE + r] = f64::from(row[p]);
+        }
+    }
+    let mut errs = vec![0.0f64; t.batch * TILE];
+    let mut damped = [0.0f64; TILE];
+    let mut share = [0.0f64; TILE];
     let mut i1 = 0;
     while i1 < k {
-        let i2 = (i1 + batch).min(k);
+        let i2 = (i1 + t.batch).min(k);
         for c in i1..i2 {
             let orig = perm[c];
             let b = orig / block;
-            if !have[b] {
-                // Without act order, columns come in K order: block b starts at column c, and
-                // the batch holds whole blocks, so its values here are up to date.
-                let range = c..(c + block).min(k);
-                let vals: Vec<f32> = wp[range.clone()].iter().map(|&v| v as f32).collect();
-                let (s, z) = block_params(&vals, Some(&importance[range]), spec);
-                scales[b] = s;
-                zps[b] = z;
-                have[b] = true;
-            }
             let urow = &u[c * k..(c + 1) * k];
-            let (s, z) = (scales[b], zps[b]);
-            let q = quantize_value(wp[c] as f32, s, z, spec);
-            codes[orig] = q;
-            let deq = f64::from((f32::from(q) - f32::from(z)) * s);
-            let e = (wp[c] - deq) / urow[c];
-            damped += e * e;
-            let delta = f64::from(row[orig]) - deq;
-            share += added[c] * delta * delta;
-            for (x, &h) in wp[c..i2].iter_mut().zip(&urow[c..i2]) {
-                *x -= e * h;
+            let mut e = [0.0f64; TILE];
+            for (r, out) in outs.iter_mut().enumerate() {
+                if !have[r][b] {
+                    // Without act order, columns come in K order: block b starts at column c,
+                    // and the batch holds whole blocks, so its values here are up to date.
+                    let range = c..(c + block).min(k);
+                    let vals: Vec<f32> = range.clone().map(|m| wp[m * TILE + r] as f32).collect();
+                    let (s, z) = block_params(&vals, Some(&t.importance[range]), spec);
+                    out.scales[b] = s;
+                    out.zps[b] = z;
+                    have[r][b] = true;
+                }
+                let (s, z) = (out.scales[b], out.zps[b]);
+                let x = wp[c * TILE + r];
+                let q = quantize_value(x as f32, s, z, spec);
+                out.codes[orig] = q;
+                let deq = f64::from((f32::from(q) - f32::from(z)) * s);
+                e[r] = (x - deq) / urow[c];
+                damped[r] += e[r] * e[r];
+                let delta = f64::from(rows[r][orig]) - deq;
+                share[r] += t.added[c] * delta * delta;
             }
-            errs[c - i1] = e;
+            axpy_lanes(&mut wp[c * TILE..i2 * TILE], &e, &urow[c..i2]);
+            errs[(c - i1) * TILE..(c - i1 + 1) * TILE].copy_from_slice(&e);
         }
-        if i2 < k {
-            for (i, &e) in errs[..i2 - i1].iter().enumerate() {
-                if e == 0.0 {
-                    continue;
-                }
-                let urow = &u[(i1 + i) * k..(i1 + i + 1) * k];
-                for (x, &h) in wp[i2..].iter_mut().zip(&urow[i2..]) {
-                    *x -= e * h;
-                }
+        // The later columns, a cache-sized span at a time; each still takes the batch's
+        // updates in column order.
+        let mut m0 = i2;
+        while m0 < k {
+            let m1 = (m0 + SPAN).min(k);
+            for i in 0..i2 - i1 {
+                let mut e = [0.0f64; TILE];
+                e.copy_from_slice(&errs[i * TILE..(i + 1) * TILE]);
+                axpy_lanes(&mut wp[m0 * TILE..m1 * TILE], &e, &u[(i1 + i) * k + m0..(i1 + i) * k + m1]);
             }
+            m0 = m1;
         }
         i1 = i2;
     }
-    RowOut { codes, scales, zps, error: damped - share }
+    for (r, out) in outs.iter_mut().enumerate() {
+        out.error = damped[r] - share[r];
+    }
+    outs
 }
 
 /// The layer's summed squared output error over the calibration rows, `Σ_rows ‖x(W − Q)ᵀ‖²
