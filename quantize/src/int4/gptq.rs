@@ -200,11 +200,12 @@ struct RowOut {
     error: f64,
 }
 
-/// Rows quantized together: each element of `U` is loaded once for all of them, and their
-/// updates are one vector operation (`TILE` f64 lanes).
+/// Rows quantized together: each span of `U` is loaded once for all of them and then read
+/// from the L1 cache.
 const TILE: usize = 8;
 
-/// Columns updated together by a batch's errors: their `TILE` lanes stay in the L1 cache.
+/// Columns updated together by a batch's errors: the span of `U` and of each row stays in the
+/// L1 cache.
 const SPAN: usize = 256;
 
 /// The shared inputs of every tile of a layer.
@@ -217,13 +218,11 @@ struct TileInputs<'a> {
     batch: usize,
 }
 
-/// `wp[m][r] -= e[r] · h[m]`: one vector operation per column, across the tile's rows.
+/// `w[m] -= e · h[m]`.
 #[inline(always)]
-fn axpy_lanes(wp: &mut [f64], e: &[f64; TILE], h: &[f64]) {
-    for (lane, &h) in wp.as_chunks_mut::<TILE>().0.iter_mut().zip(h) {
-        for r in 0..TILE {
-            lane[r] -= e[r] * h;
-        }
+fn axpy(w: &mut [f64], e: f64, h: &[f64]) {
+    for (x, &h) in w.iter_mut().zip(h) {
+        *x -= e * h;
     }
 }
 
@@ -278,11 +277,11 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         })
         .collect();
     let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
-    // wp[c·TILE + r]: row r's (updated) weight of column c, in `perm` order; unused lanes stay 0.
+    // wp[r·k + c]: row r's (updated) weight of column c, in `perm` order; unused rows stay 0.
     let mut wp = vec![0.0f64; k * TILE];
     for (r, row) in rows.iter().enumerate() {
         for (c, &p) in perm.iter().enumerate() {
-            wp[c * TILE + r] = f64::from(row[p]);
+            wp[r * k + c] = f64::from(row[p]);
         }
     }
     let mut errs = vec![0.0f64; t.batch * TILE];
@@ -301,14 +300,14 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                     // Without act order, columns come in K order: block b starts at column c,
                     // and the batch holds whole blocks, so its values here are up to date.
                     let range = c..(c + block).min(k);
-                    let vals: Vec<f32> = range.clone().map(|m| wp[m * TILE + r] as f32).collect();
+                    let vals: Vec<f32> = wp[r * k + range.start..r * k + range.end].iter().map(|&v| v as f32).collect();
                     let (s, z) = block_params(&vals, Some(&t.importance[range]), spec);
                     out.scales[b] = s;
                     out.zps[b] = z;
                     have[r][b] = true;
                 }
                 let (s, z) = (out.scales[b], out.zps[b]);
-                let x = wp[c * TILE + r];
+                let x = wp[r * k + c];
                 let q = quantize_value(x as f32, s, z, spec);
                 out.codes[orig] = q;
                 let deq = f64::from((f32::from(q) - f32::from(z)) * s);
@@ -317,7 +316,9 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                 let delta = f64::from(rows[r][orig]) - deq;
                 share[r] += t.added[c] * delta * delta;
             }
-            axpy_lanes(&mut wp[c * TILE..i2 * TILE], &e, &urow[c..i2]);
+            for (r, &e) in e.iter().enumerate() {
+                axpy(&mut wp[r * k + c..r * k + i2], e, &urow[c..i2]);
+            }
             errs[(c - i1) * TILE..(c - i1 + 1) * TILE].copy_from_slice(&e);
         }
         // The later columns, a cache-sized span at a time; each still takes the batch's
@@ -326,9 +327,10 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         while m0 < k {
             let m1 = (m0 + SPAN).min(k);
             for i in 0..i2 - i1 {
-                let mut e = [0.0f64; TILE];
-                e.copy_from_slice(&errs[i * TILE..(i + 1) * TILE]);
-                axpy_lanes(&mut wp[m0 * TILE..m1 * TILE], &e, &u[(i1 + i) * k + m0..(i1 + i) * k + m1]);
+                let h = &u[(i1 + i) * k + m0..(i1 + i) * k + m1];
+                for (r, &e) in errs[i * TILE..(i + 1) * TILE].iter().enumerate() {
+                    axpy(&mut wp[r * k + m0..r * k + m1], e, h);
+                }
             }
             m0 = m1;
         }
