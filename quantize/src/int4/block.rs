@@ -282,8 +282,13 @@ fn block_error_avx2(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8,
 fn block_error_body(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
     let mut acc = [0.0f32; 8];
     let z = f32::from(zp);
+    let qmax = spec.qmax();
+    // The search multiplies by the reciprocal (a division costs ten multiplies); a value right
+    // at a rounding boundary may land on the other side, which moves its error by nothing.
+    let inv = 1.0 / scale;
     let mut sq = |i: usize, v: f32| {
-        let d = (f32::from(quantize_value(v, scale, zp, spec)) - z) * scale - v;
+        let q = round_even((v * inv + z).clamp(-1.0, qmax + 1.0)).clamp(0.0, qmax);
+        let d = (q - z) * scale - v;
         acc[i % 8] += d * d * weights.map_or(1.0, |w| w[i]);
     };
     let whole = values.len() / 8 * 8;
