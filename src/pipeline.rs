@@ -277,7 +277,8 @@ impl Pipeline {
         for p in self.passes() {
             pm = pm.add_boxed(p);
         }
-        let mut report = pm.run(&mut model)?;
+        let progress = self.context.progress.clone();
+        let mut report = progress.step("optimizing the graph", None, |_| pm.run(&mut model))?;
         if self.level >= OptLevel::O3 && self.target.runs_ort_contrib_ops() {
             for (rule, why) in self.target.excluded_rules() {
                 report.disabled.push(format!("{rule} (target {}: {why})", self.target.name()));
@@ -287,7 +288,7 @@ impl Pipeline {
         // A fresh memo per run: what a stage caches belongs to this model and data only.
         let cx = StageContext { memo: Default::default(), ..self.context.clone() };
         if let Some(prune) = &self.prune {
-            stages.push(crate::stages::prune::run(&mut model, prune, &cx)?);
+            stages.push(progress.step("pruning", None, |_| crate::stages::prune::run(&mut model, prune, &cx))?);
         }
         let mut fallback = None;
         match &self.budget {
@@ -311,7 +312,11 @@ impl Pipeline {
                 stages.extend(report);
                 fallback = Some(fb);
             }
-            _ => stages.extend(self.precision.apply(&mut model, &cx)?),
+            _ if matches!(self.precision, Precision::Fp32) => {}
+            _ => {
+                let what = format!("lowering to {}", self.precision.name());
+                stages.extend(progress.step(&what, None, |_| self.precision.apply(&mut model, &cx))?)
+            }
         }
         // Target legalization (kiln_targets): rewrites that change no numbers, after precision.
         let legal = kiln_targets::Target::new(self.target).legalize(&mut model)?;

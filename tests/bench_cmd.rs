@@ -33,7 +33,7 @@ fn bench_reports_percentiles_throughput_memory_and_cold_start_per_configuration(
         os("--json"),
         json.as_os_str(),
     ];
-    let o = optimize_env(&args, &[]);
+    let o = optimize_env(&args, &[("CI", None)]);
     assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("p50 ms") && o.stdout.contains("samples/s"), "{}", o.stdout);
     let report: Json = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -49,8 +49,8 @@ fn bench_reports_percentiles_throughput_memory_and_cold_start_per_configuration(
         assert!(f("throughput_per_s") > 0.0, "{r}");
         assert!(r["peak_rss_delta_kib"].is_u64(), "{r}");
     }
-    // Not a TTY: one plain progress line per step, no bar.
-    assert!(o.stderr.contains("benchmark: 4 steps") && !o.stderr.contains('\r'), "{}", o.stderr);
+    // Not a TTY and not under CI: one plain line when the step ends, no bar.
+    assert!(o.stderr.contains("benchmark: 4/4 done in") && !o.stderr.contains('\r'), "{}", o.stderr);
     // --quiet: no table, no progress.
     let mut quiet = args.to_vec();
     quiet.push(os("--quiet"));

@@ -290,3 +290,41 @@ fn the_linter_refuses_an_illegal_artifact_before_writing_and_accepts_its_twin() 
     assert_eq!(read_json(&out.join("manifest.json"))["lint"]["errors"].as_array().map(Vec::len), Some(0));
     onnx_check(&[cpu.join("model.onnx"), out.join("model.onnx")]);
 }
+
+/// Lowered precisions per target: the presets' artifacts lint clean (errors), pass
+/// `onnx.checker`, and validate against the original on ORT CPU (the same graph the GPU
+/// providers would get; they are not on this machine).
+#[test]
+fn presets_give_lint_clean_checked_validated_artifacts_for_every_target() {
+    use common::data::{samples, sentence, text_line, write_samples};
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for (fixture, make) in [("cnn", text_line as fn(&mut _) -> _), ("transformer", sentence)] {
+        let data = write_samples(&dir.path().join(format!("{fixture}-data")), &samples(20, 1, make));
+        for preset in ["cpu-int8", "cpu-int8-dynamic", "tensorrt-int8", "cuda-fp16", "int4-weight-only"] {
+            if fixture == "cnn" && matches!(preset, "cpu-int8-dynamic" | "int4-weight-only") {
+                continue; // no MatMul weights worth lowering in a CNN
+            }
+            let out = dir.path().join(format!("{fixture}-{preset}"));
+            let model = kiln_fixtures::model(fixture).unwrap_or_else(|e| panic!("{e}"));
+            let mut args: Vec<String> = vec![model.display().to_string(), "--preset".into(), preset.into()];
+            args.extend(["--data".into(), data.display().to_string(), "-o".into(), out.display().to_string()]);
+            args.extend(shape_args(fixture));
+            // The text-direction classifier is judged by its decision; cosine of two
+            // probabilities swings with confidence. MiniLM by its embeddings.
+            let tolerance = if fixture == "cnn" { "*:top1>=0.75" } else { "*:cosine_mean>=0.98" };
+            args.extend(["--tolerance".into(), tolerance.into()]);
+            let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            assert_ok(&optimize(&args));
+            let m = read_json(&out.join("manifest.json"));
+            assert_eq!(m["lint"]["errors"].as_array().map(Vec::len), Some(0), "{fixture}/{preset}: {:#}", m["lint"]);
+            assert_eq!(m["validation"]["pass"], true, "{fixture}/{preset}: {:#}", m["validation"]);
+            if preset.contains("int8") {
+                let share = m["lint"]["compute"]["int8_share"].as_f64().unwrap();
+                assert!(share > 0.5, "{fixture}/{preset}: int8 share {share}");
+            }
+            checked.push(out.join("model.onnx"));
+        }
+    }
+    onnx_check(&checked);
+}

@@ -95,3 +95,19 @@ fn tolerance_specs_naming_unknown_outputs_are_bad_usage() {
     ]);
     assert_failed(&run, 2, &["logits"]);
 }
+
+#[test]
+fn progress_is_one_line_per_step_off_a_terminal_and_silent_under_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a");
+    let model = cnn();
+    let args = [model.as_os_str(), "-o".as_ref(), out.as_os_str(), "--force".as_ref()];
+    let lines = common::optimize_env(&args, &[("CI", None)]);
+    assert_ok(&lines);
+    for step in ["optimizing the graph: done in", "validating against the original: done in"] {
+        assert!(lines.stderr.contains(step), "{}", lines.stderr);
+    }
+    let quiet = common::optimize_env(&args, &[("CI", Some("true".as_ref()))]);
+    assert_ok(&quiet);
+    assert!(!quiet.stderr.contains("done in"), "{}", quiet.stderr);
+}

@@ -1,10 +1,14 @@
 //! Collection: run the model over the samples with the observed tensors exposed as outputs,
 //! and feed what comes back to the observers.
 //!
-//! Tensors are observed in groups of at most [`CollectOptions::group_size`]: one session per
-//! group, each returning only its group's tensors, so memory is bounded by a group's
-//! activations for [`CollectOptions::batch`] samples, never by the whole model times the data.
-//! The data is read once per group (it streams from disk).
+//! Tensors are observed in groups: one session per group, each returning only its group's
+//! tensors, so memory is bounded by a group's activations for [`CollectOptions::batch`]
+//! samples, never by the whole model times the data. A group holds at most
+//! [`CollectOptions::group_size`] tensors whose estimated bytes for a batch (inferred shapes,
+//! symbolic input dimensions bound to the first sample's) fit [`CollectOptions::memory_budget`]:
+//! a model whose activations fit is observed in one session and one pass over the data (each
+//! session costs a model serialization, a runtime load and a full pass). The data is read once
+//! per group (it streams from disk).
 //!
 //! Every sample runs as its own inference, whatever the batch size: stacking samples into one
 //! inference would change which kernels compute each value (and so its last bits) and would
@@ -17,7 +21,7 @@ use std::path::Path;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_compiler::ir::{Graph, Model, ValueDef};
+use kiln_compiler::ir::{Graph, Model, ValueDef, ValueId};
 use kiln_compiler::runtime::{ErrorKind, Executor, OptLevel, RuntimeError, SessionConfig, Value};
 use kiln_compiler::{DataType, Tensor};
 use rayon::prelude::*;
@@ -32,20 +36,28 @@ pub struct CollectOptions {
     pub method: Method,
     /// Tensors to observe; `None`: every float activation ([`float_activations`]).
     pub tensors: Option<Vec<String>>,
-    /// Observed tensors per session.
+    /// Most observed tensors per session.
     pub group_size: usize,
+    /// Most bytes of observed tensors a session returns for one batch (estimated).
+    pub memory_budget: u64,
     /// Samples observed together.
     pub batch: usize,
     pub session: SessionConfig,
 }
+
+/// Default [`CollectOptions::memory_budget`].
+pub const DEFAULT_MEMORY_BUDGET: u64 = 64 << 20;
 
 impl Default for CollectOptions {
     fn default() -> CollectOptions {
         CollectOptions {
             method: Method::MinMax,
             tensors: None,
-            group_size: 64,
-            batch: 8,
+            group_size: usize::MAX,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            // Observation runs in parallel over tensors, so a small batch costs no speed and
+            // leaves more of the budget to one session's tensors.
+            batch: 4,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
         }
     }
@@ -207,12 +219,25 @@ pub fn collect(
         }
     }
 
-    let group_size = options.group_size.max(1);
     let batch = options.batch.max(1);
-    let groups: Vec<&mut [(String, TensorObserver)]> = from_nodes.chunks_mut(group_size).collect();
-    let mut group_names = run_names.chunks(group_size);
+    let sizes = match source.is_empty() {
+        true => vec![None; run_names.len()],
+        false => estimated_bytes(run_model, &run_names, &source.read(0)?),
+    };
+    let lengths = group_lengths(&sizes, options.group_size.max(1), options.memory_budget / batch as u64);
+    let mut groups: Vec<&mut [(String, TensorObserver)]> = Vec::with_capacity(lengths.len());
+    let mut group_names: Vec<&[String]> = Vec::with_capacity(lengths.len());
+    let (mut rest, mut rest_names) = (&mut from_nodes[..], &run_names[..]);
+    for &n in &lengths {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        let (head_names, tail_names) = rest_names.split_at(n);
+        groups.push(head);
+        group_names.push(head_names);
+        (rest, rest_names) = (tail, tail_names);
+    }
     let passes = groups.len().max(1);
     let mut groups = groups.into_iter();
+    let mut group_names = group_names.into_iter();
     for pass in 0..passes {
         let group = groups.next();
         let mut session = match &group {
@@ -270,6 +295,55 @@ pub fn collect(
         .map(|(name, o)| (name, TensorRange::from_observer(options.method, o)))
         .collect();
     Ok(Ranges::new(source.len() as u64, tensors))
+}
+
+/// Bytes per sample of each named value of the main graph, from the types shape inference
+/// gives a copy of the model whose inputs take `sample`'s shapes; `None` where unknown.
+fn estimated_bytes(model: &Model, names: &[String], sample: &crate::data::Sample) -> Vec<Option<u64>> {
+    let mut m = model.clone();
+    let Some(g) = m.graph.as_mut() else { return vec![None; names.len()] };
+    // Declared types may hold -1 for a dynamic dimension (exporters write that), which would
+    // conflict with the inferred sizes and win: node outputs are inferred afresh.
+    let computed: Vec<ValueId> =
+        g.values().filter(|(_, v)| matches!(v.def(), ValueDef::Node { .. })).map(|(id, _)| id).collect();
+    for v in computed {
+        g.value_mut(v).ty = None;
+    }
+    for v in g.inputs().to_vec() {
+        let Some((_, t)) = sample.inputs.iter().find(|(n, _)| *n == g.value(v).name) else { continue };
+        let ty = kiln_compiler::ir::TensorType::with_dims(t.dtype(), t.dims());
+        g.value_mut(v).ty = Some(kiln_compiler::ir::Type::tensor(ty));
+    }
+    kiln_compiler::shape::infer_model(&mut m);
+    let Some(g) = m.main_graph() else { return vec![None; names.len()] };
+    let bytes = |name: &String| -> Option<u64> {
+        let t = g.tensor_type(g.find_value(name)?)?;
+        let count = t.concrete_dims()?.iter().try_fold(1u64, |c, &d| c.checked_mul(d as u64))?;
+        t.dtype()?.storage_bytes(count)
+    };
+    names.iter().map(bytes).collect()
+}
+
+/// Consecutive group lengths: at most `max_count` tensors and `budget` bytes each (a tensor
+/// larger than the budget gets a group of its own). A tensor of unknown size counts as the
+/// largest known one; with none known, as a 64th of the budget.
+fn group_lengths(sizes: &[Option<u64>], max_count: usize, budget: u64) -> Vec<usize> {
+    let unknown = sizes.iter().flatten().copied().max().unwrap_or(budget / 64);
+    let mut out = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for size in sizes {
+        let b = size.unwrap_or(unknown);
+        if count > 0 && (count == max_count || bytes.saturating_add(b) > budget) {
+            out.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes = bytes.saturating_add(b);
+    }
+    if count > 0 {
+        out.push(count);
+    }
+    out
 }
 
 /// Observes, in parallel over tensors, each sample's value of each tensor (samples in order,

@@ -215,3 +215,29 @@ fn unknown_tensors_are_refused() {
         assert!(err.to_string().contains(bad), "{err}");
     }
 }
+
+#[test]
+fn groups_fill_the_memory_budget() {
+    // Known sizes pack greedily; a tensor over the budget stands alone; the count caps too.
+    assert_eq!(group_lengths(&[Some(40), Some(40), Some(40), Some(200), Some(10)], 64, 100), [2, 1, 1, 1]);
+    assert_eq!(group_lengths(&[Some(1); 5], 2, 100), [2, 2, 1]);
+    assert_eq!(group_lengths(&[Some(1); 5], usize::MAX, 100), [5], "everything fits: one session");
+    // Unknown sizes count as the largest known one.
+    assert_eq!(group_lengths(&[Some(30), None, None, None], 64, 100), [3, 1]);
+    assert!(group_lengths(&[], 64, 100).is_empty());
+}
+
+#[test]
+fn sizes_are_estimated_from_the_first_sample() {
+    let mut model = tiny();
+    // An exporter's -1 for a dynamic dimension does not hide the inferred size.
+    let g = model.graph.as_mut().unwrap();
+    let r = g.find_value("r").unwrap();
+    g.value_mut(r).ty = Some(Type::tensor(TensorType::new(DataType::F32, Some(vec![Dim::known(-1)]))));
+    let sample = crate::data::Sample {
+        origin: "s".into(),
+        inputs: vec![("x".into(), Tensor::from_slice(vec![100], &[0.0f32; 100]).unwrap())],
+    };
+    let names: Vec<String> = ["r", "y", "nowhere"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(estimated_bytes(&model, &names, &sample), [Some(400), Some(400), None]);
+}

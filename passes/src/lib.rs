@@ -4,6 +4,7 @@
 //! ONNX Runtime.
 
 pub mod fuse;
+pub mod opset;
 pub mod prune;
 pub mod simplify;
 #[cfg(any(test, feature = "testing"))]

@@ -46,6 +46,20 @@ pub fn quantize_dynamic(model: &mut Model, config: &DynamicConfig) -> Result<Dyn
     if out.quantized_ops.values().sum::<usize>() > 0 {
         ensure_opset(model, "com.microsoft", 1);
     }
+    // Embedding tables: the same S8 Gather → DequantizeLinear as static INT8 (nothing to
+    // calibrate: the table's own range gives the scale).
+    let selection = crate::plan::Int8Config { exclude: config.exclude.clone(), ..crate::plan::Int8Config::ort_cpu() };
+    let tables = crate::handlers::gather::quantize_embeddings(model, &selection)?;
+    if !tables.is_empty() {
+        *out.quantized_ops.entry("Gather".to_string()).or_default() += tables.len();
+    }
+    out.decisions.extend(tables);
+    let attention = crate::handlers::attention::quantize_attention(model, &selection)?;
+    let n = attention.values().filter(|d| d.starts_with("int8")).count();
+    if n > 0 {
+        *out.quantized_ops.entry("Attention".to_string()).or_default() += n;
+    }
+    out.decisions.extend(attention);
     Ok(out)
 }
 

@@ -102,8 +102,23 @@ pub fn quantize_with_ranges(
     kiln_compiler::shape::infer_model(model);
     let usable = |n: &str| ranges.range(n).filter(|&(lo, hi)| quantizable(lo, hi));
     let plan = QuantPlan::build(model, config, &|n| usable(n).is_some());
-    let decisions = plan.decisions(model);
-    let quantized_ops = plan.quantized_ops(model);
+    let mut decisions = plan.decisions(model);
+    let mut quantized_ops = plan.quantized_ops(model);
     let qdq = materialize(model, &plan, &usable)?;
+    if config.embeddings {
+        let tables = crate::handlers::gather::quantize_embeddings(model, config)?;
+        if !tables.is_empty() {
+            *quantized_ops.entry("Gather".to_string()).or_default() += tables.len();
+        }
+        decisions.extend(tables);
+    }
+    if config.qattention {
+        let attention = crate::handlers::attention::quantize_attention(model, config)?;
+        let n = attention.values().filter(|d| d.starts_with("int8")).count();
+        if n > 0 {
+            *quantized_ops.entry("Attention".to_string()).or_default() += n;
+        }
+        decisions.extend(attention);
+    }
     Ok(StaticOutcome { ranges: ranges.clone(), quantized_ops, decisions, qdq })
 }

@@ -89,6 +89,15 @@ pub struct Int8Config {
     /// Leave depthwise convolutions (`group` equal to the input channels) in float: the
     /// target's integer kernel for them is slower than its float one.
     pub float_depthwise: bool,
+    /// Store biases as int32 with scale `s_input · s_weight` (what ORT's integer kernels take);
+    /// TensorRT takes float biases and only int8/int4 Q/DQ.
+    pub quantize_bias: bool,
+    /// Store large constant Gather tables (embeddings) as S8, dequantized after the Gather
+    /// ([`crate::handlers::gather`]).
+    pub embeddings: bool,
+    /// Fused `com.microsoft.Attention` becomes QAttention (S8 QKV weight, input quantized at
+    /// run time, [`crate::handlers::attention`]).
+    pub qattention: bool,
 }
 
 impl Int8Config {
@@ -112,6 +121,9 @@ impl Int8Config {
             // depthwise Conv (cnn fixture, 1 thread, ORT profile); quantized, the cnn fixture
             // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
             float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
+            quantize_bias: true,
+            embeddings: true,
+            qattention: true,
         }
     }
 
@@ -127,6 +139,10 @@ impl Int8Config {
             target_ops: ops.iter().map(|s| s.to_string()).collect(),
             absorb_relu: false,
             float_depthwise: false,
+            quantize_bias: false,
+            // TensorRT chooses its own precision for a Gather; a DQ after it is left as is.
+            embeddings: false,
+            qattention: false,
         }
     }
 

@@ -142,20 +142,32 @@ pub fn channel_layout(dims: &[usize], axis: usize) -> (usize, usize, usize) {
 
 /// Largest |w| per channel along `axis` (or of the whole tensor).
 pub fn absmax(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
-    match axis {
-        None => vec![values.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m })],
+    let (n, inner) = match axis {
+        None => (1, values.len()),
         Some(axis) => {
             let (_, n, inner) = channel_layout(dims, axis);
-            let mut out = vec![0.0f32; n];
-            for (i, v) in values.iter().enumerate() {
-                let c = (i / inner.max(1)) % n.max(1);
-                if v.is_finite() {
-                    out[c] = out[c].max(v.abs());
-                }
-            }
-            out
+            (n, inner)
         }
+    };
+    let mut out = vec![0.0f32; n.max(1)];
+    if inner == 0 || n == 0 {
+        return out;
     }
+    // Row by row (a row lies in one channel): the inner loop has no division and vectorizes.
+    for (i, row) in values.chunks(inner).enumerate() {
+        let m = row.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
+        out[i % n] = out[i % n].max(m);
+    }
+    out
+}
+
+/// `x` rounded half to even, for `|x| < 2^22`: adding and removing 1.5 · 2^23 leaves no
+/// fraction bits and rounds in the default (to nearest even) mode. `f32::round_ties_even` is a
+/// libm call per element without SSE4.1.
+#[inline]
+fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 /// A weight quantized symmetrically to S8 in `[-127, 127]` (the restricted range keeps
@@ -170,9 +182,24 @@ pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QPara
     let values = float_values(t)?;
     let scale: Vec<f32> = absmax(&values, &dims, axis).into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
     let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
-    let q = quantize_values(&values, &dims, &params);
-    let q: Vec<i8> = q.into_iter().map(|v| v.clamp(-127, 127) as i8).collect();
-    Ok((Tensor::from_slice(dims, &q)?, params))
+    let inner = match axis {
+        None => values.len(),
+        Some(a) => channel_layout(&dims, a).2,
+    };
+    // Same integers as `quantize_values` then a clamp to ±127 (zero point 0; clamping to
+    // integer bounds commutes with rounding), without a libm call or an i32 buffer.
+    let mut q: Vec<u8> = Vec::with_capacity(values.len());
+    if inner > 0 {
+        let n = params.scale.len();
+        for (i, row) in values.chunks(inner).enumerate() {
+            let s = params.scale[i % n];
+            q.extend(row.iter().map(|&v| {
+                let x = if v.is_finite() { (v / s).clamp(-127.0, 127.0) } else { 0.0 };
+                round_even_small(x) as i8 as u8
+            }));
+        }
+    }
+    Ok((Tensor::new(DataType::I8, dims, bytes::Bytes::from(q))?, params))
 }
 
 /// A constant quantized like an activation: per tensor, `ty`, from its own min/max.
@@ -276,6 +303,43 @@ mod tests {
         assert!(quantize_weight(&w, Some(2)).is_err());
         let ints = Tensor::from_slice(vec![1], &[1i64]).unwrap();
         assert!(matches!(quantize_weight(&ints, None), Err(WeightError::NotFloat(_))));
+    }
+
+    #[test]
+    fn fast_weight_path_matches_the_reference_rounding() {
+        // Ties (x.5 steps), saturation, non-finite values, per tensor and per channel on axes
+        // 0, 1 and 2: the same integers as `quantize_values` clamped to ±127.
+        let mut vals: Vec<f32> = (0..240).map(|i| ((i * 37) % 255) as f32 / 2.0 - 63.5).collect();
+        vals[7] = f32::NAN;
+        vals[11] = f32::INFINITY;
+        vals[13] = -1.0e30;
+        let w = Tensor::from_slice(vec![4, 6, 10], &vals).unwrap();
+        for axis in [None, Some(0), Some(1), Some(2)] {
+            let (q, p) = quantize_weight(&w, axis).unwrap();
+            let want: Vec<i8> =
+                quantize_values(&vals, &[4, 6, 10], &p).into_iter().map(|v| v.clamp(-127, 127) as i8).collect();
+            assert_eq!(q.to_vec::<i8>().unwrap(), want, "axis {axis:?}");
+            assert_eq!(
+                p.scale,
+                absmax_reference(&vals, &[4, 6, 10], axis).iter().map(|m| (m / 127.0).max(1e-8)).collect::<Vec<_>>()
+            );
+        }
+        // Exact ties round to even: 0.5 → 0, 1.5 → 2, -2.5 → -2 (scale 1 from absmax 127).
+        let t = Tensor::from_slice(vec![4], &[0.5f32, 1.5, -2.5, 127.0]).unwrap();
+        assert_eq!(quantize_weight(&t, None).unwrap().0.to_vec::<i8>().unwrap(), vec![0, 2, -2, 127]);
+    }
+
+    /// Per-element channel lookup, the definition `absmax` computes row by row.
+    fn absmax_reference(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
+        let (n, inner) = axis.map_or((1, 1), |a| (dims[a], dims[a + 1..].iter().product()));
+        let mut out = vec![0.0f32; n];
+        for (i, v) in values.iter().enumerate() {
+            let c = if axis.is_some() { (i / inner) % n } else { 0 };
+            if v.is_finite() {
+                out[c] = out[c].max(v.abs());
+            }
+        }
+        out
     }
 
     #[test]

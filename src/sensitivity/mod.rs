@@ -285,21 +285,27 @@ pub fn measure(
     let ops = op_types(model);
     let lowered = report.as_ref().map(|r| lowered_nodes(r, precision, &ops)).unwrap_or_default();
     let all_lowered = eval.layer_error(&full, "(all lowered)", "")?;
-    let mut layers = Vec::with_capacity(lowered.len());
-    for node in &lowered {
-        let exclude: Vec<String> = match mode {
-            Mode::OnlyThis => lowered.iter().filter(|n| *n != node).cloned().collect(),
-            Mode::AllButThis => vec![node.clone()],
-        };
-        let (m, _) = candidate(model, precision, &exclude, cx)?;
-        let op = ops.get(node).cloned().unwrap_or_default();
-        let mut e = eval.layer_error(&m, node, &op)?;
-        if mode == Mode::AllButThis {
-            // Leave-one-out: the node's importance is the noise that keeping it removes.
-            e.noise = (all_lowered.noise - e.noise).max(0.0);
+    let progress = cx.progress.clone();
+    let what = format!("sensitivity of {} nodes", lowered.len());
+    let mut layers = progress.step(&what, Some(lowered.len() as u64), |p| {
+        let mut layers = Vec::with_capacity(lowered.len());
+        for node in &lowered {
+            let exclude: Vec<String> = match mode {
+                Mode::OnlyThis => lowered.iter().filter(|n| *n != node).cloned().collect(),
+                Mode::AllButThis => vec![node.clone()],
+            };
+            let (m, _) = candidate(model, precision, &exclude, cx)?;
+            let op = ops.get(node).cloned().unwrap_or_default();
+            let mut e = eval.layer_error(&m, node, &op)?;
+            if mode == Mode::AllButThis {
+                // Leave-one-out: the node's importance is the noise that keeping it removes.
+                e.noise = (all_lowered.noise - e.noise).max(0.0);
+            }
+            layers.push(e);
+            p.tick(1);
         }
-        layers.push(e);
-    }
+        Ok::<_, SensitivityError>(layers)
+    })?;
     layers.sort_by(|a, b| b.noise.total_cmp(&a.noise).then_with(|| a.node.cmp(&b.node)));
     Ok(SensitivityReport { precision: precision.name(), mode, samples: eval.samples(), all_lowered, layers })
 }

@@ -93,6 +93,14 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
         report.decisions = outcome.decisions;
         return Ok(report);
     }
+    if cx.target == TargetKind::TensorRt && model.opset("").is_some_and(|v| v < kiln_passes::opset::TARGET) {
+        // TensorRT takes only standard-domain Q/DQ, whose per-channel `axis` needs opset 13;
+        // below it the quantizer would fall back to com.microsoft Q/DQ.
+        kiln_compiler::shape::infer_model(model);
+        let rewritten = kiln_passes::opset::upgrade_to_13(model).map_err(|e| StageError::bad_input(STAGE, e))?;
+        report.fact("opset_raised_to", kiln_passes::opset::TARGET);
+        report.fact("opset_rewritten_nodes", rewritten.len());
+    }
     let source: SharedSource = match &cx.calibration {
         Some(s) => s.clone(),
         None => {

@@ -135,6 +135,8 @@ const QOPERATOR: &[&str] = &[
     "QLinearConvTranspose",
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
+    "QAttention",
+    "DynamicQuantizeLSTM",
 ];
 
 const CPU_INT8_OPS: &[&str] = &[

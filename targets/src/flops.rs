@@ -77,7 +77,7 @@ pub fn node_flops(g: &Graph, n: NodeId) -> Option<u64> {
             let k = u64::try_from(node.attr_int("K")?).ok()?;
             Some(2u64.saturating_mul(product(&output()?)).saturating_mul(k))
         }
-        "Attention" => {
+        "Attention" | "QAttention" => {
             // Q/K/V projection ([B,S,H] × [H,3H]) plus scores and context (2 × B·S·S·H).
             let x = input(0)?;
             let w = input(1)?;

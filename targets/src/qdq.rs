@@ -6,14 +6,22 @@ use std::sync::Arc;
 use kiln_compiler::ir::{AttrLookup, Graph, NodeId, ValueId};
 use kiln_compiler::{DataType, Tensor};
 
-/// Whether the node is a default-domain QuantizeLinear.
-pub fn is_q(g: &Graph, n: NodeId) -> bool {
-    g.node(n).is_onnx("QuantizeLinear")
+/// ONNX Runtime's `com.microsoft` QuantizeLinear/DequantizeLinear mean the same as the
+/// standard ones (they take a per-channel `axis` below opset 13); whether a target accepts
+/// their domain is the capability table's business, not the Q/DQ reader's.
+fn is_qdq_op(g: &Graph, n: NodeId, op: &str) -> bool {
+    let node = g.node(n);
+    node.op_type == op && matches!(node.domain(), "" | "com.microsoft")
 }
 
-/// Whether the node is a default-domain DequantizeLinear.
+/// Whether the node is a QuantizeLinear (standard or `com.microsoft`).
+pub fn is_q(g: &Graph, n: NodeId) -> bool {
+    is_qdq_op(g, n, "QuantizeLinear")
+}
+
+/// Whether the node is a DequantizeLinear (standard or `com.microsoft`).
 pub fn is_dq(g: &Graph, n: NodeId) -> bool {
-    g.node(n).is_onnx("DequantizeLinear")
+    is_qdq_op(g, n, "DequantizeLinear")
 }
 
 /// The constant behind a value: an initializer or a Constant node's `value`.
@@ -141,5 +149,5 @@ pub fn rank(g: &Graph, v: ValueId) -> Option<usize> {
 
 /// Whether the graph holds any Q or DQ node.
 pub fn has_qdq(g: &Graph) -> bool {
-    g.nodes().any(|(_, n)| n.is_onnx("QuantizeLinear") || n.is_onnx("DequantizeLinear"))
+    g.node_ids().into_iter().any(|n| is_q(g, n) || is_dq(g, n))
 }

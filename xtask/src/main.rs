@@ -79,7 +79,18 @@ const DEMO_STEPS: &[DemoStep] = &[
     },
     DemoStep {
         title: "Optimize a BERT sentence-embedding model for ONNX Runtime CPU (O3: simplify, fuse attention)",
-        args: &["{fixture:transformer}", "--opt", "O3", "--target", "cpu", "-o", "{out}/minilm"],
+        args: &[
+            "{fixture:transformer}",
+            "--opt",
+            "O3",
+            "--target",
+            "cpu",
+            "--eval-data",
+            "{out}/minilm-data",
+            "--force",
+            "-o",
+            "{out}/minilm",
+        ],
     },
     DemoStep {
         title: "Gate the optimized model against the original (accuracy per output, latency, size)",
@@ -93,6 +104,19 @@ const DEMO_STEPS: &[DemoStep] = &[
             "{out}/minilm-data",
             "--junit",
             "{out}/minilm-check.xml",
+        ],
+    },
+    DemoStep {
+        title: "Quantize it to INT8 for ONNX Runtime CPU (dynamic), validated on the same sentences",
+        args: &[
+            "{fixture:transformer}",
+            "--preset",
+            "cpu-int8-dynamic",
+            "--eval-data",
+            "{out}/minilm-data",
+            "--force",
+            "-o",
+            "{out}/minilm-int8",
         ],
     },
 ];

@@ -97,8 +97,16 @@ pub(super) fn orig_dtype(g: &Graph, v: ValueId, scope: &Scope) -> Option<DataTyp
     }
 }
 
-fn is_non_tensor(g: &Graph, v: ValueId) -> bool {
-    g.value(v).ty.as_ref().is_some_and(|t| !matches!(t.kind, TypeKind::Tensor(_)))
+/// A sequence, optional or map value, here or (captured) in an enclosing graph.
+pub(super) fn is_non_tensor(g: &Graph, v: ValueId, scope: &Scope) -> bool {
+    let val = g.value(v);
+    match val.ty.as_ref().map(|t| &t.kind) {
+        Some(TypeKind::Tensor(_)) => false,
+        Some(TypeKind::Unset) | None => {
+            matches!(val.def(), ValueDef::Outer) && scope.get(&val.name).is_some_and(|e| e.non_tensor)
+        }
+        Some(_) => true,
+    }
 }
 
 fn elem_count(g: &Graph, v: ValueId) -> Option<usize> {
@@ -241,7 +249,7 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
     let Some(sch) = schema(domain, &n.op_type, opset) else {
         return keep("unknown op", format!("no type constraints known for {}", qualified(domain, &n.op_type)));
     };
-    if n.inputs().iter().chain(n.outputs()).flatten().any(|&v| is_non_tensor(g, v)) {
+    if n.inputs().iter().chain(n.outputs()).flatten().any(|&v| is_non_tensor(g, v, scope)) {
         return keep("sequence values", "sequence or optional values".into());
     }
     let bindings = sch.bindings(n_in, n_out);
@@ -276,6 +284,19 @@ fn plan_node(g: &Graph, id: NodeId, env: &Env, scope: &Scope, islands: &HashSet<
                 if params.is_empty() { "its fixed-type inputs".to_string() } else { params.join(", ") }
             ),
         );
+    }
+    // A value of unknown element type on a converted binding could be neither cast nor
+    // trusted to match its 16-bit neighbours.
+    let untyped = candidates.iter().any(|b| {
+        b.inputs
+            .iter()
+            .map(|&i| n.input(i))
+            .chain(b.outputs.iter().map(|&o| n.output(o)))
+            .flatten()
+            .any(|v| orig_dtype(g, v, scope).is_none())
+    });
+    if untyped {
+        return keep("unknown type", "a value on its float binding has no known element type".into());
     }
     if islands.contains(&id) {
         return keep("shape computation", "integer arithmetic in float (shape computation)".into());

@@ -8,15 +8,21 @@
 //! hold and (with a kernel table) ops the runtime has no 16-bit kernel for stay FP32 with casts
 //! around them. `Cast` targets, `Constant`/`ConstantOfShape` values and If/Loop/Scan bodies are
 //! updated with their graphs: an If output is 16-bit only when both branches compute it so.
+//! A value whose element type is unknown (a branch shape inference skipped as dead, a capture
+//! it could not type) is never made 16-bit: it cannot be cast, so its nodes stay FP32; body
+//! inputs of Loop/Scan get their types from the node first so that bodies still convert.
 //! With `keep_io_types` the model's inputs and outputs keep their types and casts sit at the
 //! boundary; cast chains that cancel and casts of constants are folded afterwards.
 
+mod bodies;
 mod cleanup;
 mod decide;
 mod kernels;
 mod rewrite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_subgraphs;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -251,6 +257,8 @@ pub(crate) struct ScopeEntry {
     pub orig: Option<DataType>,
     /// Element type after conversion.
     pub storage: Option<DataType>,
+    /// A sequence, optional or map: a subgraph's capture of it is often left untyped.
+    pub non_tensor: bool,
 }
 
 pub(crate) type Scope = HashMap<String, ScopeEntry>;
@@ -267,7 +275,8 @@ pub(crate) fn child_scope(g: &Graph, scope: &Scope, storage: Option<&HashMap<Str
         }
         let orig = decide::orig_dtype(g, v, scope);
         let storage = storage.and_then(|s| s.get(&val.name).copied()).or(orig);
-        out.insert(val.name.clone(), ScopeEntry { orig, storage });
+        let non_tensor = decide::is_non_tensor(g, v, scope);
+        out.insert(val.name.clone(), ScopeEntry { orig, storage, non_tensor });
     }
     out
 }
@@ -307,6 +316,9 @@ pub fn convert(model: &mut Model, config: &HalfConfig, ranges: Option<&Ranges>) 
     }
     kiln_compiler::shape::infer_model(model);
     let opsets = Opsets::from_model(model);
+    if let Some(g) = model.graph.as_mut() {
+        bodies::declare_body_inputs(g, &HashMap::new(), opsets.version(""));
+    }
     let ranges = if config.kind == HalfKind::F16 { ranges } else { None };
     let mut all = std::collections::HashSet::new();
     if let Some(g) = model.graph.as_ref() {

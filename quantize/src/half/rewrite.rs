@@ -47,17 +47,21 @@ pub(super) fn convert_graph(
 ) -> Result<(), HalfError> {
     let target = env.target();
     let keep_io = env.config.keep_io_types;
-    let req: Required = match required {
-        Some(r) => r.clone(),
-        None => g
-            .outputs()
-            .iter()
-            .map(|&v| {
-                let d = orig_dtype(g, v, scope);
-                if env.is_main && !keep_io && d == Some(DataType::F32) { Some(target) } else { d }
-            })
-            .collect(),
-    };
+    // A subgraph output the node does not type (an If output shape inference left untyped)
+    // keeps the type it had: both branches then agree as they did before conversion.
+    let req: Required = g
+        .outputs()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let d = orig_dtype(g, v, scope);
+            match required {
+                Some(r) => r.get(i).copied().flatten().or(d),
+                None if env.is_main && !keep_io && d == Some(DataType::F32) => Some(target),
+                None => d,
+            }
+        })
+        .collect();
     let plans = decide_graph(g, env, scope, &req);
     let pre_scope = child_scope(g, scope, None);
     let orig: HashMap<ValueId, Option<DataType>> = g.values().map(|(v, _)| (v, orig_dtype(g, v, scope))).collect();
@@ -225,7 +229,11 @@ pub(super) fn convert_graph(
             continue;
         }
         let s = storage.get(&v).copied().flatten();
-        sub_scope.entry(val.name.clone()).and_modify(|e| e.storage = s).or_insert(ScopeEntry { orig: s, storage: s });
+        sub_scope.entry(val.name.clone()).and_modify(|e| e.storage = s).or_insert(ScopeEntry {
+            orig: s,
+            storage: s,
+            non_tensor: false,
+        });
     }
     for &id in &node_ids {
         if g.node(id).subgraphs().next().is_none() {
@@ -255,7 +263,8 @@ pub(super) fn convert_graph(
                 _ => continue,
             };
             for body in bodies {
-                let sub_path = if path == "main" { format!("{key}.{attr}") } else { format!("{path}/{key}.{attr}") };
+                // `key` already holds the path of the graph the node sits in.
+                let sub_path = format!("{key}.{attr}");
                 convert_graph(body, &sub_env, &sub_scope, if_req.as_ref(), &sub_path, report)?;
             }
         }

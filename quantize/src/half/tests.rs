@@ -19,7 +19,12 @@ fn f16_config() -> HalfConfig {
 
 /// Converts a copy, checks it is valid, loads and runs in ORT on seeded inputs, and compares
 /// with the FP32 model within `tol`.
-fn convert_and_run(m: &Model, config: &HalfConfig, ranges: Option<&Ranges>, tol: f64) -> (Model, HalfReport) {
+pub(super) fn convert_and_run(
+    m: &Model,
+    config: &HalfConfig,
+    ranges: Option<&Ranges>,
+    tol: f64,
+) -> (Model, HalfReport) {
     require_ort().unwrap();
     let mut half = m.clone();
     let report = convert(&mut half, config, ranges).unwrap();
@@ -69,7 +74,7 @@ fn cast_pairs(m: &Model) -> usize {
     n
 }
 
-fn elem_of(m: &Model, name: &str) -> Option<DataType> {
+pub(super) fn elem_of(m: &Model, name: &str) -> Option<DataType> {
     let g = m.graph.as_ref()?;
     let v = g.find_value(name)?;
     match g.value(v).initializer() {
@@ -78,7 +83,7 @@ fn elem_of(m: &Model, name: &str) -> Option<DataType> {
     }
 }
 
-fn decision<'a>(r: &'a HalfReport, node: &str) -> &'a str {
+pub(super) fn decision<'a>(r: &'a HalfReport, node: &str) -> &'a str {
     r.decisions.get(node).map(String::as_str).unwrap_or("none")
 }
 

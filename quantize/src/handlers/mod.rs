@@ -2,6 +2,8 @@
 //! and marks its tensors ([`NodeMarks`]): activations, weights with their channel axis, biases,
 //! outputs that share their input's parameters. It never edits the graph.
 
+pub mod attention;
+pub mod gather;
 mod ops;
 
 use std::collections::BTreeSet;

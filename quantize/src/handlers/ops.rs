@@ -67,7 +67,8 @@ fn weighted_conv(cx: &HandlerCx<'_>, id: NodeId, axis_for_group: impl Fn(i64) ->
     };
     if node.input(2).is_some() {
         match weight_tensor(cx, node.input(2)) {
-            Ok(_) => marks.inputs.push((2, InputRole::Bias { input: 0, weight: 1 })),
+            Ok(_) if cx.config.quantize_bias => marks.inputs.push((2, InputRole::Bias { input: 0, weight: 1 })),
+            Ok(_) => {}
             Err(e) => return float(format!("bias: {e}")),
         }
     }
@@ -128,7 +129,11 @@ pub(super) fn gemm(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
         let unit = node.attr_float("alpha").unwrap_or(1.0) == 1.0 && node.attr_float("beta").unwrap_or(1.0) == 1.0;
         let n = w.dims()[if trans_b { 0 } else { 1 }];
         match weight_tensor(cx, Some(c)) {
-            Ok(t) if unit && t.dims() == [n] => marks.inputs.push((2, InputRole::Bias { input: 0, weight: 1 })),
+            Ok(t) if unit && t.dims() == [n] => {
+                if cx.config.quantize_bias {
+                    marks.inputs.push((2, InputRole::Bias { input: 0, weight: 1 }));
+                }
+            }
             Ok(_) => return float("C is not a 1-D bias added with alpha = beta = 1"),
             Err(e) => return float(format!("C: {e}")),
         }

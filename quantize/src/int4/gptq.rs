@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
+use super::linalg::{cholesky_lower, invert_lower_transposed, quadratic_forms};
 
 /// GPTQ settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,87 +46,23 @@ pub enum GptqError {
     NotFinite,
 }
 
-/// A dot product with eight independent accumulators, summed in a fixed order: the compiler
-/// vectorizes it, and the result does not depend on anything but the inputs.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
-}
-
-/// In-place lower Cholesky factor of a row-major `k×k` symmetric matrix; `false` if it is not
-/// positive definite.
-fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
-    for j in 0..k {
-        let row_j: Vec<f64> = a[j * k..j * k + j].to_vec();
-        let d = a[j * k + j] - dot(&row_j, &row_j);
-        if d <= 0.0 || !d.is_finite() {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * k + j] = d;
-        a[j * k + j + 1..(j + 1) * k].fill(0.0);
-        for i in j + 1..k {
-            let row_i = &mut a[i * k..(i + 1) * k];
-            let s = row_i[j] - dot(&row_i[..j], &row_j);
-            row_i[j] = s / d;
-        }
-    }
-    true
-}
-
-/// Inverse of a row-major lower-triangular matrix (also lower triangular).
-fn invert_lower(l: &[f64], k: usize) -> Vec<f64> {
-    // Column by column: L x = e_j, forward substitution; stored transposed for contiguous sums.
-    let mut xt = vec![0.0f64; k * k];
-    for j in 0..k {
-        let col = &mut xt[j * k..(j + 1) * k];
-        col[j] = 1.0 / l[j * k + j];
-        for i in j + 1..k {
-            let row = &l[i * k..(i + 1) * k];
-            let s = dot(&row[j..i], &col[j..i]);
-            col[i] = -s / row[i];
-        }
-    }
-    let mut x = vec![0.0f64; k * k];
-    for j in 0..k {
-        for i in j..k {
-            x[i * k + j] = xt[j * k + i];
-        }
-    }
-    x
-}
-
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from one Cholesky factorization:
 /// with `J` the reversal, `JHJ = LLᵀ` gives `H = VVᵀ` for the upper `V = JLJ`, so `U = V⁻¹ =
 /// J L⁻¹ J`.
 pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut r = vec![0.0f64; k * k];
-    for i in 0..k {
-        for j in 0..k {
-            r[i * k + j] = h[(k - 1 - i) * k + (k - 1 - j)];
-        }
-    }
+    let mut r: Vec<f64> = h.iter().rev().copied().collect();
     if !cholesky_lower(&mut r, k) {
         return None;
     }
-    let x = invert_lower(&r, k);
+    // xt[j][i] = L⁻¹[i][j], and U[i][j] = L⁻¹[k-1-i][k-1-j] = xt[k-1-j][k-1-i].
+    let xt = invert_lower_transposed(&r, k);
+    drop(r);
     let mut u = vec![0.0f64; k * k];
-    for i in 0..k {
-        for j in 0..k {
-            u[i * k + j] = x[(k - 1 - i) * k + (k - 1 - j)];
+    u.par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| {
+        for (j, v) in row.iter_mut().enumerate().skip(i) {
+            *v = xt[(k - 1 - j) * k + (k - 1 - i)];
         }
-    }
+    });
     Some(u)
 }
 
@@ -143,6 +80,9 @@ pub struct Hessian {
     pub act_order: bool,
     /// The damping that made it factorable.
     pub damp: f64,
+    /// What was added to each diagonal entry (permuted order): the damping, and 1 for an
+    /// input feature that is always zero. GPTQ's own error is against the damped matrix.
+    pub added: Vec<f64>,
 }
 
 impl Hessian {
@@ -163,20 +103,22 @@ impl Hessian {
         }
         let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
         let mut damp = options.damp.max(0.0);
-        let u = loop {
+        let (u, added) = loop {
             let mut hp = vec![0.0f64; k * k];
+            let mut added = vec![0.0f64; k];
             for (i, &pi) in perm.iter().enumerate() {
                 for (j, &pj) in perm.iter().enumerate() {
                     hp[i * k + j] = h[pi * k + pj];
                 }
                 // An input feature that is always zero: its weights do not matter, keep it solvable.
                 if hp[i * k + i] == 0.0 {
-                    hp[i * k + i] = 1.0;
+                    added[i] = 1.0;
                 }
-                hp[i * k + i] += damp * mean_diag;
+                added[i] += damp * mean_diag;
+                hp[i * k + i] += added[i];
             }
             if let Some(u) = inverse_upper_cholesky(&hp, k) {
-                break u;
+                break (u, added);
             }
             if damp >= 10.0 {
                 return Err(GptqError::NotPositiveDefinite { damp });
@@ -184,7 +126,7 @@ impl Hessian {
             damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
         };
         let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
-        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp })
+        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp, added })
     }
 }
 
@@ -197,6 +139,13 @@ pub fn gptq(w: &RowMajor, h: &[f64], spec: QuantSpec, options: &GptqOptions) -> 
 
 /// [`gptq`] with the input's [`Hessian`] prepared; `batch` columns per lazy update.
 pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> BlockQuantized {
+    gptq_with_error(w, hessian, spec, batch).0
+}
+
+/// [`gptq_prepared`], and the layer's output error on the calibration data (as
+/// [`output_error`] computes it) as a by-product: with `W − Q = EU`, the damped error is
+/// `‖E‖²`, from which the damping's share `Σ added·(w − q)²` is taken back.
+pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> (BlockQuantized, f64) {
     let (n, k) = (w.n, w.k);
     let (perm, u, importance) = (&hessian.perm, &hessian.u, &hessian.importance);
     let block = spec.block;
@@ -214,23 +163,32 @@ pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: us
         }
     }
 
-    // Rows are independent given U: each runs on its own thread, so the result does not depend
-    // on the thread count.
+    // Rows are independent given U: tiles of rows run on their own threads, so the result does
+    // not depend on the thread count.
     let batch = batch.max(1).div_ceil(block) * block;
-    let rows: Vec<RowOut> = (0..n)
+    let inputs = TileInputs { perm, u, importance, added: &hessian.added, spec, batch };
+    let tiles: Vec<Vec<RowOut>> = (0..n.div_ceil(TILE))
         .into_par_iter()
-        .map(|r| {
-            let fixed = hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb]));
-            gptq_row(w.row(r), perm, u, importance, spec, batch, fixed)
+        .map(|tile| {
+            let range = tile * TILE..((tile + 1) * TILE).min(n);
+            let rows: Vec<&[f32]> = range.clone().map(|r| w.row(r)).collect();
+            let fixed: Vec<_> = range
+                .map(|r| hessian.act_order.then(|| (&scales[r * kb..(r + 1) * kb], &zps[r * kb..(r + 1) * kb])))
+                .collect();
+            gptq_tile(&rows, &fixed, &inputs)
         })
         .collect();
+    let rows = tiles.into_iter().flatten();
     let mut codes = Vec::with_capacity(n * k);
+    let mut error = 0.0;
     for (r, row) in rows.into_iter().enumerate() {
         codes.extend(row.codes);
         scales[r * kb..(r + 1) * kb].copy_from_slice(&row.scales);
         zps[r * kb..(r + 1) * kb].copy_from_slice(&row.zps);
+        error += row.error;
     }
-    BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) }
+    let q = BlockQuantized { spec, n, k, codes, scales, zero_points: (!spec.symmetric).then_some(zps) };
+    (q, error.max(0.0))
 }
 
 /// One quantized row: codes in K order, and its blocks' parameters.
@@ -238,95 +196,158 @@ struct RowOut {
     codes: Vec<u8>,
     scales: Vec<f32>,
     zps: Vec<u8>,
+    /// `(w − q) H (w − q)ᵀ` against the undamped Hessian.
+    error: f64,
 }
 
-/// GPTQ on one row of the weight: columns in `perm` order, errors spread through `u` (the
-/// upper Cholesky factor of the permuted inverse Hessian), updates batched `batch` columns at a
-/// time. `fixed` holds the row's block parameters under act order; otherwise each block's are
-/// chosen when its first column comes.
-fn gptq_row(
-    row: &[f32],
-    perm: &[usize],
-    u: &[f64],
-    importance: &[f32],
+/// Rows quantized together: each span of `U` is loaded once for all of them and then read
+/// from the L1 cache.
+const TILE: usize = 8;
+
+/// Columns updated together by a batch's errors: the span of `U` and of each row stays in the
+/// L1 cache.
+const SPAN: usize = 256;
+
+/// The shared inputs of every tile of a layer.
+struct TileInputs<'a> {
+    perm: &'a [usize],
+    u: &'a [f64],
+    importance: &'a [f32],
+    added: &'a [f64],
     spec: QuantSpec,
     batch: usize,
-    fixed: Option<(&[f32], &[u8])>,
-) -> RowOut {
-    let k = row.len();
+}
+
+/// `w[m] -= e · h[m]`.
+#[inline(always)]
+fn axpy(w: &mut [f64], e: f64, h: &[f64]) {
+    for (x, &h) in w.iter_mut().zip(h) {
+        *x -= e * h;
+    }
+}
+
+/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
+/// never fuses a multiply and an add, so every path gives the same bits.
+fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { gptq_tile_avx512(rows, fixed, t) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: as above.
+            return unsafe { gptq_tile_avx(rows, fixed, t) };
+        }
+    }
+    gptq_tile_body(rows, fixed, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gptq_tile_avx512(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    gptq_tile_body(rows, fixed, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    gptq_tile_body(rows, fixed, t)
+}
+
+/// GPTQ on up to [`TILE`] rows of the weight: columns in `perm` order, errors spread through
+/// `u` (the upper Cholesky factor of the permuted inverse Hessian), updates batched `batch`
+/// columns at a time. `fixed` holds a row's block parameters under act order; otherwise each
+/// block's are chosen when its first column comes. Each row's arithmetic is what it would be
+/// alone: the tile only shares the loads of `u`.
+#[inline(always)]
+fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
+    let (perm, u, spec) = (t.perm, t.u, t.spec);
+    let k = perm.len();
     let block = spec.block;
     let kb = k.div_ceil(block);
-    let (mut scales, mut zps) = match fixed {
-        Some((s, z)) => (s.to_vec(), z.to_vec()),
-        None => (vec![0.0f32; kb], vec![0u8; kb]),
-    };
-    let mut have = vec![fixed.is_some(); kb];
-    let mut wp: Vec<f64> = perm.iter().map(|&p| f64::from(row[p])).collect();
-    let mut codes = vec![0u8; k];
-    let mut errs = vec![0.0f64; batch];
+    let mut outs: Vec<RowOut> = fixed
+        .iter()
+        .map(|f| {
+            let (scales, zps) = match f {
+                Some((s, z)) => (s.to_vec(), z.to_vec()),
+                None => (vec![0.0f32; kb], vec![0u8; kb]),
+            };
+            RowOut { codes: vec![0u8; k], scales, zps, error: 0.0 }
+        })
+        .collect();
+    let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
+    // wp[r·k + c]: row r's (updated) weight of column c, in `perm` order; unused rows stay 0.
+    let mut wp = vec![0.0f64; k * TILE];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, &p) in perm.iter().enumerate() {
+            wp[r * k + c] = f64::from(row[p]);
+        }
+    }
+    let mut errs = vec![0.0f64; t.batch * TILE];
+    let mut damped = [0.0f64; TILE];
+    let mut share = [0.0f64; TILE];
     let mut i1 = 0;
     while i1 < k {
-        let i2 = (i1 + batch).min(k);
+        let i2 = (i1 + t.batch).min(k);
         for c in i1..i2 {
             let orig = perm[c];
             let b = orig / block;
-            if !have[b] {
-                // Without act order, columns come in K order: block b starts at column c, and
-                // the batch holds whole blocks, so its values here are up to date.
-                let range = c..(c + block).min(k);
-                let vals: Vec<f32> = wp[range.clone()].iter().map(|&v| v as f32).collect();
-                let (s, z) = block_params(&vals, Some(&importance[range]), spec);
-                scales[b] = s;
-                zps[b] = z;
-                have[b] = true;
-            }
             let urow = &u[c * k..(c + 1) * k];
-            let (s, z) = (scales[b], zps[b]);
-            let q = quantize_value(wp[c] as f32, s, z, spec);
-            codes[orig] = q;
-            let deq = f64::from((f32::from(q) - f32::from(z)) * s);
-            let e = (wp[c] - deq) / urow[c];
-            for (x, &h) in wp[c..i2].iter_mut().zip(&urow[c..i2]) {
-                *x -= e * h;
+            let mut e = [0.0f64; TILE];
+            for (r, out) in outs.iter_mut().enumerate() {
+                if !have[r][b] {
+                    // Without act order, columns come in K order: block b starts at column c,
+                    // and the batch holds whole blocks, so its values here are up to date.
+                    let range = c..(c + block).min(k);
+                    let vals: Vec<f32> = wp[r * k + range.start..r * k + range.end].iter().map(|&v| v as f32).collect();
+                    let (s, z) = block_params(&vals, Some(&t.importance[range]), spec);
+                    out.scales[b] = s;
+                    out.zps[b] = z;
+                    have[r][b] = true;
+                }
+                let (s, z) = (out.scales[b], out.zps[b]);
+                let x = wp[r * k + c];
+                let q = quantize_value(x as f32, s, z, spec);
+                out.codes[orig] = q;
+                let deq = f64::from((f32::from(q) - f32::from(z)) * s);
+                e[r] = (x - deq) / urow[c];
+                damped[r] += e[r] * e[r];
+                let delta = f64::from(rows[r][orig]) - deq;
+                share[r] += t.added[c] * delta * delta;
             }
-            errs[c - i1] = e;
+            for (r, &e) in e.iter().enumerate() {
+                axpy(&mut wp[r * k + c..r * k + i2], e, &urow[c..i2]);
+            }
+            errs[(c - i1) * TILE..(c - i1 + 1) * TILE].copy_from_slice(&e);
         }
-        if i2 < k {
-            for (i, &e) in errs[..i2 - i1].iter().enumerate() {
-                if e == 0.0 {
-                    continue;
-                }
-                let urow = &u[(i1 + i) * k..(i1 + i + 1) * k];
-                for (x, &h) in wp[i2..].iter_mut().zip(&urow[i2..]) {
-                    *x -= e * h;
+        // The later columns, a cache-sized span at a time; each still takes the batch's
+        // updates in column order.
+        let mut m0 = i2;
+        while m0 < k {
+            let m1 = (m0 + SPAN).min(k);
+            for i in 0..i2 - i1 {
+                let h = &u[(i1 + i) * k + m0..(i1 + i) * k + m1];
+                for (r, &e) in errs[i * TILE..(i + 1) * TILE].iter().enumerate() {
+                    axpy(&mut wp[r * k + m0..r * k + m1], e, h);
                 }
             }
+            m0 = m1;
         }
         i1 = i2;
     }
-    RowOut { codes, scales, zps }
+    for (r, out) in outs.iter_mut().enumerate() {
+        out.error = damped[r] - share[r];
+    }
+    outs
 }
 
 /// The layer's summed squared output error over the calibration rows, `Σ_rows ‖x(W − Q)ᵀ‖²
 /// = Σ_n (w_n − q_n) H (w_n − q_n)ᵀ`, of a quantized weight.
 pub fn output_error(w: &RowMajor, q: &BlockQuantized, h: &[f64]) -> f64 {
-    let k = w.k;
     let d = q.dequantize();
-    // Per row in parallel, summed in row order: independent of the thread count.
-    let per_row: Vec<f64> = (0..w.n)
-        .into_par_iter()
-        .map(|r| {
-            let e: Vec<f64> = (0..k).map(|i| f64::from(w.values[r * k + i]) - f64::from(d.values[r * k + i])).collect();
-            let mut total = 0.0;
-            for i in 0..k {
-                if e[i] != 0.0 {
-                    total += e[i] * dot(&h[i * k..(i + 1) * k], &e);
-                }
-            }
-            total
-        })
-        .collect();
-    per_row.iter().sum()
+    let e: Vec<f64> = w.values.iter().zip(&d.values).map(|(&a, &b)| f64::from(a) - f64::from(b)).collect();
+    quadratic_forms(&e, h, w.k)
 }
 
 #[cfg(test)]
@@ -401,6 +422,29 @@ mod tests {
                 let e = output_error(&w, &q, &h);
                 assert!(e < 0.8 * base, "symmetric {symmetric} act_order {act_order}: gptq {e} vs rtn {base}");
             }
+        }
+    }
+
+    #[test]
+    fn the_by_product_error_is_the_output_error() {
+        let (n, k) = (20, 48);
+        let mut h = correlated_gram(k, 200, 4);
+        // A dead input feature: its diagonal gets 1 added on top of the damping.
+        for j in 0..k {
+            h[5 * k + j] = 0.0;
+            h[j * k + 5] = 0.0;
+        }
+        let mut r = stream(8);
+        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        for act_order in [false, true] {
+            let options = GptqOptions { act_order, batch: 16, ..Default::default() };
+            let spec = QuantSpec { bits: 4, block: 16, symmetric: false, negative_scales: false };
+            let hessian = Hessian::new(&h, k, &options).unwrap();
+            let (q, err) = gptq_with_error(&w, &hessian, spec, options.batch);
+            let want = output_error(&w, &q, &h);
+            assert!((err - want).abs() < 1e-9 * want, "act_order {act_order}: {err} vs {want}");
+            // Not the error of another quantization of the same weight.
+            assert!((output_error(&w, &rtn(&w, spec, None), &h) - err).abs() > 1e-3 * want);
         }
     }
 

@@ -14,6 +14,7 @@ mod emit;
 pub mod gptq;
 #[cfg(feature = "learned-rounding")]
 pub mod learned;
+mod linalg;
 mod opset;
 mod select;
 #[cfg(test)]
@@ -348,10 +349,9 @@ fn quantize_gptq(
     let w = emit::layer_rows(layer, fold_alpha)?;
     let spec = layer_spec(layer, config);
     let baseline = block::rtn(&w, spec, None);
-    match hessian.as_ref().map(|h| gptq::gptq_prepared(&w, h, spec, batch)) {
-        Ok(q) => {
+    match hessian.as_ref().map(|h| gptq::gptq_with_error(&w, h, spec, batch)) {
+        Ok((q, err)) => {
             let base = gptq::output_error(&w, &baseline, &gram.xtx);
-            let err = gptq::output_error(&w, &q, &gram.xtx);
             if base > 0.0 && err > base {
                 // GPTQ trades error on the calibration rows; it should never lose to RTN there.
                 return Ok((

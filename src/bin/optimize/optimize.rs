@@ -218,6 +218,8 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
     let model = load_verified(model_path)?;
+    // Before any work: an existing artifact without --force is refused at once.
+    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let level = opt_level(args.opt);
     let target = match args.target {
         Target::Cpu => TargetKind::Cpu,
@@ -300,7 +302,6 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
     let target_out =
         crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
-    let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
     let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
     let mut warnings = outcome.warnings.clone();
     let validation = if args.skip_validation {
@@ -309,15 +310,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
         // Latency before and after when the model's arithmetic changed (precision, pruning).
         let quantized = !matches!(pipeline.precision, Precision::Fp32) || pipeline.prune.is_some();
-        validate_artifact(
-            model_path,
-            &writer.staged_path(MODEL),
-            &data_plan,
-            tolerance,
-            quantized,
-            session,
-            &mut warnings,
-        )?
+        let staged = writer.staged_path(MODEL);
+        pipeline.context.progress.step("validating against the original", None, |_| {
+            validate_artifact(model_path, &staged, &data_plan, tolerance, quantized, session, &mut warnings)
+        })?
     };
     for w in warnings.iter().skip(outcome.warnings.len()) {
         ui.warn(w);

@@ -40,12 +40,6 @@ impl Progress for Terminal {
             bar.set_prefix(stage.to_string());
             bar
         });
-        if !self.tty {
-            match total {
-                Some(n) => eprintln!("{stage}: {n} steps"),
-                None => eprintln!("{stage}: started"),
-            }
-        }
         if let Ok(mut s) = self.step.lock() {
             *s = Some(Step { stage: stage.to_string(), total, done: 0, started: Instant::now(), bar });
         }
@@ -68,16 +62,26 @@ impl Progress for Terminal {
         if let Some(bar) = step.bar {
             bar.finish_and_clear();
         }
-        let of = step.total.map(|t| format!("/{t}")).unwrap_or_default();
-        eprintln!("{}: {}{of} done in {:.1} s", step.stage, step.done, step.started.elapsed().as_secs_f64());
+        // On a terminal the bar was the report; elsewhere one plain line per finished step.
+        if !self.tty {
+            let seconds = step.started.elapsed().as_secs_f64();
+            match step.total {
+                Some(t) => eprintln!("{}: {}/{t} done in {seconds:.1} s", step.stage, step.done),
+                None => eprintln!("{}: done in {seconds:.1} s", step.stage),
+            }
+        }
     }
 }
 
-/// The progress reporter for this run.
+/// The progress reporter for this run: bars on a terminal, one plain line per finished step
+/// when stderr is a file or pipe, nothing with `--quiet`/`--json` or under CI (the `CI`
+/// variable that CI services set), where build logs stay quiet.
 pub fn reporter(quiet: bool) -> ProgressHandle {
-    if quiet {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let tty = std::io::stderr().is_terminal();
+    if quiet || (ci && !tty) {
         ProgressHandle::new(NoProgress)
     } else {
-        ProgressHandle::new(Terminal { tty: std::io::stderr().is_terminal(), step: Mutex::new(None) })
+        ProgressHandle::new(Terminal { tty, step: Mutex::new(None) })
     }
 }

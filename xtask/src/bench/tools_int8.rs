@@ -26,6 +26,14 @@ pub(super) const INT8_TOOLS: &[Tool] = &[
         tolerance: INT8_TOLERANCE,
     },
     Tool {
+        id: "kiln-int8-novalidate",
+        group: "int8",
+        peer: false,
+        program: Program::Kiln,
+        args: kiln_static_no_validation,
+        tolerance: INT8_TOLERANCE,
+    },
+    Tool {
         id: "kiln-int8-dynamic",
         group: "int8",
         peer: false,
@@ -65,6 +73,14 @@ fn kiln_static(inv: &Invocation) -> Vec<String> {
     args.extend(["--data".into(), inv.data.to_string(), "--calibration".into(), "minmax".into()]);
     args.extend(["--opt", "O3", "--target", "cpu", "-o"].map(String::from));
     args.push(inv.out.to_string());
+    args
+}
+
+/// The static row without the validation run: the quantizer's own time and memory (the
+/// default row is what a user runs).
+fn kiln_static_no_validation(inv: &Invocation) -> Vec<String> {
+    let mut args = kiln_static(inv);
+    args.insert(args.len() - 2, "--skip-validation".into());
     args
 }
 
@@ -108,6 +124,9 @@ mod tests {
         assert_eq!(s[s.len() - 2..], ["-o", "/o"]);
         let d = kiln_dynamic(&inv);
         assert!(d.contains(&"--dynamic".to_string()) && !s.contains(&"--dynamic".to_string()));
+        let n = kiln_static_no_validation(&inv);
+        assert!(n.contains(&"--skip-validation".to_string()) && !s.contains(&"--skip-validation".to_string()));
+        assert_eq!(n[n.len() - 2..], ["-o", "/o"]);
         assert_eq!(ort_static(&inv), ["static", "/m.onnx", "/o/model.onnx", "/d"]);
         assert_eq!(ort_static_no_preprocess(&inv)[..2], ["static-no-preprocess", "/m.onnx"]);
         assert_eq!(ort_dynamic(&inv), ["dynamic", "/m.onnx", "/o/model.onnx"]);

@@ -34,6 +34,7 @@ pub(super) fn register(r: &mut Registry<'_>) {
     );
     r.add(MS, &["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"], skip_layer_norm);
     r.add(MS, &["Attention"], ms_attention);
+    r.add(MS, &["QAttention"], q_attention);
     r.add(MS, &["MultiHeadAttention", "GroupQueryAttention"], multi_head_attention);
     r.add(MS, &["EmbedLayerNormalization"], embed_layer_norm);
     r.add(MS, &["FusedConv"], |cx| Ok(vec![tt(cx.elem(0), conv_shape(cx, 0, 1)?)]));
@@ -46,6 +47,15 @@ pub(super) fn register(r: &mut Registry<'_>) {
             _ => None,
         };
         Ok(vec![tt(cx.elem(2), s)])
+    });
+    // A float activation times an int8 weight (B) dequantized by its scale: MatMul's shape,
+    // A's float type.
+    r.add(MS, &["DynamicQuantizeMatMul"], |cx| {
+        let s = match (cx.shape(0), cx.shape(1)) {
+            (Some(a), Some(b)) => Some(matmul_shape(a, b)?),
+            _ => None,
+        };
+        Ok(vec![tt(cx.elem(0), s)])
     });
     r.add(MS, &["QLinearAdd", "QLinearMul"], qlinear_binary);
     r.add(MS, &["QLinearConcat"], qlinear_concat);
@@ -113,6 +123,21 @@ fn ms_attention(cx: &mut InferCtx<'_>) -> InferResult {
         });
         out.push(tt(elem, present));
     }
+    Ok(out)
+}
+
+/// `com.microsoft.QAttention`: Attention over a quantized input and weight (inputs 0 and 1);
+/// the float output takes `input_scale`'s type (input 3), `[batch, sequence, hidden]` with the
+/// hidden size a third of the packed QKV weight's columns.
+fn q_attention(cx: &mut InferCtx<'_>) -> InferResult {
+    let elem = cx.elem(3);
+    let Some(x) = cx.shape(0).filter(|s| s.len() == 3).map(<[Dim]>::to_vec) else {
+        return Ok(vec![tt(elem, None); cx.num_outputs()]);
+    };
+    let hidden =
+        cx.shape(1).filter(|s| s.len() == 2).map_or_else(Dim::unknown, |s| dim_div(&bare(&s[1]), &Dim::known(3)));
+    let mut out = vec![tt(elem, Some(vec![bare(&x[0]), bare(&x[1]), hidden]))];
+    out.extend((1..cx.num_outputs()).map(|_| tt(elem, None)));
     Ok(out)
 }
 

@@ -11,6 +11,8 @@ const TRAINING: &str = "ai.onnx.preview.training";
 
 pub(super) fn register(r: &mut Registry<'_>) {
     r.onnx(&["RNN", "GRU", "LSTM"], recurrent);
+    // ONNX Runtime's LSTM with int8 weights: LSTM's outputs (`hidden_size` is required).
+    r.add(super::MS, &["DynamicQuantizeLSTM"], recurrent);
     r.onnx(&["SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"], loss);
     r.onnx(&["DFT"], dft);
     r.onnx(&["STFT"], stft);
