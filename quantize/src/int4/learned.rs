@@ -62,7 +62,7 @@ impl LearnedOptions {
         if self.iterations == 0 {
             return Err("learned rounding needs at least one iteration".into());
         }
-        if !positive(self.learning_rate) || !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+        if !(positive(self.learning_rate) && self.lambda >= 0.0 && self.lambda.is_finite()) {
             return Err(format!(
                 "learned rounding: learning rate {} must be positive and lambda {} non-negative",
                 self.learning_rate, self.lambda
@@ -137,7 +137,8 @@ fn low_rank_factor(h: &[f64], k: usize, tolerance: f64) -> (Vec<f64>, usize) {
     while cols.len() < k {
         // The first largest remaining diagonal: deterministic ties.
         let (p, &dp) = d.iter().enumerate().fold((0, &f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
-        if !(dp > stop) {
+        // Also stops on NaN.
+        if dp.partial_cmp(&stop) != Some(std::cmp::Ordering::Greater) {
             break;
         }
         let root = dp.sqrt();

@@ -395,7 +395,8 @@ fn quantize_learned(
     let q = learned::adaround(&w, &baseline, &gram.xtx, options);
     let base = gptq::output_error(&w, &baseline, &gram.xtx);
     let err = gptq::output_error(&w, &q, &gram.xtx);
-    if !(err <= base) {
+    // Worse than round to nearest, or NaN.
+    if err.partial_cmp(&base).is_none_or(|o| o == std::cmp::Ordering::Greater) {
         let warning = format!(
             "{}: learned rounding did worse than round to nearest on the calibration data; kept round to nearest",
             layer.name
