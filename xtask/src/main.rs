@@ -306,13 +306,27 @@ fn test(with_tract: bool) -> Result<()> {
     // The ONNX checker every artifact must pass (tests/targets.rs).
     let checker = bench::venv::ensure_venv_with(&repo_root(), "check-venv", CHECK_REQUIREMENTS)?;
     env.push(("KILN_CHECK_PYTHON", checker.into_os_string()));
-    // One run: with the tract executor when the root package has the feature, so its
-    // cross-check tests run too (clippy lints the same feature set, sharing the build).
-    if with_tract && root_has_feature("tract")? {
-        cargo(&["test", "--workspace", "--features", "tract"], &env)
-    } else {
+    // One run with every optional feature the root package has (the tract executor's
+    // cross-checks, learned rounding), so their tests run too; clippy lints the same set,
+    // sharing the build.
+    let features = if with_tract { optional_features()? } else { String::new() };
+    if features.is_empty() {
         cargo(&["test", "--workspace"], &env)
+    } else {
+        cargo(&["test", "--workspace", "--features", &features], &env)
     }
+}
+
+/// The optional features the tests and clippy build with: those of `tract` and
+/// `learned-rounding` the root package declares.
+fn optional_features() -> Result<String> {
+    let mut on = Vec::new();
+    for f in ["tract", "learned-rounding"] {
+        if root_has_feature(f)? {
+            on.push(f);
+        }
+    }
+    Ok(on.join(","))
 }
 
 /// `cargo xtask demo`.
@@ -356,9 +370,10 @@ fn demo_args(args: &[&str], m: &Manifest, inst: &Installer, out: &Path) -> Resul
 /// `cargo xtask lint`: formatting and clippy.
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    let features = optional_features()?;
     let mut clippy = vec!["clippy", "--workspace", "--all-targets"];
-    if root_has_feature("tract")? {
-        clippy.extend(["--features", "tract"]);
+    if !features.is_empty() {
+        clippy.extend(["--features", &features]);
     }
     clippy.extend(["--", "-D", "warnings"]);
     cargo(&clippy, &[])
