@@ -226,6 +226,8 @@ fn optimize_writes_the_prune_report_into_the_manifest() {
     for key in ["parameters_before", "flops_after", "groups_skipped", "pruned ", "global"] {
         assert!(text.contains(key), "manifest lacks {key}");
     }
+    // The pruned model is valid for ONNX itself, not only for ONNX Runtime.
+    common::onnx_check(&[out.join("model.onnx")]);
     let bad = common::optimize(&[
         model.as_os_str(),
         "-o".as_ref(),

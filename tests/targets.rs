@@ -8,11 +8,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
-use common::{Outcome, optimize_env};
+use common::{Outcome, onnx_check, optimize_env};
 use kiln::compiler::DataType;
 use kiln::compiler::ir::{Graph, Model, NodeSpec, OpsetImport, TensorType, Type};
 use kiln::compiler::onnx::{SaveOptions, load_model, save_model};
@@ -66,34 +65,6 @@ fn artifact(fixture: &str, target: &str, out: &Path, extra: &[&str]) -> Outcome 
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     optimize(&args)
-}
-
-/// The Python with `onnx==1.20.1` that `cargo xtask test` prepares.
-fn checker_python() -> PathBuf {
-    let p = std::env::var_os("KILN_CHECK_PYTHON").unwrap_or_else(|| {
-        panic!("KILN_CHECK_PYTHON is not set: run the tests through `cargo xtask test`, which creates the checker venv")
-    });
-    let p = PathBuf::from(p);
-    assert!(p.is_file(), "KILN_CHECK_PYTHON={} does not exist", p.display());
-    p
-}
-
-/// Runs `onnx.checker.check_model(path, full_check=True)` on each model; panics with the
-/// checker's message on the first failure.
-fn onnx_check(models: &[PathBuf]) {
-    let script = "import sys, onnx\n\
-        assert onnx.__version__ == '1.20.1', onnx.__version__\n\
-        for p in sys.argv[1:]:\n\
-        \x20   onnx.checker.check_model(p, full_check=True)\n\
-        \x20   print('ok', p)\n";
-    let out = Command::new(checker_python()).arg("-c").arg(script).args(models).output().unwrap();
-    assert!(
-        out.status.success(),
-        "onnx.checker failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), models.len());
 }
 
 #[test]
