@@ -2,119 +2,13 @@
 //! `kiln_passes::prune`; this maps options to it and its result to a [`StageReport`].
 
 use kiln_compiler::ir::Model;
-use kiln_passes::prune::{Norm, PruneConfig, PruneError, Scope, prune};
+use kiln_passes::prune::{PruneConfig, PruneError, Scope, prune};
 
 use super::{StageContext, StageError, StageReport};
 
-/// Pruning options (`--prune channels:0.3,heads:0.25,ffn:0.2[,importance:l2][,scope:global][,protect:none]`).
-#[derive(Debug, Clone)]
-pub struct PruneOptions {
-    /// Share of prunable conv channels to remove.
-    pub channels: f64,
-    /// Share of attention heads to remove.
-    pub heads: f64,
-    /// Share of FFN neurons to remove.
-    pub ffn: f64,
-    /// Weight-magnitude norm of the importance score (L1 by default).
-    pub norm: Norm,
-    /// Per-layer ratio (default) or one global ranking per kind.
-    pub scope: Scope,
-    /// Leave the first conv's outputs and the last layer's inputs alone (default).
-    pub protect_ends: bool,
-    /// Conv channels kept round up to a multiple of this (`align:N`, default 8).
-    pub align: usize,
-    /// Input shapes (name → dims) at which FLOPs are estimated; when empty, the first
-    /// calibration sample's shapes, else the declared shapes.
-    pub input_shapes: Vec<(String, Vec<usize>)>,
-}
-
-impl Default for PruneOptions {
-    fn default() -> PruneOptions {
-        PruneOptions {
-            channels: 0.0,
-            heads: 0.0,
-            ffn: 0.0,
-            norm: Norm::L1,
-            scope: Scope::PerLayer,
-            protect_ends: true,
-            align: 8,
-            input_shapes: Vec::new(),
-        }
-    }
-}
-
-impl PruneOptions {
-    /// Parses `channels:0.3,heads:0.25,ffn:0.2` (any subset), plus `importance:l1|l2`,
-    /// `scope:layer|global` and `protect:ends|none`.
-    pub fn parse(text: &str) -> Result<PruneOptions, String> {
-        let mut o = PruneOptions::default();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once(':').ok_or_else(|| format!("'{part}': expected KIND:RATIO"))?;
-            let v = v.trim();
-            match k.trim() {
-                "importance" => {
-                    o.norm = match v {
-                        "l1" => Norm::L1,
-                        "l2" => Norm::L2,
-                        _ => return Err(format!("'{part}': importance is l1 or l2")),
-                    };
-                    continue;
-                }
-                "scope" => {
-                    o.scope = match v {
-                        "layer" => Scope::PerLayer,
-                        "global" => Scope::Global,
-                        _ => return Err(format!("'{part}': scope is layer or global")),
-                    };
-                    continue;
-                }
-                "align" => {
-                    o.align = v
-                        .parse()
-                        .ok()
-                        .filter(|&a: &usize| a >= 1)
-                        .ok_or_else(|| format!("'{part}': align is a positive integer"))?;
-                    continue;
-                }
-                "protect" => {
-                    o.protect_ends = match v {
-                        "ends" => true,
-                        "none" => false,
-                        _ => return Err(format!("'{part}': protect is ends or none")),
-                    };
-                    continue;
-                }
-                _ => {}
-            }
-            let r: f64 = v.parse().map_err(|_| format!("'{part}': RATIO is not a number"))?;
-            if !(0.0..1.0).contains(&r) {
-                return Err(format!("'{part}': RATIO must be at least 0 and below 1"));
-            }
-            match k.trim() {
-                "channels" => o.channels = r,
-                "heads" => o.heads = r,
-                "ffn" => o.ffn = r,
-                other => {
-                    return Err(format!("'{other}': expected channels, heads, ffn, importance, scope or protect"));
-                }
-            }
-        }
-        Ok(o)
-    }
-
-    fn config(&self, input_shapes: Vec<(String, Vec<usize>)>) -> PruneConfig {
-        PruneConfig {
-            input_shapes,
-            channels: self.channels,
-            heads: self.heads,
-            ffn: self.ffn,
-            norm: self.norm,
-            scope: self.scope,
-            protect_ends: self.protect_ends,
-            align: self.align,
-        }
-    }
-}
+/// Pruning options: `kiln_passes::prune::PruneConfig`, parsed from `--prune` by
+/// [`PruneConfig::parse`].
+pub type PruneOptions = PruneConfig;
 
 /// Prunes the model and reports parameters and FLOPs before and after, every group pruned or
 /// skipped (with the reason), and per node what it lost.
@@ -131,7 +25,8 @@ pub fn run(model: &mut Model, options: &PruneOptions, cx: &StageContext) -> Resu
     } else {
         (Vec::new(), "the model's declared input shapes (unknown dimensions count as 1)".to_string())
     };
-    let r = prune(model, &options.config(shapes)).map_err(|e| match e {
+    let config = PruneConfig { input_shapes: shapes, ..options.clone() };
+    let r = prune(model, &config).map_err(|e| match e {
         PruneError::Option(_) => StageError::bad_input("prune", e),
         _ => StageError::runtime("prune", e),
     })?;
@@ -168,6 +63,7 @@ pub fn run(model: &mut Model, options: &PruneOptions, cx: &StageContext) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_passes::prune::Norm;
 
     #[test]
     fn parses_ratios_and_settings() {

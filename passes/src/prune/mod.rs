@@ -86,6 +86,66 @@ impl Default for PruneConfig {
     }
 }
 
+impl PruneConfig {
+    /// Parses `channels:0.3,heads:0.25,ffn:0.2` (any subset), plus `importance:l1|l2`,
+    /// `scope:layer|global` and `protect:ends|none`.
+    pub fn parse(text: &str) -> Result<PruneConfig, String> {
+        let mut o = PruneConfig::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once(':').ok_or_else(|| format!("'{part}': expected KIND:RATIO"))?;
+            let v = v.trim();
+            match k.trim() {
+                "importance" => {
+                    o.norm = match v {
+                        "l1" => Norm::L1,
+                        "l2" => Norm::L2,
+                        _ => return Err(format!("'{part}': importance is l1 or l2")),
+                    };
+                    continue;
+                }
+                "scope" => {
+                    o.scope = match v {
+                        "layer" => Scope::PerLayer,
+                        "global" => Scope::Global,
+                        _ => return Err(format!("'{part}': scope is layer or global")),
+                    };
+                    continue;
+                }
+                "align" => {
+                    o.align = v
+                        .parse()
+                        .ok()
+                        .filter(|&a: &usize| a >= 1)
+                        .ok_or_else(|| format!("'{part}': align is a positive integer"))?;
+                    continue;
+                }
+                "protect" => {
+                    o.protect_ends = match v {
+                        "ends" => true,
+                        "none" => false,
+                        _ => return Err(format!("'{part}': protect is ends or none")),
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+            let r: f64 = v.parse().map_err(|_| format!("'{part}': RATIO is not a number"))?;
+            if !(0.0..1.0).contains(&r) {
+                return Err(format!("'{part}': RATIO must be at least 0 and below 1"));
+            }
+            match k.trim() {
+                "channels" => o.channels = r,
+                "heads" => o.heads = r,
+                "ffn" => o.ffn = r,
+                other => {
+                    return Err(format!("'{other}': expected channels, heads, ffn, importance, scope or protect"));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
 /// Why pruning failed (a model Kiln could not read or rewrite; "nothing to prune" is not an
 /// error).
 #[derive(Debug, thiserror::Error)]
