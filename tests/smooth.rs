@@ -6,66 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::data::{cosine, fixture, floats, outputs, samples, sentence, write_samples};
 use common::{assert_failed, assert_ok, optimize, write_npz_folder};
-use kiln_compiler::Tensor;
-use kiln_compiler::execute::load_session;
 use kiln_compiler::onnx::load_model;
-use kiln_compiler::rng::SplitMix64;
-use kiln_compiler::runtime::{OrtExecutor, SessionConfig, Value};
-
-type Sample = Vec<(String, Tensor)>;
-
-fn fixture(name: &str) -> PathBuf {
-    kiln_fixtures::model(name).expect("fixture missing: run `cargo xtask fixtures`")
-}
-
-/// [CLS] tokens [SEP] then padding, at the fixture's length 16.
-fn sentence(rng: &mut SplitMix64) -> Sample {
-    let len = 6 + (rng.next_u64() % 11) as usize;
-    let mut ids = vec![0i64; 16];
-    let mut mask = vec![0i64; 16];
-    for i in 0..len {
-        ids[i] = 1000 + (rng.next_u64() % 29_522) as i64;
-        mask[i] = 1;
-    }
-    ids[0] = 101;
-    ids[len - 1] = 102;
-    vec![
-        ("input_ids".into(), Tensor::from_slice(vec![1, 16], &ids).unwrap()),
-        ("attention_mask".into(), Tensor::from_slice(vec![1, 16], &mask).unwrap()),
-    ]
-}
-
-fn sentences(n: usize, seed: u64) -> Vec<Sample> {
-    let mut rng = SplitMix64::new(seed);
-    (0..n).map(|_| sentence(&mut rng)).collect()
-}
-
-/// Outputs of a model on each sample, through ORT with all its graph optimizations.
-fn outputs(model: &Path, samples: &[Sample]) -> Vec<Vec<(String, Value)>> {
-    let m = load_model(model).unwrap();
-    let mut s = load_session(&OrtExecutor::new(), &m, model.parent(), &SessionConfig::default()).unwrap();
-    samples
-        .iter()
-        .map(|x| {
-            let feed: Vec<(String, Value)> = x.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
-            s.run(&feed, None).unwrap()
-        })
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_tensor().unwrap().to_f64_vec().unwrap()
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-30)
-}
 
 fn run_int8(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json::Value {
     let mut args: Vec<String> = vec![model.display().to_string(), "--precision".into(), "int8".into()];
@@ -81,7 +26,7 @@ fn run_int8(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json
 
 /// Minimum sentence-embedding cosine (output 3) of the artifact against the original.
 fn min_cosine(artifact: &Path) -> f64 {
-    let eval = sentences(24, 2);
+    let eval = samples(24, 2, sentence);
     let want = outputs(&fixture("transformer"), &eval);
     let got = outputs(artifact, &eval);
     want.iter().zip(&got).map(|(w, g)| cosine(&floats(&w[3].1), &floats(&g[3].1))).fold(1.0, f64::min)
@@ -90,7 +35,7 @@ fn min_cosine(artifact: &Path) -> f64 {
 #[test]
 fn transformer_smoothquant_raises_minmax_int8_cosine() {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_npz_folder(&dir.path().join("cal"), &sentences(24, 1));
+    let data = write_samples(&dir.path().join("cal"), &samples(24, 1, sentence));
     let plain_out = dir.path().join("plain");
     // The validation step's default tolerance would refuse the plain artifact: this test
     // measures both itself.
@@ -139,8 +84,8 @@ fn bad_smooth_quant_alpha_and_dynamic_are_refused() {
 #[test]
 fn cnn_tune_keeps_a_form_not_slower_than_fp32() {
     let dir = tempfile::tempdir().unwrap();
-    let samples: Vec<Sample> = (0..12).map(|i| common::fixture_sample("cnn", 100 + i)).collect();
-    let data = write_npz_folder(&dir.path().join("cal"), &samples);
+    let cnn_samples: Vec<_> = (0..12).map(|i| common::fixture_sample("cnn", 100 + i)).collect();
+    let data = write_npz_folder(&dir.path().join("cal"), &cnn_samples);
     let out = dir.path().join("out");
     let stage = run_int8(&fixture("cnn"), &data, &["--tune"], &out);
     let facts = &stage["facts"];
