@@ -17,6 +17,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::data::fixture;
 use common::{assert_ok, optimize, write_npz_folder};
 use kiln_compiler::Tensor;
 use kiln_compiler::execute::load_session;
@@ -27,10 +28,6 @@ use kiln_compiler::runtime::{OrtExecutor, Session, SessionConfig, Value};
 const RATE: f64 = 16_000.0;
 const CHUNK: usize = 512;
 const CONTEXT: usize = 64;
-
-fn fixture(name: &str) -> PathBuf {
-    kiln_fixtures::model(name).expect("fixture missing: run `cargo xtask fixtures`")
-}
 
 /// Two-pole resonator at `f` Hz with bandwidth `bw` Hz, run over `x`.
 fn resonate(x: &[f64], f: f64, bw: f64) -> Vec<f64> {

@@ -6,13 +6,15 @@
 
 mod common;
 
+use common::data::{cosine, floats};
+
 use kiln::compiler::ir::{AttrLookup, Model};
 use kiln::pipeline::{OptLevel, Pipeline, TargetKind};
 use kiln::stages::StageReport;
 use kiln::stages::prune::PruneOptions;
 use kiln_passes::prune::{PruneConfig, mask, prune};
 use kiln_passes::testing::{
-    Tolerance, Value, compare_outputs, count_in, fixture_inputs, fixture_model, max_abs_diff, require_ort, run,
+    Tolerance, compare_outputs, count_in, fixture_inputs, fixture_model, max_abs_diff, require_ort, run,
 };
 use serde_json::Value as Json;
 
@@ -32,22 +34,8 @@ fn fact_u64(r: &StageReport, k: &str) -> u64 {
     r.facts.get(k).and_then(Json::as_u64).unwrap_or_else(|| panic!("fact {k} missing: {:?}", r.facts))
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Tensor(t) => t.to_f64_vec().unwrap(),
-        other => panic!("not a tensor: {other:?}"),
-    }
-}
-
 fn argmax(v: &[f64]) -> usize {
     (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0)
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-30)
 }
 
 /// Accuracy of `candidate` against `reference` on `samples` generated inputs of the fixture:
