@@ -69,9 +69,28 @@ pub enum Decision {
     Float(String),
 }
 
+/// Where the Q/DQ go around weighted ops (Conv, ConvTranspose, MatMul, Gemm): the form the
+/// target fuses into integer kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// ONNX Runtime's node units: a weighted op's inputs and its output are quantized (QLinearConv
+    /// takes and gives integers), element-wise ops too, and every consumer of a quantized tensor
+    /// reads it through a DequantizeLinear.
+    #[default]
+    OutputsAndInputs,
+    /// TensorRT explicit quantization: the inputs of weighted ops are quantized, their outputs
+    /// are not (TensorRT fuses the next Q into the op when a quantized consumer follows, and the
+    /// activation after it into its epilogue); a residual Add fed by a quantized weighted op
+    /// has its other input quantized (the Add fuses into that op); only the consumers that read
+    /// a tensor quantized get a DequantizeLinear, the others keep the float tensor.
+    WeightedInputs,
+}
+
 /// Scheme and selection for static INT8.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Config {
+    /// Where Q/DQ go around weighted ops.
+    pub placement: Placement,
     /// Integer type of activations.
     pub activation: IntType,
     /// Symmetric activations (zero point 0); asymmetric ones use the whole range.
@@ -110,6 +129,7 @@ impl Int8Config {
     pub fn ort_cpu() -> Int8Config {
         let ops = ["Sigmoid", "LeakyRelu", "Softmax", "AveragePool", "GlobalAveragePool"];
         Int8Config {
+            placement: Placement::OutputsAndInputs,
             activation: if cfg!(any(target_arch = "aarch64", target_arch = "arm")) { IntType::S8 } else { IntType::U8 },
             symmetric_activations: false,
             per_channel: true,
@@ -127,10 +147,13 @@ impl Int8Config {
         }
     }
 
-    /// TensorRT: symmetric S8 everywhere; it chooses its own int8 kernels for the rest.
+    /// TensorRT: symmetric S8 everywhere, Q/DQ on the inputs of weighted ops
+    /// ([`Placement::WeightedInputs`]), float biases. Of the ops without a weight only pooling
+    /// runs in int8 there (activations fuse into the weighted op before them).
     pub fn tensorrt() -> Int8Config {
-        let ops = ["Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "AveragePool", "GlobalAveragePool", "Softmax"];
+        let ops = ["AveragePool", "GlobalAveragePool"];
         Int8Config {
+            placement: Placement::WeightedInputs,
             activation: IntType::S8,
             symmetric_activations: true,
             per_channel: true,
