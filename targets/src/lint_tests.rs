@@ -268,6 +268,17 @@ fn residual(quantized: bool) -> Model {
 #[test]
 fn trt_residual_add_needs_its_other_input_quantized() {
     twin(TRT, "unquantized-residual-add", Severity::Warning, &residual(false), &residual(true));
+    // A Conv whose output is read beside the Add cannot take the Add into its epilogue: the
+    // float residual keeps nothing from fusing.
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let xq = b.quantize_input(0.05, 0);
+    let w = b.weight_dq(&[3, 3, 3, 3], 1, Some(0), 0);
+    let y = b.node("Conv", &[xq, w], "conv", vec![Attribute::ints("pads", vec![1, 1, 1, 1])]);
+    let x = b.x;
+    let s = b.op("Add", &[y, x], "residual_add");
+    let shared = b.finish(&[s, y]);
+    assert_runs(&shared);
+    assert_eq!(lint_model(&shared, TRT).rule("unquantized-residual-add").count(), 0);
 }
 
 /// Add(DQ a, b) on CPU: QLinearAdd needs both inputs quantized.
