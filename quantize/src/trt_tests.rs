@@ -211,6 +211,7 @@ fn matmul_attention() -> Model {
     b.output(y);
     let t = b.op("Tanh", &[h], vec![]);
     b.output(t);
+    b.output(h);
     b.model(13)
 }
 
@@ -233,6 +234,9 @@ fn matmul_chain_quantizes_every_matmul_input_and_keeps_float_readers_float() {
     assert_eq!(producer_op(g, softmax.input(0).unwrap()), Some("MatMul"));
     let tanh = nodes(g, "Tanh")[0];
     assert_eq!(producer_op(g, tanh.input(0).unwrap()), Some("Relu"));
+    // h is also a graph output: the Relu still writes it, in float.
+    let h_out = g.outputs().iter().copied().find(|&v| g.value(v).name == "Relu_2_out").unwrap();
+    assert_eq!(producer_op(g, h_out), Some("Relu"));
     assert_close(&m, &q, 4.0);
 
     // Twin: ORT CPU gives every reader of a quantized tensor a DQ, the Tanh too.
@@ -240,4 +244,6 @@ fn matmul_chain_quantizes_every_matmul_input_and_keeps_float_readers_float() {
     let g = cpu.graph.as_ref().unwrap();
     let tanh = nodes(g, "Tanh")[0];
     assert_eq!(producer_op(g, tanh.input(0).unwrap()), Some("DequantizeLinear"));
+    let h_out = g.outputs().iter().copied().find(|&v| g.value(v).name == "Relu_2_out").unwrap();
+    assert_eq!(producer_op(g, h_out), Some("DequantizeLinear"));
 }
