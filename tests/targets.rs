@@ -110,30 +110,45 @@ fn every_fixture_and_target_gives_a_linted_checked_accurate_artifact() {
     onnx_check(&checked);
 }
 
+/// The artifact folder's files by name.
+fn artifact_files(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(out).unwrap() {
+        let e = e.unwrap();
+        files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+    }
+    assert!(files.contains_key("model.onnx") && files.contains_key("manifest.json") && files.contains_key("report.md"));
+    files
+}
+
+/// Same input and options, any thread count, a rerun: the same bytes, for the FP32 rewrite and
+/// for every lowered precision, calibration (statistics merged from parallel observers),
+/// validation and the TensorRT target's files included.
 #[test]
 fn artifacts_are_byte_identical_across_runs_and_threads() {
     let dir = tempfile::tempdir().unwrap();
-    for target in ["cpu", "tensorrt"] {
+    let samples: Vec<_> = (0..12).map(|i| common::fixture_sample("cnn", 200 + i)).collect();
+    let data = common::write_npz_folder(&dir.path().join("data"), &samples);
+    let data = data.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("fp32", "cpu", &[]),
+        ("fp32", "tensorrt", &[]),
+        ("int8", "cpu", &["--precision", "int8", "--data", data]),
+        ("int8", "tensorrt", &["--precision", "int8", "--data", data]),
+        ("fp16", "cuda", &["--precision", "fp16"]),
+    ];
+    for (precision, target, extra) in cases {
         let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
         for (i, threads) in ["1", "2", "4", "1"].iter().enumerate() {
-            let out = dir.path().join(format!("{target}-{i}"));
-            assert_ok(&artifact("cnn", target, &out, &["--threads", threads]));
-            let mut files = BTreeMap::new();
-            for e in std::fs::read_dir(&out).unwrap() {
-                let e = e.unwrap();
-                files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
-            }
-            assert!(
-                files.contains_key("model.onnx")
-                    && files.contains_key("manifest.json")
-                    && files.contains_key("report.md")
-            );
+            let out = dir.path().join(format!("{precision}-{target}-{i}"));
+            assert_ok(&artifact("cnn", target, &out, &[&["--threads", threads][..], extra].concat()));
+            let files = artifact_files(&out);
             match &first {
                 None => first = Some(files),
                 Some(want) => {
                     assert_eq!(files.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
                     for (name, bytes) in want {
-                        assert!(files[name] == *bytes, "{target} --threads {threads}: {name} differs");
+                        assert!(files[name] == *bytes, "{precision} {target} --threads {threads}: {name} differs");
                     }
                 }
             }

@@ -133,8 +133,7 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
     };
 
     let executor = OrtExecutor::new();
-    let session =
-        SessionConfig { optimization: OptLevel::Disabled, intra_threads: cx.threads, ..SessionConfig::default() };
+    let session = SessionConfig::reproducible(OptLevel::Disabled);
     let synthetic;
     let source: Option<&dyn kiln_calibration::SampleSource> = match (&config.method, &cx.calibration) {
         (Method::Rtn, _) => None,
