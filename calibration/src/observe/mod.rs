@@ -23,21 +23,32 @@ pub struct NotFloat {
     pub dtype: DataType,
 }
 
-/// Everything observed of one tensor: the histogram (with exact min/max) and, when asked for,
-/// the moving-average extremes.
+/// Everything observed of one tensor: the exact extremes, the histogram when the method needs
+/// one (or the caller keeps it to re-derive ranges later), and, when asked for, the
+/// moving-average extremes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorObserver {
-    pub histogram: Histogram,
+    pub stats: MinMax,
+    /// `None` for MinMax and moving-average MinMax unless kept: binning costs several times
+    /// what the extremes cost, and those methods only read the extremes.
+    pub histogram: Option<Histogram>,
     pub moving: Option<MovingMinMax>,
 }
 
 impl TensorObserver {
+    /// An observer with a histogram, whatever the method.
     pub fn new(method: &Method) -> TensorObserver {
+        TensorObserver::for_method(method, true)
+    }
+
+    /// An observer with a histogram when `method` needs one or `keep_histogram` is set.
+    pub fn for_method(method: &Method, keep_histogram: bool) -> TensorObserver {
         let moving = match method {
             Method::MovingMinMax { constant } => Some(MovingMinMax::new(*constant)),
             _ => None,
         };
-        TensorObserver { histogram: Histogram::new(), moving }
+        let histogram = (keep_histogram || method.needs_histogram()).then(Histogram::new);
+        TensorObserver { stats: MinMax::new(), histogram, moving }
     }
 
     /// Observes one sample's value of the tensor.
@@ -53,23 +64,22 @@ impl TensorObserver {
         let dtype = t.dtype();
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK * size).collect();
         // Pass 1: extremes per chunk (min/max are order-free, so any reduction order is fine).
-        let stats = chunks
-            .par_iter()
-            .map(|c| {
-                let mut m = MinMax::new();
-                m.add(&decode(dtype, c));
-                m
-            })
-            .reduce(MinMax::new, |mut a, b| {
+        let stats = if chunks.len() == 1 {
+            extremes(dtype, chunks[0])
+        } else {
+            chunks.par_iter().map(|c| extremes(dtype, c)).reduce(MinMax::new, |mut a, b| {
                 a.merge(&b);
                 a
-            });
+            })
+        };
+        self.stats.merge(&stats);
         if let Some(moving) = &mut self.moving {
             moving.update(&stats);
         }
+        let Some(histogram) = &mut self.histogram else { return Ok(()) };
         // Pass 2: bin each chunk into its own counts, then add the counts (integers).
-        self.histogram.grow_to(&stats);
-        let h = &self.histogram;
+        histogram.grow_to(&stats);
+        let h = &*histogram;
         let len = h.counts().len();
         let counts = chunks
             .par_iter()
@@ -85,14 +95,34 @@ impl TensorObserver {
                     a
                 },
             );
-        self.histogram.add_counts(&counts);
+        histogram.add_counts(&counts);
         Ok(())
     }
 
     /// The range `method` gives, or `None` when no finite value was seen.
     pub fn range(&self, method: &Method) -> Option<(f64, f64)> {
-        method.range(&self.histogram, self.moving.as_ref())
+        match &self.histogram {
+            Some(h) => method.range(h, self.moving.as_ref()),
+            None => method.range_without_histogram(&self.stats, self.moving.as_ref()),
+        }
     }
+}
+
+/// The extremes of little-endian float bytes, read in place (no widened copy).
+fn extremes(dtype: DataType, bytes: &[u8]) -> MinMax {
+    let mut m = MinMax::new();
+    match dtype {
+        DataType::F32 => {
+            m.add_iter(bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))))
+        }
+        DataType::F64 => m.add_iter(
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+        ),
+        DataType::F16 => m.add_iter(bytes.chunks_exact(2).map(|b| f64::from(half::f16::from_le_bytes([b[0], b[1]])))),
+        DataType::BF16 => m.add_iter(bytes.chunks_exact(2).map(|b| f64::from(half::bf16::from_le_bytes([b[0], b[1]])))),
+        _ => {}
+    }
+    m
 }
 
 /// Little-endian float bytes widened to f64 (exact for every float type here).
@@ -123,11 +153,31 @@ mod tests {
         o.observe("t", &t).unwrap();
         let mut h = Histogram::new();
         h.add(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
-        assert_eq!(o.histogram, h);
+        assert_eq!(o.histogram.as_ref(), Some(&h));
+        assert_eq!(&o.stats, h.stats());
         let half = Tensor::from_slice(vec![2], &[half::f16::from_f32(1.5), half::f16::from_f32(-2.0)]).unwrap();
         o.observe("t", &half).unwrap();
-        assert_eq!(o.histogram.stats().finite(), 200_002);
+        assert_eq!(o.histogram.as_ref().map(|h| h.stats().finite()), Some(200_002));
         let ints = Tensor::from_slice(vec![1], &[1i64]).unwrap();
         assert!(o.observe("ids", &ints).is_err());
+    }
+
+    #[test]
+    fn minmax_skips_the_histogram_and_gives_the_same_extremes() {
+        let mut v: Vec<f32> = (0..150_000).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 5.0).collect();
+        v.extend([f32::NAN, f32::INFINITY, -0.0]);
+        let t = Tensor::from_slice(vec![v.len()], &v).unwrap();
+        let mut lean = TensorObserver::for_method(&Method::MinMax, false);
+        let mut full = TensorObserver::for_method(&Method::MinMax, true);
+        lean.observe("t", &t).unwrap();
+        full.observe("t", &t).unwrap();
+        assert!(lean.histogram.is_none() && full.histogram.is_some());
+        assert_eq!(lean.stats, full.stats);
+        assert_eq!((lean.stats.nan(), lean.stats.pos_inf()), (1, 1));
+        assert_eq!(lean.range(&Method::MinMax), full.range(&Method::MinMax));
+        assert_eq!(lean.range(&Method::MinMax), Some((-5.0, f64::from(999.0f32 / 37.0 - 5.0))));
+        // The clipping methods always bin, whatever the caller asks.
+        assert!(TensorObserver::for_method(&Method::Entropy, false).histogram.is_some());
+        assert!(TensorObserver::for_method(&Method::Percentile(99.0), false).histogram.is_some());
     }
 }
