@@ -84,6 +84,12 @@ impl MinMax {
         }
     }
 
+    /// Adds `finite` finite values whose extremes are `lo` and `hi` (a caller that scanned
+    /// them itself).
+    pub(crate) fn include_extremes(&mut self, lo: f64, hi: f64, finite: u64) {
+        self.include(lo, hi, finite);
+    }
+
     fn include(&mut self, lo: f64, hi: f64, finite: u64) {
         // `+ 0.0` turns -0.0 into 0.0 and leaves every other value alone.
         let (lo, hi) = (lo + 0.0, hi + 0.0);

@@ -112,9 +112,11 @@ impl TensorObserver {
 fn extremes(dtype: DataType, bytes: &[u8]) -> MinMax {
     let mut m = MinMax::new();
     match dtype {
-        DataType::F32 => {
-            m.add_iter(bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))))
-        }
+        DataType::F32 => match f32_extremes(bytes) {
+            Some((lo, hi, n)) => m.include_extremes(f64::from(lo), f64::from(hi), n),
+            // Non-finite values (or none at all): the counting path.
+            None => m.add_iter(bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))),
+        },
         DataType::F64 => m.add_iter(
             bytes.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
         ),
@@ -123,6 +125,45 @@ fn extremes(dtype: DataType, bytes: &[u8]) -> MinMax {
         _ => {}
     }
     m
+}
+
+/// Lanes of the f32 scan: independent minima and maxima the compiler keeps in vector registers.
+const LANES: usize = 16;
+
+/// Extremes and count of little-endian f32 values when every one is finite; `None` when one is
+/// NaN or infinite (or there are none). Comparisons on finite floats are exact, so the lanes'
+/// order never changes the result; `-0.0` and `0.0` compare equal and the caller folds them.
+fn f32_extremes(bytes: &[u8]) -> Option<(f32, f32, u64)> {
+    let n = bytes.len() / 4;
+    if n == 0 {
+        return None;
+    }
+    let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+    // Exponent bits all set: infinite or NaN.
+    let mut non_finite = [0u32; LANES];
+    let mut blocks = bytes.chunks_exact(4 * LANES);
+    for block in &mut blocks {
+        for (l, b) in block.chunks_exact(4).enumerate() {
+            let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let x = f32::from_bits(bits);
+            non_finite[l] |= u32::from(bits & 0x7f80_0000 == 0x7f80_0000);
+            lo[l] = if x < lo[l] { x } else { lo[l] };
+            hi[l] = if x > hi[l] { x } else { hi[l] };
+        }
+    }
+    for (l, b) in blocks.remainder().chunks_exact(4).enumerate() {
+        let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let x = f32::from_bits(bits);
+        non_finite[l] |= u32::from(bits & 0x7f80_0000 == 0x7f80_0000);
+        lo[l] = if x < lo[l] { x } else { lo[l] };
+        hi[l] = if x > hi[l] { x } else { hi[l] };
+    }
+    if non_finite.iter().any(|&f| f != 0) {
+        return None;
+    }
+    let lo = lo.iter().copied().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
+    let hi = hi.iter().copied().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    Some((lo, hi, n as u64))
 }
 
 /// Little-endian float bytes widened to f64 (exact for every float type here).
@@ -160,6 +201,26 @@ mod tests {
         assert_eq!(o.histogram.as_ref().map(|h| h.stats().finite()), Some(200_002));
         let ints = Tensor::from_slice(vec![1], &[1i64]).unwrap();
         assert!(o.observe("ids", &ints).is_err());
+    }
+
+    #[test]
+    fn the_f32_scan_agrees_with_the_counting_path() {
+        let cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![-0.0],
+            vec![0.0, -0.0, 3.5],
+            (0..1001).map(|i| ((i * 7919) % 997) as f32 / 13.0 - 20.0).collect(),
+            (0..37).map(|i| -(i as f32) - 0.5).collect(),
+            vec![1.0, f32::NAN, -2.0],
+            vec![f32::NEG_INFINITY, 4.0],
+            vec![f32::MAX, f32::MIN, f32::MIN_POSITIVE],
+        ];
+        for v in cases {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut slow = MinMax::new();
+            slow.add(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+            assert_eq!(extremes(DataType::F32, &bytes), slow, "{v:?}");
+        }
     }
 
     #[test]

@@ -162,14 +162,14 @@ impl Session for OrtSession {
             let options = RunOptions::new()
                 .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?
                 .with_outputs(selector);
-            let outputs = session
+            let mut outputs = session
                 .run_with_options(feeds, &options)
                 .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?;
             wanted
                 .iter()
                 .zip(&declared)
                 .map(|(name, ty)| {
-                    let value = outputs.get(name).ok_or_else(|| RuntimeError::Run {
+                    let value = outputs.remove(name).ok_or_else(|| RuntimeError::Run {
                         executor: NAME,
                         message: format!("output `{name}` was not returned"),
                     })?;
@@ -359,19 +359,40 @@ fn tensor_to_ort(name: &str, t: &Tensor) -> Result<DynTensor, RuntimeError> {
     }
 }
 
-fn value_from_ort(name: &str, value: &DynValue) -> Result<Value, RuntimeError> {
+fn value_from_ort(name: &str, value: DynValue) -> Result<Value, RuntimeError> {
     match value.dtype() {
         OrtValueType::Tensor { .. } => Ok(Value::Tensor(tensor_from_ort(name, value)?)),
         OrtValueType::Sequence(_) => {
             let items = value.try_extract_sequence::<DynValueTypeMarker>().map_err(|e| ort_err(name, e))?;
-            items.iter().map(|v| value_from_ort(name, v)).collect::<Result<Vec<_>, _>>().map(Value::Sequence)
+            items.into_iter().map(|v| value_from_ort(name, v)).collect::<Result<Vec<_>, _>>().map(Value::Sequence)
         }
         OrtValueType::Map { .. } => Err(unsupported(name, "map values")),
         OrtValueType::Optional(_) => Err(unsupported(name, "nested optional values")),
     }
 }
 
-fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
+/// An output's memory, kept alive by the ORT value that owns it: outputs become [`Bytes`]
+/// without a copy (calibration reads every activation of every sample).
+struct OrtBuffer {
+    _value: DynValue,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain CPU memory owned by `_value` (itself `Send + Sync`), never
+// written after the run returned it; only shared reads happen through `as_ref`.
+unsafe impl Send for OrtBuffer {}
+unsafe impl Sync for OrtBuffer {}
+
+impl AsRef<[u8]> for OrtBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` CPU-accessible bytes of the tensor `_value` owns (checked
+        // against ORT's size when built); ORT frees them only when the value is released.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+fn tensor_from_ort(name: &str, value: DynValue) -> Result<Tensor, RuntimeError> {
     let OrtValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(unsupported(name, "a non-tensor value"));
     };
@@ -383,32 +404,33 @@ fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError>
     let bad_tensor =
         |e: crate::tensor::TensorError| RuntimeError::Run { executor: NAME, message: format!("output `{name}`: {e}") };
     if dtype == DataType::String {
-        let strings = extract_strings(name, value, &dims)?;
+        let strings = extract_strings(name, &value, &dims)?;
         return Tensor::from_strings(dims, strings).map_err(bad_tensor);
     }
-    let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| ort_err(name, e))?;
-    let count = element_count(&dims).ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
-    let expected = dtype.storage_bytes(count).and_then(|n| usize::try_from(n).ok());
-    let size = tensor.size();
-    let Some(len) = expected.filter(|&n| size == Some(n)) else {
-        return Err(RuntimeError::Run {
-            executor: NAME,
-            message: format!("output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"),
-        });
-    };
-    let mut out = vec![0u8; len];
-    if len > 0 {
-        if !tensor.memory_info().is_cpu_accessible() {
+    let (src, len) = {
+        let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| ort_err(name, e))?;
+        let count = element_count(&dims).ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
+        let expected = dtype.storage_bytes(count).and_then(|n| usize::try_from(n).ok());
+        let size = tensor.size();
+        let Some(len) = expected.filter(|&n| size == Some(n)) else {
+            return Err(RuntimeError::Run {
+                executor: NAME,
+                message: format!("output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"),
+            });
+        };
+        if len > 0 && !tensor.memory_info().is_cpu_accessible() {
             return Err(unsupported(name, "outputs left in device memory"));
         }
-        let src = tensor.data_ptr().cast::<u8>();
-        if src.is_null() {
-            return Err(unsupported(name, "a tensor without data"));
-        }
-        // SAFETY: the tensor is CPU-accessible and holds `len` bytes (checked against ORT's size).
-        unsafe { ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
+        (tensor.data_ptr().cast::<u8>(), len)
+    };
+    if len == 0 {
+        return Tensor::new(dtype, dims, Bytes::new()).map_err(bad_tensor);
     }
-    Tensor::new(dtype, dims, Bytes::from(out)).map_err(bad_tensor)
+    if src.is_null() {
+        return Err(unsupported(name, "a tensor without data"));
+    }
+    let bytes = Bytes::from_owner(OrtBuffer { _value: value, ptr: src, len });
+    Tensor::new(dtype, dims, bytes).map_err(bad_tensor)
 }
 
 /// String elements as raw bytes (ort's own extraction insists on UTF-8).
