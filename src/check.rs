@@ -36,7 +36,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_compiler::DataType;
-use kiln_compiler::execute::load_session;
 use kiln_compiler::inspect::summarize;
 use kiln_compiler::ir::Type;
 use kiln_compiler::metrics::{
@@ -580,7 +579,11 @@ fn load(executor: &dyn Executor, path: &Path, config: &SessionConfig) -> Result<
         })
         .unwrap_or_default();
     let file = model_file(path, &model)?;
-    let session = load_session(executor, &model, path.parent(), config)
+    // The file is run as it is on disk: no second serialization, and the decoded copy is
+    // gone before the runtime holds its own.
+    drop(model);
+    let session = executor
+        .load_file(path, config)
         .map_err(|source| CheckError::Runtime { context: path.display().to_string(), source })?;
     Ok((Loaded { file, session }, inputs))
 }

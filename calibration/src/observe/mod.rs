@@ -131,39 +131,40 @@ fn extremes(dtype: DataType, bytes: &[u8]) -> MinMax {
 const LANES: usize = 16;
 
 /// Extremes and count of little-endian f32 values when every one is finite; `None` when one is
-/// NaN or infinite (or there are none). Comparisons on finite floats are exact, so the lanes'
-/// order never changes the result; `-0.0` and `0.0` compare equal and the caller folds them.
+/// NaN or infinite, there are none, or the bytes are not 4-aligned (the caller then takes the
+/// counting path). Comparisons on finite floats are exact, so the lanes' order never changes
+/// the result; `-0.0` and `0.0` compare equal and the caller folds them.
 fn f32_extremes(bytes: &[u8]) -> Option<(f32, f32, u64)> {
-    let n = bytes.len() / 4;
-    if n == 0 {
+    // SAFETY: every bit pattern is a valid u32; `align_to` only reinterprets the aligned middle.
+    let (head, words, tail) = unsafe { bytes.align_to::<u32>() };
+    if !head.is_empty() || !tail.is_empty() || words.is_empty() {
         return None;
     }
     let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
     // Exponent bits all set: infinite or NaN.
     let mut non_finite = [0u32; LANES];
-    let mut blocks = bytes.chunks_exact(4 * LANES);
-    for block in &mut blocks {
-        for (l, b) in block.chunks_exact(4).enumerate() {
-            let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            let x = f32::from_bits(bits);
-            non_finite[l] |= u32::from(bits & 0x7f80_0000 == 0x7f80_0000);
-            lo[l] = if x < lo[l] { x } else { lo[l] };
-            hi[l] = if x > hi[l] { x } else { hi[l] };
-        }
-    }
-    for (l, b) in blocks.remainder().chunks_exact(4).enumerate() {
-        let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut step = |l: usize, w: u32| {
+        let bits = u32::from_le(w);
         let x = f32::from_bits(bits);
         non_finite[l] |= u32::from(bits & 0x7f80_0000 == 0x7f80_0000);
         lo[l] = if x < lo[l] { x } else { lo[l] };
         hi[l] = if x > hi[l] { x } else { hi[l] };
+    };
+    let mut blocks = words.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (l, &w) in block.iter().enumerate() {
+            step(l, w);
+        }
+    }
+    for (l, &w) in blocks.remainder().iter().enumerate() {
+        step(l, w);
     }
     if non_finite.iter().any(|&f| f != 0) {
         return None;
     }
     let lo = lo.iter().copied().fold(f32::INFINITY, |a, b| if b < a { b } else { a });
     let hi = hi.iter().copied().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-    Some((lo, hi, n as u64))
+    Some((lo, hi, words.len() as u64))
 }
 
 /// Little-endian float bytes widened to f64 (exact for every float type here).

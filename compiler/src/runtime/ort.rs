@@ -48,35 +48,47 @@ impl Executor for OrtExecutor {
     }
 
     fn load(&self, model: ModelSource<'_>, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
-        let runtime = discovery::runtime()?;
-        let built = catch_unwind(AssertUnwindSafe(|| -> Result<OrtSession, RuntimeError> {
-            let builder = ::ort::session::Session::builder(&runtime.env).map_err(|e| config_err(e.message()))?;
-            let mut builder = configure(builder, model, config)?;
-            let session = builder
-                .commit_from_memory(model.bytes)
-                .map_err(|e| RuntimeError::ModelRejected { executor: NAME, message: e.message().to_string() })?;
-            let inputs = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-            let outputs = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-            Ok(OrtSession { session, inputs, outputs })
-        }));
-        match built {
-            Ok(session) => Ok(Box::new(session?)),
-            Err(payload) => Err(RuntimeError::Panic {
-                executor: NAME,
-                during: "loading the model".into(),
-                message: panic_message(payload.as_ref()),
-            }),
-        }
+        build(config, model.base_dir, |builder| builder.commit_from_memory(model.bytes))
+    }
+
+    /// ONNX Runtime reads the file itself (and its external data from the file's folder).
+    fn load_file(&self, path: &std::path::Path, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
+        build(config, None, |builder| builder.commit_from_file(path))
     }
 }
 
+/// A session from a configured builder and a way to commit it (from memory or a file).
+fn build(
+    config: &SessionConfig,
+    base_dir: Option<&std::path::Path>,
+    commit: impl FnOnce(&mut SessionBuilder) -> ::ort::Result<::ort::session::Session>,
+) -> Result<Box<dyn Session>, RuntimeError> {
+    let runtime = discovery::runtime()?;
+    let built = catch_unwind(AssertUnwindSafe(|| -> Result<OrtSession, RuntimeError> {
+        let builder = ::ort::session::Session::builder(&runtime.env).map_err(|e| config_err(e.message()))?;
+        let mut builder = configure(builder, base_dir, config)?;
+        let session = commit(&mut builder)
+            .map_err(|e| RuntimeError::ModelRejected { executor: NAME, message: e.message().to_string() })?;
+        let inputs = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+        let outputs = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+        Ok(OrtSession { session, inputs, outputs })
+    }));
+    match built {
+        Ok(session) => Ok(Box::new(session?)),
+        Err(payload) => Err(RuntimeError::Panic {
+            executor: NAME,
+            during: "loading the model".into(),
+            message: panic_message(payload.as_ref()),
+        }),
+    }
+}
 fn config_err(message: &str) -> RuntimeError {
     RuntimeError::Config { executor: NAME, message: message.to_string() }
 }
 
 fn configure(
     builder: SessionBuilder,
-    model: ModelSource<'_>,
+    base_dir: Option<&std::path::Path>,
     config: &SessionConfig,
 ) -> Result<SessionBuilder, RuntimeError> {
     let level = match config.optimization {
@@ -90,7 +102,7 @@ fn configure(
     if let Some(n) = config.intra_threads {
         builder = builder.with_intra_threads(n).map_err(|e| config_err(e.message()))?;
     }
-    if let Some(dir) = model.base_dir {
+    if let Some(dir) = base_dir {
         let dir = dir
             .to_str()
             .ok_or_else(|| config_err(&format!("external data folder {} is not valid UTF-8", dir.display())))?;
