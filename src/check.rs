@@ -661,8 +661,15 @@ impl Check {
         candidate: &Path,
         config: &SessionConfig,
     ) -> Result<Check, CheckError> {
-        let (reference, input_types) = load(executor, reference, config)?;
-        let (candidate, _) = load(executor, candidate, config)?;
+        // Both loads at once: each is mostly the runtime's graph optimization, single-threaded.
+        let (reference, candidate) = std::thread::scope(|s| {
+            let other = s.spawn(|| load(executor, candidate, config));
+            let reference = load(executor, reference, config);
+            let candidate = other.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+            (reference, candidate)
+        });
+        let (reference, input_types) = reference?;
+        let (candidate, _) = candidate?;
         let mut problems = compare_io("input", reference.session.inputs(), candidate.session.inputs(), false);
         problems.extend(compare_io("output", reference.session.outputs(), candidate.session.outputs(), true));
         if !problems.is_empty() {
