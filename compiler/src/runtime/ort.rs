@@ -675,6 +675,31 @@ mod tests {
     }
 
     #[test]
+    fn files_load_with_their_external_data_and_outputs_outlive_the_session() {
+        require_ort();
+        let dir = tempfile::tempdir().unwrap();
+        let w = [10.0f32, 20.0, 30.0];
+        std::fs::write(dir.path().join("w.bin"), w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, binary_model("Mul", &w, Some("w.bin"))).unwrap();
+        let mut session = OrtExecutor.load_file(&path, &SessionConfig::default()).unwrap();
+        let x = Tensor::from_slice(vec![3], &[1.0f32, 2.0, 3.0]).unwrap();
+        let first = session.run(&[("x".into(), x.clone().into())], None).unwrap();
+        let second = session.run(&[("x".into(), x.into())], None).unwrap();
+        // Outputs are the runtime's buffers: each run's are its own, and they stay readable
+        // after the session is gone.
+        drop(session);
+        for out in [&first, &second] {
+            assert_eq!(out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(), vec![10.0, 40.0, 90.0]);
+        }
+        let (a, b) = (first[0].1.as_tensor().unwrap(), second[0].1.as_tensor().unwrap());
+        assert_ne!(a.bytes().unwrap().as_ptr(), b.bytes().unwrap().as_ptr());
+
+        let missing = OrtExecutor.load_file(&dir.path().join("none.onnx"), &SessionConfig::default()).err().unwrap();
+        assert!(matches!(missing, RuntimeError::ModelRejected { .. }), "{missing}");
+    }
+
+    #[test]
     fn strings_keep_their_bytes() {
         // StringConcat does not insist on UTF-8, so raw bytes must come back as they went in.
         let (model, _) = read_case("test_string_concat");
