@@ -59,9 +59,10 @@ impl Default for CollectOptions {
             tensors: None,
             group_size: usize::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
-            // Observation runs in parallel over tensors, so a small batch costs no speed and
-            // leaves more of the budget to one session's tensors.
-            batch: 4,
+            // Observation runs in parallel over tensors, so one sample at a time costs no
+            // speed, leaves the whole budget to one session's tensors, and holds the fewest
+            // runtime outputs at once (on the cnn fixture, 52 MB peak against 85 MB at 4).
+            batch: 1,
             keep_histograms: false,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
         }

@@ -85,7 +85,13 @@ impl TensorObserver {
             .par_iter()
             .map(|c| {
                 let mut counts = vec![0u64; len];
-                h.bin_into(&decode(dtype, c), &mut counts);
+                match dtype {
+                    DataType::F32 => h.bin_iter_into(
+                        c.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                        &mut counts,
+                    ),
+                    _ => h.bin_into(&decode(dtype, c), &mut counts),
+                }
                 counts
             })
             .reduce(
