@@ -36,7 +36,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_compiler::DataType;
-use kiln_compiler::execute::load_session;
 use kiln_compiler::inspect::summarize;
 use kiln_compiler::ir::Type;
 use kiln_compiler::metrics::{
@@ -580,7 +579,11 @@ fn load(executor: &dyn Executor, path: &Path, config: &SessionConfig) -> Result<
         })
         .unwrap_or_default();
     let file = model_file(path, &model)?;
-    let session = load_session(executor, &model, path.parent(), config)
+    // The file is run as it is on disk: no second serialization, and the decoded copy is
+    // gone before the runtime holds its own.
+    drop(model);
+    let session = executor
+        .load_file(path, config)
         .map_err(|source| CheckError::Runtime { context: path.display().to_string(), source })?;
     Ok((Loaded { file, session }, inputs))
 }
@@ -658,8 +661,15 @@ impl Check {
         candidate: &Path,
         config: &SessionConfig,
     ) -> Result<Check, CheckError> {
-        let (reference, input_types) = load(executor, reference, config)?;
-        let (candidate, _) = load(executor, candidate, config)?;
+        // Both loads at once: each is mostly the runtime's graph optimization, single-threaded.
+        let (reference, candidate) = std::thread::scope(|s| {
+            let other = s.spawn(|| load(executor, candidate, config));
+            let reference = load(executor, reference, config);
+            let candidate = other.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+            (reference, candidate)
+        });
+        let (reference, input_types) = reference?;
+        let (candidate, _) = candidate?;
         let mut problems = compare_io("input", reference.session.inputs(), candidate.session.inputs(), false);
         problems.extend(compare_io("output", reference.session.outputs(), candidate.session.outputs(), true));
         if !problems.is_empty() {

@@ -42,6 +42,10 @@ pub struct CollectOptions {
     pub memory_budget: u64,
     /// Samples observed together.
     pub batch: usize,
+    /// Bin every tensor even when the method reads only the extremes (MinMax), so the ranges
+    /// can later be re-derived with another method or merged with histogram ranges (ranges
+    /// files). Off, MinMax costs a fraction of the time.
+    pub keep_histograms: bool,
     pub session: SessionConfig,
 }
 
@@ -55,9 +59,11 @@ impl Default for CollectOptions {
             tensors: None,
             group_size: usize::MAX,
             memory_budget: DEFAULT_MEMORY_BUDGET,
-            // Observation runs in parallel over tensors, so a small batch costs no speed and
-            // leaves more of the budget to one session's tensors.
-            batch: 4,
+            // Observation runs in parallel over tensors, so one sample at a time costs no
+            // speed, leaves the whole budget to one session's tensors, and holds the fewest
+            // runtime outputs at once (on the cnn fixture, 52 MB peak against 85 MB at 4).
+            batch: 1,
+            keep_histograms: false,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
         }
     }
@@ -194,7 +200,7 @@ pub fn collect(
         if !listed.insert(name.clone()) {
             continue;
         }
-        let observer = TensorObserver::new(&options.method);
+        let observer = TensorObserver::for_method(&options.method, options.keep_histograms);
         if let Some(outer) = lifted.get(&name) {
             run_names.push(outer.clone());
             from_nodes.push((name, observer));

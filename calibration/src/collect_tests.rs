@@ -44,6 +44,28 @@ fn activations_are_listed_and_observed() {
     assert_eq!(collect(&OrtExecutor::new(), &model, None, &src, &one_group).unwrap(), r);
 }
 
+#[test]
+fn minmax_collects_extremes_only_unless_histograms_are_kept() {
+    let model = tiny();
+    let inputs = model_inputs(&model).unwrap();
+    let mut spec = SyntheticSpec { samples: 6, seed: 5, ..Default::default() };
+    spec.dims.insert("n".into(), 300);
+    let src = Synthetic::new(&inputs, &spec).unwrap();
+    let lean = collect(&OrtExecutor::new(), &model, None, &src, &CollectOptions::default()).unwrap();
+    let kept = CollectOptions { keep_histograms: true, batch: 5, ..Default::default() };
+    let full = collect(&OrtExecutor::new(), &model, None, &src, &kept).unwrap();
+    assert!(lean.tensors.values().all(|t| t.histogram.is_none()));
+    assert!(full.tensors.values().all(|t| t.histogram.is_some()));
+    for name in ["x", "r", "y"] {
+        assert_eq!(lean.range(name), full.range(name), "{name}");
+    }
+    // Histogram methods bin whatever the option says.
+    let entropy = CollectOptions { method: Method::Entropy, ..Default::default() };
+    let e = collect(&OrtExecutor::new(), &model, None, &src, &entropy).unwrap();
+    assert!(e.tensors.values().all(|t| t.histogram.is_some()));
+    assert_eq!(full.with_method(Method::Entropy).unwrap(), e);
+}
+
 /// y = If(max(x) > threshold) { t = x * 3; If(same cond) { t + 1 } else { t } } else { x * -2 }.
 fn branchy(threshold: f32) -> Model {
     let f32_n = || Some(Type::tensor(TensorType::new(DataType::F32, Some(vec![Dim::symbol("n")]))));

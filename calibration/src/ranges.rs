@@ -29,7 +29,10 @@ pub struct TensorRange {
     /// The chosen range; `None` when the tensor never held a finite value.
     pub min: Option<f64>,
     pub max: Option<f64>,
-    pub histogram: Histogram,
+    /// `None` when collected without one (MinMax for the quantizer): such ranges merge with
+    /// each other but cannot be re-derived with another method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<Histogram>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<MovingMinMax>,
 }
@@ -38,11 +41,23 @@ impl TensorRange {
     /// The range from observed statistics.
     pub fn new(method: Method, histogram: Histogram, moving: Option<MovingMinMax>) -> TensorRange {
         let range = method.range(&histogram, moving.as_ref());
-        TensorRange { method, min: range.map(|r| r.0), max: range.map(|r| r.1), histogram, moving }
+        TensorRange { method, min: range.map(|r| r.0), max: range.map(|r| r.1), histogram: Some(histogram), moving }
     }
 
     pub fn from_observer(method: Method, o: TensorObserver) -> TensorRange {
-        TensorRange::new(method, o.histogram, o.moving)
+        match o.histogram {
+            Some(h) => TensorRange::new(method, h, o.moving),
+            None => {
+                let range = method.range_without_histogram(&o.stats, o.moving.as_ref());
+                TensorRange {
+                    method,
+                    min: range.map(|r| r.0),
+                    max: range.map(|r| r.1),
+                    histogram: None,
+                    moving: o.moving,
+                }
+            }
+        }
     }
 
     /// `(min, max)`, when the tensor held finite values.
@@ -64,6 +79,8 @@ pub enum RangesError {
     DifferentMethod { tensor: String, first: Method, second: Method },
     #[error("{method} depends on the order of the samples, so its ranges cannot be merged; calibrate in one run")]
     NotMergeable { method: Method },
+    #[error("tensor `{tensor}` was calibrated without a histogram; calibrate again keeping histograms")]
+    NoHistogram { tensor: String },
 }
 
 fn describe_difference(a: &[String], b: &[String]) -> String {
@@ -104,13 +121,17 @@ impl Ranges {
     /// The same statistics with ranges chosen by another method.
     pub fn with_method(&self, method: Method) -> Result<Ranges, RangesError> {
         let mut out = self.clone();
-        for t in out.tensors.values_mut() {
+        for (name, t) in out.tensors.iter_mut() {
             if method.is_mergeable() != t.method.is_mergeable() || !method.is_mergeable() && method != t.method {
                 return Err(RangesError::NotMergeable {
                     method: if method.is_mergeable() { t.method } else { method },
                 });
             }
-            *t = TensorRange::new(method, t.histogram.clone(), t.moving.clone());
+            match &t.histogram {
+                Some(h) => *t = TensorRange::new(method, h.clone(), t.moving.clone()),
+                None if method == t.method => {}
+                None => return Err(RangesError::NoHistogram { tensor: name.clone() }),
+            }
         }
         Ok(out)
     }
@@ -132,9 +153,24 @@ impl Ranges {
             if !x.method.is_mergeable() {
                 return Err(RangesError::NotMergeable { method: x.method });
             }
-            let mut h = x.histogram.clone();
-            h.merge(&y.histogram);
-            tensors.insert(name.clone(), TensorRange::new(x.method, h, None));
+            let merged = match (&x.histogram, &y.histogram) {
+                (Some(hx), Some(hy)) => {
+                    let mut h = hx.clone();
+                    h.merge(hy);
+                    TensorRange::new(x.method, h, None)
+                }
+                // Only MinMax is collected without a histogram: extremes merge exactly.
+                (None, None) if x.method == Method::MinMax => {
+                    let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
+                        (Some(a), Some(b)) => Some(f(a, b)),
+                        (a, b) => a.or(b),
+                    };
+                    let (min, max) = (pick(x.min, y.min, f64::min), pick(x.max, y.max, f64::max));
+                    TensorRange { method: x.method, min, max, histogram: None, moving: None }
+                }
+                _ => return Err(RangesError::NoHistogram { tensor: name.clone() }),
+            };
+            tensors.insert(name.clone(), merged);
         }
         Ok(Ranges::new(a.samples + b.samples, tensors))
     }
@@ -192,5 +228,28 @@ mod tests {
         assert!(matches!(Ranges::merge(&moving, &moving), Err(RangesError::NotMergeable { .. })));
         let re = ranges(&v, Method::MinMax).with_method(Method::Entropy).unwrap();
         assert_eq!(re.to_json(), ranges(&v, Method::Entropy).to_json());
+    }
+
+    /// MinMax ranges as the quantizer collects them: extremes only.
+    fn lean(values: &[f64]) -> Ranges {
+        let mut r = ranges(values, Method::MinMax);
+        r.tensors.values_mut().for_each(|t| t.histogram = None);
+        r
+    }
+
+    #[test]
+    fn ranges_without_histograms_merge_as_minmax_only() {
+        let v: Vec<f64> = (0..3000).map(|i| ((i * 37) % 101) as f64 / 7.0 - 3.0).collect();
+        let (x, y) = v.split_at(1234);
+        let merged = Ranges::merge(&lean(x), &lean(y)).unwrap();
+        assert_eq!(merged.to_json(), lean(&v).to_json());
+        assert_eq!(merged.range("a"), ranges(&v, Method::MinMax).range("a"));
+        assert!(!merged.to_json().contains("histogram"), "no empty histogram is written");
+        assert_eq!(Ranges::from_json(&merged.to_json()).unwrap(), merged);
+        let e = Ranges::merge(&lean(x), &ranges(y, Method::MinMax)).unwrap_err();
+        assert!(matches!(e, RangesError::NoHistogram { .. }), "{e}");
+        let e = lean(&v).with_method(Method::Entropy).unwrap_err();
+        assert!(matches!(e, RangesError::NoHistogram { .. }), "{e}");
+        assert_eq!(lean(&v).with_method(Method::MinMax).unwrap(), lean(&v));
     }
 }

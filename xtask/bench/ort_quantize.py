@@ -1,7 +1,7 @@
 """INT8 peer for `cargo xtask bench`: ONNX Runtime's own quantization tool.
 
-    python ort_quantize.py static IN.onnx OUT.onnx DATA_DIR
-    python ort_quantize.py static-no-preprocess IN.onnx OUT.onnx DATA_DIR
+    python ort_quantize.py static IN.onnx OUT.onnx DATA_DIR [minmax|percentile|entropy]
+    python ort_quantize.py static-no-preprocess IN.onnx OUT.onnx DATA_DIR [minmax|percentile|entropy]
     python ort_quantize.py dynamic IN.onnx OUT.onnx
 
 `static` and `dynamic` run `quant_pre_process` first (symbolic shape inference, ORT's basic
@@ -13,7 +13,9 @@ attribute opset 11 does not have, and ONNX Runtime refuses to load the result.
 
 `static`: `quantize_static` in QDQ format, per-channel S8 weights, U8 activations, MinMax
 calibration over every `.npz` sample of DATA_DIR (keys = input names, the samples Kiln is
-given): the scheme Kiln emits for ORT CPU on x86.
+given): the scheme Kiln emits for ORT CPU on x86. The optional last argument picks ORT's
+calibrator instead: `percentile` (its default, 99.999) or `entropy`; both keep every
+activation of every sample in memory before building their histograms.
 
 `dynamic`: `quantize_dynamic`, per-channel S8 weights, activations quantized at run time; the
 tool's default operator set (it quantizes more than MatMul).
@@ -78,9 +80,20 @@ def preprocess(model_in, tmp):
     return out
 
 
+CALIBRATORS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+
+
 def main(argv):
-    if len(argv) == 4 and argv[0] in ("static", "static-no-preprocess"):
-        model_in, model_out, data_dir = (os.path.abspath(a) for a in argv[1:])
+    if len(argv) in (4, 5) and argv[0] in ("static", "static-no-preprocess"):
+        method = CALIBRATORS.get(argv[4] if len(argv) == 5 else "minmax")
+        if method is None:
+            print(f"unknown calibrator {argv[4]!r}; expected one of {', '.join(CALIBRATORS)}", file=sys.stderr)
+            return 2
+        model_in, model_out, data_dir = (os.path.abspath(a) for a in argv[1:4])
         with tempfile.TemporaryDirectory() as tmp:
             os.chdir(tmp)  # the tools leave temporary files in the working directory
             pre = preprocess(model_in, tmp) if argv[0] == "static" else model_in
@@ -92,7 +105,7 @@ def main(argv):
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=method,
             )
         return 0
     if len(argv) == 3 and argv[0] == "dynamic":

@@ -40,6 +40,14 @@ fn width(e: i32) -> f64 {
     f64::from_bits(((1023 + e) as u64) << 52)
 }
 
+/// `floor(y)` for `|y| < 2^62`, without a libm call (baseline x86-64 has no rounding
+/// instruction): truncation, one lower when that rounded up. Bin indices of values inside a
+/// histogram's span are at most `MAX_BINS` from zero, far inside that range.
+fn floor_small(y: f64) -> i64 {
+    let t = y as i64;
+    if (t as f64) > y { t - 1 } else { t }
+}
+
 fn bin_of(x: f64, e: i32) -> i64 {
     (x * inv_width(e)).floor() as i64
 }
@@ -158,11 +166,15 @@ impl Histogram {
     /// Counts finite `values` into `counts` (laid out like this histogram's). Every value must
     /// lie within the extremes given to [`Histogram::grow_to`].
     pub(crate) fn bin_into(&self, values: &[f64], counts: &mut [u64]) {
+        self.bin_iter_into(values.iter().copied(), counts);
+    }
+
+    /// [`Histogram::bin_into`] over values as they are produced (no widened copy).
+    pub(crate) fn bin_iter_into(&self, values: impl Iterator<Item = f64>, counts: &mut [u64]) {
         let (first, inv) = (self.first, inv_width(self.exp));
-        for &x in values {
+        for x in values {
             if x.is_finite() {
-                let k = (x * inv).floor() as i64;
-                counts[(k - first) as usize] += 1;
+                counts[(floor_small(x * inv) - first) as usize] += 1;
             }
         }
     }
@@ -290,6 +302,17 @@ mod tests {
             h.add(c);
         }
         h
+    }
+
+    #[test]
+    fn floor_small_is_floor() {
+        let mut ys = vec![0.0, -0.0, 1.0, -1.0, 2047.999999, -2048.0, -2048.5, 0.5, -0.5, 1e-300, -1e-300];
+        ys.extend((0..10_000).map(|i| (i as f64 - 5000.0) * 0.37));
+        ys.extend([f64::from(f32::MAX) * 2f64.powi(-120), -(2f64.powi(61)) - 0.5]);
+        for y in ys {
+            assert_eq!(floor_small(y), y.floor() as i64, "{y}");
+        }
+        assert_ne!(floor_small(-0.5), (-0.5f64) as i64, "truncation alone would be wrong here");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::histogram::Histogram;
-use super::minmax::MovingMinMax;
+use super::minmax::{MinMax, MovingMinMax};
 
 /// How a tensor's range is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,6 +59,22 @@ impl Method {
     /// Whether results merge exactly across shards.
     pub fn is_mergeable(&self) -> bool {
         !matches!(self, Method::MovingMinMax { .. })
+    }
+
+    /// Whether the range is chosen from a histogram (MinMax and its moving average read only
+    /// the extremes).
+    pub fn needs_histogram(&self) -> bool {
+        !matches!(self, Method::MinMax | Method::MovingMinMax { .. })
+    }
+
+    /// The range from the extremes alone: exact for the methods that do not need a histogram;
+    /// the others have nothing to clip by and give `None`.
+    pub fn range_without_histogram(&self, stats: &MinMax, moving: Option<&MovingMinMax>) -> Option<(f64, f64)> {
+        match *self {
+            Method::MinMax => Some((stats.min()?, stats.max()?)),
+            Method::MovingMinMax { .. } => Some((moving?.min()?, moving?.max()?)),
+            _ => None,
+        }
     }
 
     /// The range of a tensor, or `None` when it had no finite value.

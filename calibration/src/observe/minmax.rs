@@ -59,9 +59,14 @@ impl MinMax {
     }
 
     pub fn add(&mut self, values: &[f64]) {
+        self.add_iter(values.iter().copied());
+    }
+
+    /// Adds values as they are produced (no buffer of them is needed).
+    pub fn add_iter(&mut self, values: impl Iterator<Item = f64>) {
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         let mut finite = 0u64;
-        for &x in values {
+        for x in values {
             if x.is_finite() {
                 lo = lo.min(x);
                 hi = hi.max(x);
@@ -77,6 +82,12 @@ impl MinMax {
         if finite > 0 {
             self.include(lo, hi, finite);
         }
+    }
+
+    /// Adds `finite` finite values whose extremes are `lo` and `hi` (a caller that scanned
+    /// them itself).
+    pub(crate) fn include_extremes(&mut self, lo: f64, hi: f64, finite: u64) {
+        self.include(lo, hi, finite);
     }
 
     fn include(&mut self, lo: f64, hi: f64, finite: u64) {

@@ -7,7 +7,7 @@ mod import;
 pub mod proto;
 mod tensor_codec;
 mod value;
-mod write;
+pub(crate) mod write;
 
 pub use error::OnnxError;
 pub use export::{ExternalData, PROTOBUF_LIMIT, SaveOptions, SaveReport, encode_model, model_to_proto, save_model};

@@ -123,6 +123,19 @@ pub fn write_tensor_bytes(f: &mut AtomicFile, t: &Tensor) -> Result<(), OnnxErro
     }
 }
 
+/// Encodes a message straight into a writer through a fixed buffer (never the whole message in
+/// memory); returns the bytes written.
+pub(crate) fn encode_into<W: Write, M: Message>(out: &mut W, m: &M) -> std::io::Result<u64> {
+    let mut sink = StreamBuf { out, buf: Vec::with_capacity(CHUNK), error: None, written: 0 };
+    // The sink never runs out of room (`remaining_mut` is unbounded), so encoding cannot fail.
+    let _ = m.encode(&mut sink);
+    sink.flush();
+    match sink.error {
+        Some(e) => Err(e),
+        None => Ok(sink.written),
+    }
+}
+
 /// A `BufMut` that streams to a writer through a fixed buffer and remembers the first error.
 struct StreamBuf<'a, W: Write> {
     out: &'a mut W,

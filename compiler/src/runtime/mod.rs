@@ -287,6 +287,17 @@ pub trait Executor: Send + Sync {
     /// Short name used in reports and errors (`onnxruntime`, `tract`).
     fn name(&self) -> &'static str;
     fn load(&self, model: ModelSource<'_>, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError>;
+
+    /// Loads a model file as it is on disk (external data next to it): a model that needs no
+    /// rewriting is not decoded and serialized again just to be run. The default reads the
+    /// file into memory; an executor that can read files itself does so without that copy.
+    fn load_file(&self, path: &std::path::Path, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::ModelRejected {
+            executor: self.name(),
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        self.load(ModelSource { bytes: &bytes, base_dir: path.parent() }, config)
+    }
 }
 
 /// A loaded model. `run` takes `&mut self` because ONNX Runtime's `Run` is not safe to call

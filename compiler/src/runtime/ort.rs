@@ -48,35 +48,47 @@ impl Executor for OrtExecutor {
     }
 
     fn load(&self, model: ModelSource<'_>, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
-        let runtime = discovery::runtime()?;
-        let built = catch_unwind(AssertUnwindSafe(|| -> Result<OrtSession, RuntimeError> {
-            let builder = ::ort::session::Session::builder(&runtime.env).map_err(|e| config_err(e.message()))?;
-            let mut builder = configure(builder, model, config)?;
-            let session = builder
-                .commit_from_memory(model.bytes)
-                .map_err(|e| RuntimeError::ModelRejected { executor: NAME, message: e.message().to_string() })?;
-            let inputs = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-            let outputs = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-            Ok(OrtSession { session, inputs, outputs })
-        }));
-        match built {
-            Ok(session) => Ok(Box::new(session?)),
-            Err(payload) => Err(RuntimeError::Panic {
-                executor: NAME,
-                during: "loading the model".into(),
-                message: panic_message(payload.as_ref()),
-            }),
-        }
+        build(config, model.base_dir, |builder| builder.commit_from_memory(model.bytes))
+    }
+
+    /// ONNX Runtime reads the file itself (and its external data from the file's folder).
+    fn load_file(&self, path: &std::path::Path, config: &SessionConfig) -> Result<Box<dyn Session>, RuntimeError> {
+        build(config, None, |builder| builder.commit_from_file(path))
     }
 }
 
+/// A session from a configured builder and a way to commit it (from memory or a file).
+fn build(
+    config: &SessionConfig,
+    base_dir: Option<&std::path::Path>,
+    commit: impl FnOnce(&mut SessionBuilder) -> ::ort::Result<::ort::session::Session>,
+) -> Result<Box<dyn Session>, RuntimeError> {
+    let runtime = discovery::runtime()?;
+    let built = catch_unwind(AssertUnwindSafe(|| -> Result<OrtSession, RuntimeError> {
+        let builder = ::ort::session::Session::builder(&runtime.env).map_err(|e| config_err(e.message()))?;
+        let mut builder = configure(builder, base_dir, config)?;
+        let session = commit(&mut builder)
+            .map_err(|e| RuntimeError::ModelRejected { executor: NAME, message: e.message().to_string() })?;
+        let inputs = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+        let outputs = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+        Ok(OrtSession { session, inputs, outputs })
+    }));
+    match built {
+        Ok(session) => Ok(Box::new(session?)),
+        Err(payload) => Err(RuntimeError::Panic {
+            executor: NAME,
+            during: "loading the model".into(),
+            message: panic_message(payload.as_ref()),
+        }),
+    }
+}
 fn config_err(message: &str) -> RuntimeError {
     RuntimeError::Config { executor: NAME, message: message.to_string() }
 }
 
 fn configure(
     builder: SessionBuilder,
-    model: ModelSource<'_>,
+    base_dir: Option<&std::path::Path>,
     config: &SessionConfig,
 ) -> Result<SessionBuilder, RuntimeError> {
     let level = match config.optimization {
@@ -90,7 +102,7 @@ fn configure(
     if let Some(n) = config.intra_threads {
         builder = builder.with_intra_threads(n).map_err(|e| config_err(e.message()))?;
     }
-    if let Some(dir) = model.base_dir {
+    if let Some(dir) = base_dir {
         let dir = dir
             .to_str()
             .ok_or_else(|| config_err(&format!("external data folder {} is not valid UTF-8", dir.display())))?;
@@ -162,14 +174,14 @@ impl Session for OrtSession {
             let options = RunOptions::new()
                 .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?
                 .with_outputs(selector);
-            let outputs = session
+            let mut outputs = session
                 .run_with_options(feeds, &options)
                 .map_err(|e| RuntimeError::Run { executor: NAME, message: e.message().to_string() })?;
             wanted
                 .iter()
                 .zip(&declared)
                 .map(|(name, ty)| {
-                    let value = outputs.get(name).ok_or_else(|| RuntimeError::Run {
+                    let value = outputs.remove(name).ok_or_else(|| RuntimeError::Run {
                         executor: NAME,
                         message: format!("output `{name}` was not returned"),
                     })?;
@@ -359,19 +371,40 @@ fn tensor_to_ort(name: &str, t: &Tensor) -> Result<DynTensor, RuntimeError> {
     }
 }
 
-fn value_from_ort(name: &str, value: &DynValue) -> Result<Value, RuntimeError> {
+fn value_from_ort(name: &str, value: DynValue) -> Result<Value, RuntimeError> {
     match value.dtype() {
         OrtValueType::Tensor { .. } => Ok(Value::Tensor(tensor_from_ort(name, value)?)),
         OrtValueType::Sequence(_) => {
             let items = value.try_extract_sequence::<DynValueTypeMarker>().map_err(|e| ort_err(name, e))?;
-            items.iter().map(|v| value_from_ort(name, v)).collect::<Result<Vec<_>, _>>().map(Value::Sequence)
+            items.into_iter().map(|v| value_from_ort(name, v)).collect::<Result<Vec<_>, _>>().map(Value::Sequence)
         }
         OrtValueType::Map { .. } => Err(unsupported(name, "map values")),
         OrtValueType::Optional(_) => Err(unsupported(name, "nested optional values")),
     }
 }
 
-fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
+/// An output's memory, kept alive by the ORT value that owns it: outputs become [`Bytes`]
+/// without a copy (calibration reads every activation of every sample).
+struct OrtBuffer {
+    _value: DynValue,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain CPU memory owned by `_value` (itself `Send + Sync`), never
+// written after the run returned it; only shared reads happen through `as_ref`.
+unsafe impl Send for OrtBuffer {}
+unsafe impl Sync for OrtBuffer {}
+
+impl AsRef<[u8]> for OrtBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` CPU-accessible bytes of the tensor `_value` owns (checked
+        // against ORT's size when built); ORT frees them only when the value is released.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+fn tensor_from_ort(name: &str, value: DynValue) -> Result<Tensor, RuntimeError> {
     let OrtValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(unsupported(name, "a non-tensor value"));
     };
@@ -383,32 +416,33 @@ fn tensor_from_ort(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError>
     let bad_tensor =
         |e: crate::tensor::TensorError| RuntimeError::Run { executor: NAME, message: format!("output `{name}`: {e}") };
     if dtype == DataType::String {
-        let strings = extract_strings(name, value, &dims)?;
+        let strings = extract_strings(name, &value, &dims)?;
         return Tensor::from_strings(dims, strings).map_err(bad_tensor);
     }
-    let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| ort_err(name, e))?;
-    let count = element_count(&dims).ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
-    let expected = dtype.storage_bytes(count).and_then(|n| usize::try_from(n).ok());
-    let size = tensor.size();
-    let Some(len) = expected.filter(|&n| size == Some(n)) else {
-        return Err(RuntimeError::Run {
-            executor: NAME,
-            message: format!("output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"),
-        });
-    };
-    let mut out = vec![0u8; len];
-    if len > 0 {
-        if !tensor.memory_info().is_cpu_accessible() {
+    let (src, len) = {
+        let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| ort_err(name, e))?;
+        let count = element_count(&dims).ok_or_else(|| unsupported(name, format!("a tensor of shape {dims:?}")))?;
+        let expected = dtype.storage_bytes(count).and_then(|n| usize::try_from(n).ok());
+        let size = tensor.size();
+        let Some(len) = expected.filter(|&n| size == Some(n)) else {
+            return Err(RuntimeError::Run {
+                executor: NAME,
+                message: format!("output `{name}` has {size:?} bytes, {dtype}{dims:?} needs {expected:?}"),
+            });
+        };
+        if len > 0 && !tensor.memory_info().is_cpu_accessible() {
             return Err(unsupported(name, "outputs left in device memory"));
         }
-        let src = tensor.data_ptr().cast::<u8>();
-        if src.is_null() {
-            return Err(unsupported(name, "a tensor without data"));
-        }
-        // SAFETY: the tensor is CPU-accessible and holds `len` bytes (checked against ORT's size).
-        unsafe { ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
+        (tensor.data_ptr().cast::<u8>(), len)
+    };
+    if len == 0 {
+        return Tensor::new(dtype, dims, Bytes::new()).map_err(bad_tensor);
     }
-    Tensor::new(dtype, dims, Bytes::from(out)).map_err(bad_tensor)
+    if src.is_null() {
+        return Err(unsupported(name, "a tensor without data"));
+    }
+    let bytes = Bytes::from_owner(OrtBuffer { _value: value, ptr: src, len });
+    Tensor::new(dtype, dims, bytes).map_err(bad_tensor)
 }
 
 /// String elements as raw bytes (ort's own extraction insists on UTF-8).
@@ -638,6 +672,31 @@ mod tests {
         let source = ModelSource { bytes: &model, base_dir: Some(other.path()) };
         let err = OrtExecutor.load(source, &SessionConfig::default()).err().unwrap();
         assert!(matches!(err, RuntimeError::ModelRejected { .. }), "{err}");
+    }
+
+    #[test]
+    fn files_load_with_their_external_data_and_outputs_outlive_the_session() {
+        require_ort();
+        let dir = tempfile::tempdir().unwrap();
+        let w = [10.0f32, 20.0, 30.0];
+        std::fs::write(dir.path().join("w.bin"), w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, binary_model("Mul", &w, Some("w.bin"))).unwrap();
+        let mut session = OrtExecutor.load_file(&path, &SessionConfig::default()).unwrap();
+        let x = Tensor::from_slice(vec![3], &[1.0f32, 2.0, 3.0]).unwrap();
+        let first = session.run(&[("x".into(), x.clone().into())], None).unwrap();
+        let second = session.run(&[("x".into(), x.into())], None).unwrap();
+        // Outputs are the runtime's buffers: each run's are its own, and they stay readable
+        // after the session is gone.
+        drop(session);
+        for out in [&first, &second] {
+            assert_eq!(out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap(), vec![10.0, 40.0, 90.0]);
+        }
+        let (a, b) = (first[0].1.as_tensor().unwrap(), second[0].1.as_tensor().unwrap());
+        assert_ne!(a.bytes().unwrap().as_ptr(), b.bytes().unwrap().as_ptr());
+
+        let missing = OrtExecutor.load_file(&dir.path().join("none.onnx"), &SessionConfig::default()).err().unwrap();
+        assert!(matches!(missing, RuntimeError::ModelRejected { .. }), "{missing}");
     }
 
     #[test]

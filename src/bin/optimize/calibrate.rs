@@ -133,6 +133,8 @@ pub fn run(a: Args, ui: &Ui) -> Result<(), Failure> {
         tensors: (!a.tensors.is_empty()).then(|| a.tensors.clone()),
         group_size: a.group_size,
         batch: a.batch,
+        // A ranges file keeps its statistics: it may be merged with shards or re-derived.
+        keep_histograms: true,
         ..CollectOptions::default()
     };
     options.session.intra_threads = a.threads;

@@ -328,11 +328,21 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         ui.warn(w);
     }
     let after = op_histogram(&outcome.model);
+    // Validation hashed both files already (the input as the reference, the staged model as
+    // the candidate): large models are not read a second time for the same digests.
+    let input_sha256 = match &validation {
+        Some(v) => v.reference.sha256.clone(),
+        None => sha256_file(model_path).map_err(Failure::runtime)?,
+    };
+    let model_sha256 = match &validation {
+        Some(v) => v.candidate.sha256.clone(),
+        None => writer.sha256(MODEL).map_err(Failure::runtime)?,
+    };
     let manifest = Manifest {
         kiln_version: env!("CARGO_PKG_VERSION"),
         input: InputRecord {
             file: file_name(model_path),
-            sha256: sha256_file(model_path).map_err(Failure::runtime)?,
+            sha256: input_sha256,
             nodes: nodes_before,
             op_histogram: before,
         },
@@ -343,7 +353,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         stop_after: args.stop_after,
         model: ModelRecord {
             file: MODEL,
-            sha256: writer.sha256(MODEL).map_err(Failure::runtime)?,
+            sha256: model_sha256,
             nodes: after.values().sum(),
             op_histogram: after,
             external_files: saved.external_files.clone(),
