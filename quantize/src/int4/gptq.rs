@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
-use super::linalg::{cholesky_lower, invert_lower_transposed, quadratic_forms};
+use super::linalg::{LANES, MR, Strides, cholesky_lower, invert_lower_transposed, mac_tile, quadratic_forms};
 
 /// GPTQ settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,11 +202,7 @@ struct RowOut {
 
 /// Rows quantized together: each span of `U` is loaded once for all of them and then read
 /// from the L1 cache.
-const TILE: usize = 8;
-
-/// Columns updated together by a batch's errors: the span of `U` and of each row stays in the
-/// L1 cache.
-const SPAN: usize = 256;
+const TILE: usize = MR;
 
 /// The shared inputs of every tile of a layer.
 struct TileInputs<'a> {
@@ -218,24 +214,25 @@ struct TileInputs<'a> {
     batch: usize,
 }
 
-/// `w[m] -= e · h[m]`.
+/// `w[m] -= e · h[m]`, fused.
 #[inline(always)]
 fn axpy(w: &mut [f64], e: f64, h: &[f64]) {
     for (x, &h) in w.iter_mut().zip(h) {
-        *x -= e * h;
+        *x = (-e).mul_add(h, *x);
     }
 }
 
-/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
-/// never fuses a multiply and an add, so every path gives the same bits.
+/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise chains of
+/// exactly rounded fused multiply-adds (Rust fuses nothing else), so every path gives the same
+/// bits.
 fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { gptq_tile_avx512(rows, fixed, t) };
         }
-        if std::arch::is_x86_feature_detected!("avx") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
             return unsafe { gptq_tile_avx(rows, fixed, t) };
         }
@@ -244,13 +241,13 @@ fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn gptq_tile_avx512(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     gptq_tile_body(rows, fixed, t)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
+#[target_feature(enable = "avx2,fma")]
 fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     gptq_tile_body(rows, fixed, t)
 }
@@ -321,18 +318,32 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
             }
             errs[(c - i1) * TILE..(c - i1 + 1) * TILE].copy_from_slice(&e);
         }
-        // The later columns, a cache-sized span at a time; each still takes the batch's
-        // updates in column order.
+        // The later columns, LANES at a time: the batch's updates go through one register
+        // tile (rows × columns), each entry still taking them in column order.
+        for e in &mut errs[..(i2 - i1) * TILE] {
+            *e = -*e;
+        }
+        let nerrs = &errs[..(i2 - i1) * TILE];
         let mut m0 = i2;
-        while m0 < k {
-            let m1 = (m0 + SPAN).min(k);
-            for i in 0..i2 - i1 {
-                let h = &u[(i1 + i) * k + m0..(i1 + i) * k + m1];
-                for (r, &e) in errs[i * TILE..(i + 1) * TILE].iter().enumerate() {
-                    axpy(&mut wp[r * k + m0..r * k + m1], e, h);
-                }
+        while m0 + LANES <= k {
+            let mut acc = [[0.0f64; LANES]; TILE];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&wp[r * k + m0..r * k + m0 + LANES]);
             }
-            m0 = m1;
+            mac_tile(nerrs, Strides { t: TILE, r: 1 }, &u[i1 * k + m0..], k, i2 - i1, &mut acc);
+            for (r, acc) in acc.iter().enumerate() {
+                wp[r * k + m0..r * k + m0 + LANES].copy_from_slice(acc);
+            }
+            m0 += LANES;
+        }
+        for m in m0..k {
+            for r in 0..TILE {
+                let mut x = wp[r * k + m];
+                for i in 0..i2 - i1 {
+                    x = nerrs[i * TILE + r].mul_add(u[(i1 + i) * k + m], x);
+                }
+                wp[r * k + m] = x;
+            }
         }
         i1 = i2;
     }
