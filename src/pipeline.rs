@@ -294,10 +294,7 @@ impl Pipeline {
         match &self.budget {
             Some(budget) if !matches!(self.precision, Precision::Fp32) => {
                 let executor = kiln_compiler::runtime::OrtExecutor::new();
-                let session = kiln_compiler::runtime::SessionConfig {
-                    intra_threads: Some(cx.threads.unwrap_or(1)),
-                    ..Default::default()
-                };
+                let session = kiln_compiler::runtime::SessionConfig::reproducible(Default::default());
                 let eval = crate::sensitivity::Evaluator::new(
                     &executor,
                     &model,

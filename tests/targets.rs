@@ -40,7 +40,9 @@ fn read_json(path: &Path) -> Json {
 fn shape_args(fixture: &str) -> Vec<String> {
     match fixture {
         "cnn" => vec!["--shape".into(), "x=1,3,48,192".into()],
+        "cnn_lcnet" => vec!["--shape".into(), "x=1,3,224,224".into()],
         "transformer" => vec!["--dim".into(), "batch_size=1".into(), "--dim".into(), "sequence_length=16".into()],
+        "transformer_ocr" => vec!["--shape".into(), "x=1,3,48,320".into()],
         other => panic!("no shapes for {other}"),
     }
 }
@@ -108,30 +110,45 @@ fn every_fixture_and_target_gives_a_linted_checked_accurate_artifact() {
     onnx_check(&checked);
 }
 
+/// The artifact folder's files by name.
+fn artifact_files(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(out).unwrap() {
+        let e = e.unwrap();
+        files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+    }
+    assert!(files.contains_key("model.onnx") && files.contains_key("manifest.json") && files.contains_key("report.md"));
+    files
+}
+
+/// Same input and options, any thread count, a rerun: the same bytes, for the FP32 rewrite and
+/// for every lowered precision, calibration (statistics merged from parallel observers),
+/// validation and the TensorRT target's files included.
 #[test]
 fn artifacts_are_byte_identical_across_runs_and_threads() {
     let dir = tempfile::tempdir().unwrap();
-    for target in ["cpu", "tensorrt"] {
+    let samples: Vec<_> = (0..12).map(|i| common::fixture_sample("cnn", 200 + i)).collect();
+    let data = common::write_npz_folder(&dir.path().join("data"), &samples);
+    let data = data.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("fp32", "cpu", &[]),
+        ("fp32", "tensorrt", &[]),
+        ("int8", "cpu", &["--precision", "int8", "--data", data]),
+        ("int8", "tensorrt", &["--precision", "int8", "--data", data]),
+        ("fp16", "cuda", &["--precision", "fp16"]),
+    ];
+    for (precision, target, extra) in cases {
         let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
         for (i, threads) in ["1", "2", "4", "1"].iter().enumerate() {
-            let out = dir.path().join(format!("{target}-{i}"));
-            assert_ok(&artifact("cnn", target, &out, &["--threads", threads]));
-            let mut files = BTreeMap::new();
-            for e in std::fs::read_dir(&out).unwrap() {
-                let e = e.unwrap();
-                files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
-            }
-            assert!(
-                files.contains_key("model.onnx")
-                    && files.contains_key("manifest.json")
-                    && files.contains_key("report.md")
-            );
+            let out = dir.path().join(format!("{precision}-{target}-{i}"));
+            assert_ok(&artifact("cnn", target, &out, &[&["--threads", threads][..], extra].concat()));
+            let files = artifact_files(&out);
             match &first {
                 None => first = Some(files),
                 Some(want) => {
                     assert_eq!(files.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
                     for (name, bytes) in want {
-                        assert!(files[name] == *bytes, "{target} --threads {threads}: {name} differs");
+                        assert!(files[name] == *bytes, "{precision} {target} --threads {threads}: {name} differs");
                     }
                 }
             }
@@ -276,26 +293,90 @@ fn presets_give_lint_clean_checked_validated_artifacts_for_every_target() {
             if fixture == "cnn" && matches!(preset, "cpu-int8-dynamic" | "int4-weight-only") {
                 continue; // no MatMul weights worth lowering in a CNN
             }
-            let out = dir.path().join(format!("{fixture}-{preset}"));
-            let model = kiln_fixtures::model(fixture).unwrap_or_else(|e| panic!("{e}"));
-            let mut args: Vec<String> = vec![model.display().to_string(), "--preset".into(), preset.into()];
-            args.extend(["--data".into(), data.display().to_string(), "-o".into(), out.display().to_string()]);
-            args.extend(shape_args(fixture));
             // The text-direction classifier is judged by its decision; cosine of two
             // probabilities swings with confidence. MiniLM by its embeddings.
             let tolerance = if fixture == "cnn" { "*:top1>=0.75" } else { "*:cosine_mean>=0.98" };
-            args.extend(["--tolerance".into(), tolerance.into()]);
-            let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-            assert_ok(&optimize(&args));
-            let m = read_json(&out.join("manifest.json"));
-            assert_eq!(m["lint"]["errors"].as_array().map(Vec::len), Some(0), "{fixture}/{preset}: {:#}", m["lint"]);
-            assert_eq!(m["validation"]["pass"], true, "{fixture}/{preset}: {:#}", m["validation"]);
-            if preset.contains("int8") {
-                let share = m["lint"]["compute"]["int8_share"].as_f64().unwrap();
-                assert!(share > 0.5, "{fixture}/{preset}: int8 share {share}");
+            let out = dir.path().join(format!("{fixture}-{preset}"));
+            let m = preset_artifact(fixture, preset, &data, &out, Some(tolerance));
+            if preset == "tensorrt-int8" {
+                assert_tensorrt_placement(fixture, &m);
             }
             checked.push(out.join("model.onnx"));
         }
+    }
+    onnx_check(&checked);
+}
+
+/// Optimizes `fixture` with `preset` and calibration `data` into `out` (validated with
+/// `tolerance`, or the precision's default); asserts no lint error, a passing validation and,
+/// for INT8, that most compute runs in INT8. Returns the manifest.
+fn preset_artifact(fixture: &str, preset: &str, data: &Path, out: &Path, tolerance: Option<&str>) -> Json {
+    let model = kiln_fixtures::model(fixture).unwrap_or_else(|e| panic!("{e}"));
+    let mut args: Vec<String> = vec![model.display().to_string(), "--preset".into(), preset.into()];
+    args.extend(["--data".into(), data.display().to_string(), "-o".into(), out.display().to_string()]);
+    args.extend(shape_args(fixture));
+    if let Some(t) = tolerance {
+        args.extend(["--tolerance".into(), t.into()]);
+    }
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    assert_ok(&optimize(&args));
+    let m = read_json(&out.join("manifest.json"));
+    assert_eq!(m["lint"]["errors"].as_array().map(Vec::len), Some(0), "{fixture}/{preset}: {:#}", m["lint"]);
+    assert_eq!(m["validation"]["pass"], true, "{fixture}/{preset}: {:#}", m["validation"]);
+    if preset.contains("int8") {
+        let share = m["lint"]["compute"]["int8_share"].as_f64().unwrap();
+        assert!(share > 0.5, "{fixture}/{preset}: int8 share {share}");
+    }
+    m
+}
+
+/// The rules TensorRT's placement (Q/DQ on the inputs of weighted ops, on the residual input
+/// of an Add fused into one, never alone) keeps: none of them may fire.
+const TRT_PLACEMENT_RULES: &[&str] =
+    &["trt-output-quantized", "qdq-breaks-fusion", "unquantized-residual-add", "lone-qdq", "trt-shared-dq"];
+
+/// A tensorrt-int8 artifact: no finding of the placement rules, and no warning at all (each
+/// fixture lints clean; a warning that appears here is a placement to fix or to justify).
+fn assert_tensorrt_placement(fixture: &str, m: &Json) {
+    let lint = &m["lint"];
+    let findings = lint["errors"].as_array().unwrap().iter().chain(lint["warnings"].as_array().unwrap());
+    let placement: Vec<&Json> = findings.filter(|f| TRT_PLACEMENT_RULES.iter().any(|r| f["rule"] == *r)).collect();
+    assert!(placement.is_empty(), "{fixture}/tensorrt-int8: {placement:#?}");
+    assert_eq!(lint["warnings"].as_array().map(Vec::len), Some(0), "{fixture}/tensorrt-int8: {lint:#}");
+    assert_eq!(lint["compute"]["int8_share"], 1.0, "{fixture}/tensorrt-int8: every weighted op in INT8");
+}
+
+/// TensorRT's placement on the two fixtures the preset test above does not cover (PP-LCNet,
+/// the PP-OCRv4 SVTR recognizer), calibrated and validated on the fixtures' generated inputs
+/// with the INT8 default tolerance (cosine mean >= 0.99, min >= 0.98).
+#[test]
+fn tensorrt_int8_places_qdq_on_weighted_inputs_on_more_fixtures() {
+    use common::{fixture_sample, write_npz_folder};
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for fixture in ["cnn_lcnet", "transformer_ocr"] {
+        let samples: Vec<_> = (0..12).map(|seed| fixture_sample(fixture, seed)).collect();
+        let data = write_npz_folder(&dir.path().join(format!("{fixture}-data")), &samples);
+        let out = dir.path().join(format!("{fixture}-tensorrt-int8"));
+        let m = preset_artifact(fixture, "tensorrt-int8", &data, &out, None);
+        assert_tensorrt_placement(fixture, &m);
+        let tolerance = m["validation"]["tolerance"].as_str().unwrap_or_default();
+        assert!(tolerance.contains("cosine_mean>=0.99") && tolerance.contains("cosine_min>=0.98"), "{tolerance}");
+        // ORT CPU's placement on the same data, for the record (`--nocapture`).
+        let cpu = preset_artifact(fixture, "cpu-int8", &data, &dir.path().join(format!("{fixture}-cpu")), None);
+        for (preset, m) in [("tensorrt-int8", &m), ("cpu-int8", &cpu)] {
+            for o in m["validation"]["outputs"].as_array().unwrap() {
+                let metric = |k: &str| o["metrics"][k].as_f64().unwrap_or(f64::NAN);
+                eprintln!(
+                    "{fixture}/{preset} {}: cosine mean {:.5} min {:.5}, top1 {:.3}",
+                    o["name"].as_str().unwrap_or("?"),
+                    metric("cosine_mean"),
+                    metric("cosine_min"),
+                    metric("top1")
+                );
+            }
+        }
+        checked.push(out.join("model.onnx"));
     }
     onnx_check(&checked);
 }

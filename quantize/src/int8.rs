@@ -17,8 +17,6 @@ pub struct StaticOptions {
     pub config: Int8Config,
     /// How activation ranges are chosen from the calibration statistics.
     pub method: Method,
-    /// Intra-op threads of the calibration runtime (results never depend on it).
-    pub threads: Option<usize>,
 }
 
 /// What static quantization did.
@@ -59,7 +57,7 @@ pub fn quantize_static(
     source: &dyn SampleSource,
     options: &StaticOptions,
 ) -> Result<StaticOutcome, Int8Error> {
-    let ranges = calibrate(executor, model, base_dir, source, options.method, options.threads)?;
+    let ranges = calibrate(executor, model, base_dir, source, options.method)?;
     let outcome = quantize_with_ranges(model, &ranges, &options.config)?;
     Ok(StaticOutcome { ranges, ..outcome })
 }
@@ -72,12 +70,11 @@ pub fn calibrate(
     base_dir: Option<&Path>,
     source: &dyn SampleSource,
     method: Method,
-    threads: Option<usize>,
 ) -> Result<Ranges, Int8Error> {
     kiln_compiler::shape::infer_model(model);
     let collect_options = CollectOptions {
         method,
-        session: SessionConfig { optimization: OptLevel::Disabled, intra_threads: threads, ..SessionConfig::default() },
+        session: SessionConfig::reproducible(OptLevel::Disabled),
         ..CollectOptions::default()
     };
     Ok(collect(executor, model, base_dir, source, &collect_options)?)

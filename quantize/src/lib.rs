@@ -9,6 +9,7 @@
 //! - [`weights`]: the scale and zero-point math shared by the quantizers.
 //! - [`int4`]: INT4 weight-only, blockwise along K (RTN, GPTQ), as MatMulNBits or blocked DQ.
 
+pub mod config;
 pub mod constexpr;
 pub mod dynamic;
 pub mod half;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_compiler::ir::{Graph, Model, NodeId, ValueId};
 
+pub use crate::config::{Int8Config, Placement};
 use crate::handlers::{self, HandlerCx};
-use crate::weights::IntType;
 
 /// How a node input is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,96 +67,6 @@ pub enum Decision {
     Absorb,
     /// Stays in float, with the reason.
     Float(String),
-}
-
-/// Scheme and selection for static INT8.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Int8Config {
-    /// Integer type of activations.
-    pub activation: IntType,
-    /// Symmetric activations (zero point 0); asymmetric ones use the whole range.
-    pub symmetric_activations: bool,
-    /// Weights per output channel (else per tensor).
-    pub per_channel: bool,
-    /// Node names or op types left in float.
-    pub exclude: Vec<String>,
-    /// When not empty, only these node names or op types are quantized.
-    pub include: Vec<String>,
-    /// Ops quantized only because the target runs them on integers (Sigmoid, Softmax…).
-    pub target_ops: BTreeSet<String>,
-    /// Remove a ReLU after a quantized op and let the output quantizer clamp (asymmetric only).
-    pub absorb_relu: bool,
-    /// Leave depthwise convolutions (`group` equal to the input channels) in float: the
-    /// target's integer kernel for them is slower than its float one.
-    pub float_depthwise: bool,
-    /// Store biases as int32 with scale `s_input · s_weight` (what ORT's integer kernels take);
-    /// TensorRT takes float biases and only int8/int4 Q/DQ.
-    pub quantize_bias: bool,
-    /// Store large constant Gather tables (embeddings) as S8, dequantized after the Gather
-    /// ([`crate::handlers::gather`]).
-    pub embeddings: bool,
-    /// Fused `com.microsoft.Attention` becomes QAttention (S8 QKV weight, input quantized at
-    /// run time, [`crate::handlers::attention`]).
-    pub qattention: bool,
-}
-
-impl Int8Config {
-    /// ONNX Runtime on CPU: weights S8 symmetric per channel, activations asymmetric, the form
-    /// its QDQ transformers fuse into QLinearConv/QLinearMatMul/QGemm and the contrib QLinear*
-    /// kernels. Activations are U8 on x86 and S8 on ARM: ORT 1.31 fuses S8 activations only on
-    /// ARM (`QDQIsInt8Allowed`); on x86 it rewrites an S8 Q→DQ pair to U8 only when the Q has a
-    /// single DQ, so a tensor read by two consumers stays S8 and neither node fuses (measured on
-    /// the cnn fixture: 30 of 53 Conv fused with S8, 2.8× slower than FP32).
-    pub fn ort_cpu() -> Int8Config {
-        let ops = ["Sigmoid", "LeakyRelu", "Softmax", "AveragePool", "GlobalAveragePool"];
-        Int8Config {
-            activation: if cfg!(any(target_arch = "aarch64", target_arch = "arm")) { IntType::S8 } else { IntType::U8 },
-            symmetric_activations: false,
-            per_channel: true,
-            exclude: Vec::new(),
-            include: Vec::new(),
-            target_ops: ops.iter().map(|s| s.to_string()).collect(),
-            absorb_relu: true,
-            // ORT 1.31 x86: QLinearConv on a depthwise 3x3 ran about 5x slower than the float
-            // depthwise Conv (cnn fixture, 1 thread, ORT profile); quantized, the cnn fixture
-            // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
-            float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
-            quantize_bias: true,
-            embeddings: true,
-            qattention: true,
-        }
-    }
-
-    /// TensorRT: symmetric S8 everywhere; it chooses its own int8 kernels for the rest.
-    pub fn tensorrt() -> Int8Config {
-        let ops = ["Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "AveragePool", "GlobalAveragePool", "Softmax"];
-        Int8Config {
-            activation: IntType::S8,
-            symmetric_activations: true,
-            per_channel: true,
-            exclude: Vec::new(),
-            include: Vec::new(),
-            target_ops: ops.iter().map(|s| s.to_string()).collect(),
-            absorb_relu: false,
-            float_depthwise: false,
-            quantize_bias: false,
-            // TensorRT chooses its own precision for a Gather; a DQ after it is left as is.
-            embeddings: false,
-            qattention: false,
-        }
-    }
-
-    /// Whether the user's selection leaves this node out, and why.
-    pub fn excluded(&self, name: Option<&str>, op_type: &str) -> Option<String> {
-        let named = |list: &[String]| list.iter().any(|e| e == op_type || Some(e.as_str()) == name);
-        if named(&self.exclude) {
-            return Some("excluded".into());
-        }
-        if !self.include.is_empty() && !named(&self.include) {
-            return Some("not included".into());
-        }
-        None
-    }
 }
 
 /// The plan of one graph (the main graph or a subgraph).

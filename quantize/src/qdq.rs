@@ -8,14 +8,14 @@
 //! owns its DQs). Models below opset 13 get `com.microsoft` Q/DQ, which take an axis at any
 //! opset, instead of an opset upgrade that would rewrite unrelated ops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kiln_compiler::Tensor;
 use kiln_compiler::ir::{Attribute, Graph, Model, NodeId, NodeSpec, OpsetImport, ValueDef, ValueId};
 
 use crate::handlers::constant;
-use crate::plan::{GraphPlan, InputRole, OutputRole, QuantPlan};
+use crate::plan::{GraphPlan, InputRole, OutputRole, Placement, QuantPlan};
 use crate::weights::{QParams, WeightError, activation_params, quantize_bias, quantize_constant, quantize_weight};
 
 /// Why materialization failed.
@@ -108,8 +108,12 @@ impl Materializer<'_> {
         }
         let params = self.activation_params(g, gp, &range_name)?;
         self.weights(g, gp, &params)?;
+        let readers = match self.plan.config.placement {
+            Placement::OutputsAndInputs => None,
+            Placement::WeightedInputs => Some(quantized_reads(gp)),
+        };
         for (&v, p) in &params {
-            self.quantize_activation(g, v, p);
+            self.quantize_activation(g, v, p, readers.as_ref());
         }
         Ok(())
     }
@@ -269,12 +273,25 @@ impl Materializer<'_> {
     }
 
     /// Q right after the definition of `v`, then one DQ per consumer. A graph output keeps its
-    /// name on the last DQ (the producer's float output is renamed).
-    fn quantize_activation(&mut self, g: &mut Graph, v: ValueId, p: &QParams) {
+    /// name on the last DQ (the producer's float output is renamed). With `readers`, only those
+    /// (node, input) slots read `v` quantized; other consumers and a graph output keep the float
+    /// tensor, and no Q is made when no slot reads it quantized.
+    fn quantize_activation(
+        &mut self,
+        g: &mut Graph,
+        v: ValueId,
+        p: &QParams,
+        readers: Option<&BTreeSet<(NodeId, usize)>>,
+    ) {
         let name = g.value(v).name.clone();
         let producer = g.value(v).producer();
         let anchor_first = g.nodes().next().map(|(id, _)| id);
-        let is_output = g.is_output(v);
+        if let Some(r) = readers
+            && !g.value(v).uses().iter().any(|u| r.contains(&(u.node, u.input)))
+        {
+            return;
+        }
+        let is_output = readers.is_none() && g.is_output(v);
         let def = g.value(v).def().clone();
         if is_output && !matches!(def, ValueDef::Node { .. }) {
             return;
@@ -294,7 +311,13 @@ impl Materializer<'_> {
         if let Some(d) = &self.domain {
             spec = spec.domain(d.clone());
         }
-        let uses: Vec<_> = g.value(src).uses().to_vec();
+        let uses: Vec<_> = g
+            .value(src)
+            .uses()
+            .iter()
+            .filter(|u| readers.is_none_or(|r| r.contains(&(u.node, u.input))))
+            .copied()
+            .collect();
         let q = match (producer, anchor_first) {
             (Some(p), _) => g.insert_node_after(p, spec),
             (None, Some(first)) => g.insert_node_before(first, spec),
@@ -319,6 +342,19 @@ impl Materializer<'_> {
             self.report.dequantize_nodes += 1;
         }
     }
+}
+
+/// The (node, input) slots the plan reads quantized: activation inputs of quantized nodes.
+fn quantized_reads(gp: &GraphPlan) -> BTreeSet<(NodeId, usize)> {
+    let mut out = BTreeSet::new();
+    for (&id, marks) in &gp.nodes {
+        for &(i, role) in &marks.inputs {
+            if role == InputRole::Activation {
+                out.insert((id, i));
+            }
+        }
+    }
+    out
 }
 
 /// Drops constants (initializers or Constant nodes) that lost their last use.

@@ -56,19 +56,11 @@ pub struct SmoothConfig {
     pub symmetric_activations: bool,
     /// Calibration rows per activation kept to choose α (bounded memory).
     pub rows: usize,
-    /// Intra-op threads of the runtime collecting channel maxima.
-    pub threads: Option<usize>,
 }
 
 impl Default for SmoothConfig {
     fn default() -> SmoothConfig {
-        SmoothConfig {
-            alpha: Alpha::Auto,
-            activation: IntType::U8,
-            symmetric_activations: false,
-            rows: 64,
-            threads: None,
-        }
+        SmoothConfig { alpha: Alpha::Auto, activation: IntType::U8, symmetric_activations: false, rows: 64 }
     }
 }
 
@@ -152,8 +144,7 @@ pub fn smooth(
         let g = model.main_graph().ok_or_else(|| SmoothError::Model("the model has no graph".into()))?;
         groups.iter().map(|gr| g.value(gr.activation).name.clone()).collect()
     };
-    let session =
-        SessionConfig { optimization: OptLevel::Disabled, intra_threads: config.threads, ..SessionConfig::default() };
+    let session = SessionConfig::reproducible(OptLevel::Disabled);
     let stats = collect_channels(executor, model, base_dir, source, &names, config.rows, &session)?;
     let mut chosen: Vec<(ValueId, Vec<f32>, Smoothed)> = Vec::new();
     {

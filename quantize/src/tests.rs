@@ -359,3 +359,6 @@ fn dynamic_matmul_and_gemm_become_dynamic_quantize_matmul() {
     assert_eq!(count_in(&q, "", "MatMul"), 1);
     assert_eq!(out.decisions["MatMul_1"], "fp32 (the weight is not a constant)");
 }
+
+#[path = "trt_tests.rs"]
+mod trt;

@@ -42,11 +42,7 @@ pub fn run(model: &mut Model, options: &HalfOptions, cx: &StageContext) -> Resul
         (Some(source), HalfKind::F16) => {
             let collect_options = CollectOptions {
                 method: Method::MinMax,
-                session: SessionConfig {
-                    optimization: OptLevel::Disabled,
-                    intra_threads: cx.threads,
-                    ..SessionConfig::default()
-                },
+                session: SessionConfig::reproducible(OptLevel::Disabled),
                 ..CollectOptions::default()
             };
             let r = collect(&OrtExecutor::new(), model, cx.base_dir.as_deref(), source.as_ref(), &collect_options)

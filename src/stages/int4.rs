@@ -137,13 +137,7 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
     };
 
     let executor = OrtExecutor::new();
-    // One runtime thread unless told otherwise: the calibration runs are small, and a runtime
-    // pool spinning between runs takes the cores the Gram accumulation runs on.
-    let session = SessionConfig {
-        optimization: OptLevel::Disabled,
-        intra_threads: Some(cx.threads.unwrap_or(1)),
-        ..SessionConfig::default()
-    };
+    let session = SessionConfig::reproducible(OptLevel::Disabled);
     let synthetic;
     let source: Option<&dyn kiln_calibration::SampleSource> = match (&config.method, &cx.calibration) {
         (Method::Rtn, _) => None,

@@ -129,7 +129,6 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
             alpha,
             activation: base.activation,
             symmetric_activations: base.symmetric_activations,
-            threads: cx.threads,
             ..SmoothConfig::default()
         };
         let records = smooth(&OrtExecutor::new(), model, cx.base_dir.as_deref(), source.as_ref(), &config)
@@ -141,7 +140,7 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
     let key = format!("int8:{}:smooth={}", options.method, alpha.map_or("off".to_string(), |a| a.to_string()));
     let ranges = cx.memo.ranges(&key, || {
         let mut m = model.clone();
-        calibrate(&OrtExecutor::new(), &mut m, cx.base_dir.as_deref(), source.as_ref(), options.method, cx.threads)
+        calibrate(&OrtExecutor::new(), &mut m, cx.base_dir.as_deref(), source.as_ref(), options.method)
     });
     let ranges = ranges.map_err(fail)?;
     let config = config_for(cx.target, &exclude);

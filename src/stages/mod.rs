@@ -27,7 +27,8 @@ pub struct StageContext {
     pub calibration: Option<SharedSource>,
     /// Where the model's external data lives.
     pub base_dir: Option<PathBuf>,
-    /// Intra-op threads of the runtime used for calibration (results never depend on it).
+    /// Threads for timing runs (`--tune`). Sessions whose numbers decide the artifact use
+    /// [`kiln_compiler::runtime::SessionConfig::reproducible`] whatever this says.
     pub threads: Option<usize>,
     /// Where long steps report progress (nothing by default; the CLI draws bars).
     pub progress: crate::progress::ProgressHandle,

@@ -430,11 +430,15 @@ impl Lint {
             return;
         }
         let from_dq = |v: ValueId| dq_producer(g, v).is_some();
-        // A weighted op whose inputs are quantized: TensorRT fuses the Add into it.
+        // A weighted op whose inputs are quantized and whose output only this Add reads:
+        // TensorRT fuses the Add into it (a second reader needs the value before the Add).
         let from_quantized_weighted = |v: ValueId| {
-            g.value(v)
-                .producer()
-                .is_some_and(|p| is_weighted(g, p) && g.node(p).input(0).and_then(|x| dq_producer(g, x)).is_some())
+            g.value(v).producer().is_some_and(|p| {
+                is_weighted(g, p)
+                    && g.node(p).input(0).and_then(|x| dq_producer(g, x)).is_some()
+                    && g.value(v).uses().len() == 1
+                    && !g.is_output(v)
+            })
         };
         let l = label(g, n);
         let name = |v: ValueId| g.value(v).name.clone();

@@ -268,6 +268,17 @@ fn residual(quantized: bool) -> Model {
 #[test]
 fn trt_residual_add_needs_its_other_input_quantized() {
     twin(TRT, "unquantized-residual-add", Severity::Warning, &residual(false), &residual(true));
+    // A Conv whose output is read beside the Add cannot take the Add into its epilogue: the
+    // float residual keeps nothing from fusing.
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let xq = b.quantize_input(0.05, 0);
+    let w = b.weight_dq(&[3, 3, 3, 3], 1, Some(0), 0);
+    let y = b.node("Conv", &[xq, w], "conv", vec![Attribute::ints("pads", vec![1, 1, 1, 1])]);
+    let x = b.x;
+    let s = b.op("Add", &[y, x], "residual_add");
+    let shared = b.finish(&[s, y]);
+    assert_runs(&shared);
+    assert_eq!(lint_model(&shared, TRT).rule("unquantized-residual-add").count(), 0);
 }
 
 /// Add(DQ a, b) on CPU: QLinearAdd needs both inputs quantized.
@@ -353,13 +364,96 @@ fn runtime_scale(constant: bool) -> Model {
 
 #[test]
 fn trt_scales_are_constant() {
-    // Q without a zero point quantizes to uint8: give TensorRT's twin the int8 form instead.
     let bad = runtime_scale(false);
+    twin(TRT, "trt-constant-scale", Severity::Error, &bad, &runtime_scale(true));
     let r = lint_model(&bad, TRT);
     assert!(r.rule("trt-constant-scale").count() == 2, "{r:#?}");
-    assert_eq!(lint_model(&conv(0, DataType::I8, 0), TRT).rule("trt-constant-scale").count(), 0);
-    assert_runs(&runtime_scale(true));
     assert_eq!(lint_model(&bad, CPU).rule("trt-constant-scale").count(), 0);
+}
+
+/// x → Q → DQ read by two Convs (`shared`), or one DQ per Conv; Add of the two Convs.
+fn shared_dq(shared: bool) -> Model {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let x = b.x;
+    let s = b.scale(&[0.05]);
+    let z = b.zero_point(DataType::I8, &[0]);
+    let q = b.op("QuantizeLinear", &[x, s, z], "q_x");
+    let d1 = b.op("DequantizeLinear", &[q, s, z], "dq_x");
+    let d2 = if shared { d1 } else { b.op("DequantizeLinear", &[q, s, z], "dq_x_2") };
+    let w1 = b.weight_dq(&[4, 3, 3, 3], 1, Some(0), 0);
+    let w2 = b.weight_dq(&[4, 3, 3, 3], 2, Some(0), 0);
+    let c1 = b.op("Conv", &[d1, w1], "conv1");
+    let c2 = b.op("Conv", &[d2, w2], "conv2");
+    let y = b.op("Add", &[c1, c2], "sum");
+    b.finish(&[y])
+}
+
+#[test]
+fn trt_dq_has_one_consumer() {
+    twin(TRT, "trt-shared-dq", Severity::Error, &shared_dq(true), &shared_dq(false));
+    let bad = lint_model(&shared_dq(true), TRT);
+    let f = bad.rule("trt-shared-dq").next().unwrap();
+    assert!(f.nodes.iter().any(|n| n.contains("conv1")) && f.nodes.iter().any(|n| n.contains("conv2")), "{f:?}");
+    // ORT CPU's node units share a DQ freely.
+    assert_eq!(lint_model(&shared_dq(true), CPU).rule("trt-shared-dq").count(), 0);
+    let good = lint_model(&shared_dq(false), TRT);
+    assert!(good.passed() && good.warnings.is_empty(), "{good:#?}");
+}
+
+/// Conv with an int8 weight DQ and a (float | quantized) input.
+fn weight_only(input_quantized: bool) -> Model {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let x = if input_quantized { b.quantize_input(0.05, 0) } else { b.x };
+    let w = b.weight_dq(&[4, 3, 3, 3], 1, Some(0), 0);
+    let y = b.op("Conv", &[x, w], "conv");
+    b.finish(&[y])
+}
+
+#[test]
+fn an_int8_weight_with_a_float_input_runs_in_float() {
+    for kind in [CPU, TRT] {
+        twin(kind, "weight-only-int8", Severity::Warning, &weight_only(false), &weight_only(true));
+    }
+    assert_eq!(lint_model(&weight_only(false), TRT).compute.int8_flops, 0);
+}
+
+/// Conv with a quantized input and a (float | int8) weight.
+fn float_weight(float: bool) -> Model {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let xq = b.quantize_input(0.05, 0);
+    let w = if float { b.float_weight(&[4, 3, 3, 3]) } else { b.weight_dq(&[4, 3, 3, 3], 1, Some(0), 0) };
+    let y = b.op("Conv", &[xq, w], "conv");
+    b.finish(&[y])
+}
+
+#[test]
+fn a_quantized_input_with_a_float_weight_runs_in_float() {
+    for kind in [CPU, TRT] {
+        twin(kind, "float-weight", Severity::Warning, &float_weight(true), &float_weight(false));
+    }
+    assert_eq!(lint_model(&float_weight(true), TRT).compute.int8_flops, 0);
+}
+
+/// Conv with an activation DQ of `act` and a weight DQ of `weight` type.
+fn mixed_types(act: DataType, weight: DataType) -> Model {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let x = b.x;
+    let xq = b.qdq(x, 0.05, 0, act);
+    let zp = if weight == DataType::U8 { 128 } else { 0 };
+    let w = b.weight_dq_typed(&[4, 3, 3, 3], 1, Some(0), zp, weight);
+    let y = b.op("Conv", &[xq, w], "conv");
+    b.finish(&[y])
+}
+
+#[test]
+fn cpu_has_no_s8_activation_u8_weight_kernel() {
+    twin(
+        CPU,
+        "cpu-s8u8",
+        Severity::Warning,
+        &mixed_types(DataType::I8, DataType::U8),
+        &mixed_types(DataType::U8, DataType::I8),
+    );
 }
 
 /// An ORT-CPU S8S8 QDQ network: asymmetric int8 activations, symmetric per-channel weights,

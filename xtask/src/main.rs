@@ -5,6 +5,7 @@
 //! then run cargo, so a fresh machine needs only `cargo xtask test` or `cargo xtask demo`.
 
 mod bench;
+mod gpu;
 mod install;
 
 // Shared with `kiln-fixtures` by source, not by dependency: xtask must build without the
@@ -38,6 +39,8 @@ commands:
   bench [options] Kiln against onnxsim, onnxslim and ORT's transformer optimizer: optimize
                   time, ORT latency, output check; writes <target>/bench/report.json
                   (`cargo xtask bench --help` for the options)
+  gpu prepare|run the cuda and tensorrt artifacts through ONNX Runtime's CUDA and TensorRT
+                  providers on a GPU machine (`cargo xtask gpu --help`)
 
 environment:
   KILN_CACHE_DIR  where downloads go (default: <repo>/.kiln-cache)
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
         ("lint", []) => lint(),
         ("ci", []) => lint().and_then(|()| test(true)),
         ("bench", rest) => bench::run(rest),
+        ("gpu", rest) => gpu::run(rest),
         ("help" | "-h" | "--help", _) => {
             print!("{USAGE}");
             Ok(())

@@ -132,6 +132,17 @@ impl Default for SessionConfig {
     }
 }
 
+impl SessionConfig {
+    /// A session whose numbers decide what goes into an artifact (calibration statistics,
+    /// validation metrics): one intra-op thread. ONNX Runtime's CPU kernels split some work
+    /// differently by thread count (seen on a 1x1 Conv of the cnn fixture: the last bits of its
+    /// output changed between 1 and 4 threads), which would move a calibrated range by an ulp
+    /// and change the artifact's bytes. Kiln parallelizes around such sessions instead.
+    pub fn reproducible(optimization: OptLevel) -> SessionConfig {
+        SessionConfig { intra_threads: Some(1), optimization, ..SessionConfig::default() }
+    }
+}
+
 /// The type of a model input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueType {

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod gather;
 mod ops;
+mod tensorrt;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use kiln_compiler::DataType;
 use kiln_compiler::ir::{AttrLookup, NodeId, ValueId};
 
 use super::HandlerCx;
-use crate::plan::{Decision, InputRole, NodeMarks, OutputNeed, OutputRole};
+use crate::plan::{Decision, InputRole, NodeMarks, OutputNeed, OutputRole, Placement};
 
 fn float(why: impl Into<String>) -> Decision {
     Decision::Float(why.into())
@@ -22,12 +22,21 @@ fn weight_tensor(cx: &HandlerCx<'_>, v: Option<ValueId>) -> Result<std::sync::Ar
 
 /// Whether a value is declared as something other than f32 (unknown types pass: calibration
 /// only has ranges for float tensors, which the plan checks).
-fn not_f32(cx: &HandlerCx<'_>, v: ValueId) -> bool {
+pub(super) fn not_f32(cx: &HandlerCx<'_>, v: ValueId) -> bool {
     cx.graph.tensor_type(v).and_then(|t| t.dtype()).is_some_and(|d| d != DataType::F32)
 }
 
 fn channel_axis(cx: &HandlerCx<'_>, axis: usize) -> Option<usize> {
     cx.config.per_channel.then_some(axis)
+}
+
+/// A weighted op's output marks: quantized with its own range where the target's integer
+/// kernel gives integers (ORT CPU), float where the target quantizes inputs only (TensorRT).
+fn weighted_outputs(cx: &HandlerCx<'_>) -> Vec<(usize, OutputRole)> {
+    match cx.config.placement {
+        Placement::OutputsAndInputs => vec![(0, OutputRole::Activation)],
+        Placement::WeightedInputs => Vec::new(),
+    }
 }
 
 /// Conv: activation input, weight per output channel (axis 0), int32 bias.
@@ -62,7 +71,7 @@ fn weighted_conv(cx: &HandlerCx<'_>, id: NodeId, axis_for_group: impl Fn(i64) ->
     let axis = axis_for_group(group).and_then(|a| channel_axis(cx, a));
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
-        outputs: vec![(0, OutputRole::Activation)],
+        outputs: weighted_outputs(cx),
         need: OutputNeed::Always,
     };
     if node.input(2).is_some() {
@@ -98,7 +107,7 @@ pub(super) fn matmul(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     };
     Decision::Quantize(NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, b_role)],
-        outputs: vec![(0, OutputRole::Activation)],
+        outputs: weighted_outputs(cx),
         need: OutputNeed::Optional,
     })
 }
@@ -122,7 +131,7 @@ pub(super) fn gemm(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     let axis = channel_axis(cx, if trans_b { 0 } else { 1 });
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
-        outputs: vec![(0, OutputRole::Activation)],
+        outputs: weighted_outputs(cx),
         need: OutputNeed::Optional,
     };
     if let Some(c) = node.input(2) {
@@ -142,7 +151,11 @@ pub(super) fn gemm(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
 }
 
 /// Add, Mul: runtime operands are activations; a constant operand is quantized like one.
+/// TensorRT: [`super::tensorrt::residual_add`].
 pub(super) fn binary(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
+    if cx.config.placement == Placement::WeightedInputs {
+        return super::tensorrt::residual_add(cx, id);
+    }
     let node = cx.graph.node(id);
     let mut inputs = Vec::new();
     let mut runtime = 0;
@@ -168,7 +181,11 @@ pub(super) fn binary(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
 }
 
 /// Concat: every operand an activation (constants quantized like one), its own output range.
+/// TensorRT quantizes no Concat of its own: its inputs are quantized where they are read.
 pub(super) fn concat(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
+    if cx.config.placement == Placement::WeightedInputs {
+        return float("TensorRT: a Concat is not quantized on its own (its consumers quantize their inputs)");
+    }
     let node = cx.graph.node(id);
     let mut inputs = Vec::new();
     for (i, v) in node.inputs().iter().enumerate() {

@@ -200,6 +200,15 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Resu
     Ok(())
 }
 
+/// Sizes the pool of Kiln's own parallel work (rayon) for `--threads`; results never depend
+/// on it. Called once, before any parallel work.
+pub fn use_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // Fails only when the pool exists already, which leaves the earlier size in place.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`optimize inspect m.onnx | head`) instead of failing on every later print.

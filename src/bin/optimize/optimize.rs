@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::data_args::DataArgs;
 use crate::precision_args::PrecisionArgs;
-use crate::validation::{fallback_summary, plan_data, validate_artifact, validation_summary};
+use crate::validation::{fallback_summary, plan_data, slower_warning, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,7 +83,10 @@ pub struct Args {
     /// Evaluation samples (same forms as --data); default: a held-apart share of --data.
     #[arg(long, value_name = "DIR|FILE")]
     eval_data: Option<PathBuf>,
-    /// Intra-op threads of the runtime used for calibration and validation.
+    /// Threads of Kiln's own parallel work (observers, weight quantization, GPTQ) and of
+    /// `--tune`'s timing runs. The runtime sessions whose numbers decide the artifact
+    /// (calibration, validation) run on one intra-op thread each, so the artifact is
+    /// byte-identical at any setting.
     #[arg(long)]
     threads: Option<usize>,
     /// The accuracy the artifact must keep against the original, e.g.
@@ -210,6 +213,7 @@ fn file_name(p: &Path) -> String {
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
+    crate::use_threads(args.threads);
     let started = Instant::now();
     let Some(model_path) = args.model.as_ref() else {
         return Err(Failure::bad_input("no model given: optimize MODEL -o OUT (or a subcommand; see --help)"));
@@ -307,7 +311,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let validation = if args.skip_validation {
         None
     } else {
-        let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
+        let session = SessionConfig::reproducible(Default::default());
         // Latency before and after when the model's arithmetic changed (precision, pruning).
         let quantized = !matches!(pipeline.precision, Precision::Fp32) || pipeline.prune.is_some();
         let staged = writer.staged_path(MODEL);
@@ -316,6 +320,11 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         })?
     };
     for w in warnings.iter().skip(outcome.warnings.len()) {
+        ui.warn(w);
+    }
+    // Timings stay out of the artifact folder (see `slower_warning`).
+    let measured: Vec<String> = validation.as_ref().and_then(slower_warning).into_iter().collect();
+    for w in &measured {
         ui.warn(w);
     }
     let after = op_histogram(&outcome.model);
@@ -366,7 +375,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         skipped: outcome.report.entries_of("skipped").collect(),
         stages: &outcome.stages,
         validation: validation.as_ref(),
-        warnings: &warnings,
+        warnings: &[&warnings[..], &measured[..]].concat(),
     };
     if let Some(path) = &args.report {
         write_json(path, &report)?;

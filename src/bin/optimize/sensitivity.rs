@@ -49,7 +49,8 @@ pub struct Args {
     /// Rows of the table to print (0: all).
     #[arg(long, default_value_t = 20)]
     top: usize,
-    /// Intra-op threads of the runtime.
+    /// Threads of Kiln's own parallel work; measurements run on one intra-op thread, so the
+    /// ranking is the same at any setting.
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -60,6 +61,7 @@ fn stage_failure(path: &Path, e: impl std::fmt::Display, bad_input: bool) -> Fai
 }
 
 pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
+    crate::use_threads(args.threads);
     let precision = args.precision.precision()?;
     if matches!(precision, Precision::Fp32) {
         return Err(Failure::bad_input("sensitivity needs a lowered precision: --precision int8|int4|fp16|bf16"));
@@ -91,7 +93,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         ..Default::default()
     };
     let executor = OrtExecutor::new();
-    let session = SessionConfig { intra_threads: Some(args.threads.unwrap_or(1)), ..SessionConfig::default() };
+    let session = SessionConfig::reproducible(Default::default());
     let fail = |e: SensitivityError| {
         let bad = matches!(e, SensitivityError::Data(_) | SensitivityError::Stage(StageError::BadInput { .. }));
         stage_failure(&args.model, e, bad)

@@ -21,10 +21,10 @@ const INPUT_SEED: u64 = 1;
 
 /// Seeds of the evaluation samples each model's accuracy is measured on. Tools that calibrate
 /// take their samples from [`CALIBRATION_SEEDS`], which never overlap these.
-pub(super) const EVAL_SEEDS: std::ops::Range<u64> = 1000..1016;
+pub(crate) const EVAL_SEEDS: std::ops::Range<u64> = 1000..1016;
 
 /// Seeds of the calibration samples a tool may be given.
-pub(super) const CALIBRATION_SEEDS: std::ops::Range<u64> = 100..132;
+pub(crate) const CALIBRATION_SEEDS: std::ops::Range<u64> = 100..132;
 
 /// ONNX Runtime timings of one model at one thread count, as measure.py reports them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,7 +147,7 @@ fn measure_once(
 
 /// Writes the fixture's recipe inputs for `seeds` as a folder of `.npz` files (one sample each,
 /// keys = input names): the calibration data every tool that needs data is given (`{data}`).
-pub(super) fn write_samples(f: &Fixture, seeds: std::ops::Range<u64>, dir: &Path, env: &Env) -> Result<()> {
+pub(crate) fn write_samples(f: &Fixture, seeds: std::ops::Range<u64>, dir: &Path, env: &Env) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let job = serde_json::json!({"inputs": recipe_json(f), "seeds": seeds.collect::<Vec<_>>()});
     let job_path = dir.join("job.json");

@@ -61,7 +61,9 @@ use serde::Serialize;
 
 use crate::install::Installer;
 use crate::manifest::Fixture;
-use measure::{CALIBRATION_SEEDS, measure, session_options, write_samples};
+pub(crate) use measure::CALIBRATION_SEEDS;
+pub(crate) use measure::{EVAL_SEEDS, write_samples};
+use measure::{measure, session_options};
 use process::{Ended, timed_run};
 use report::{
     FixtureReport, Report, Row, fmt_secs, kiln_info, load_average, machine_info, median, ratios, render,
@@ -255,15 +257,15 @@ pub fn run(args: &[&str]) -> Result<()> {
 }
 
 /// What the per-fixture steps need from the setup.
-struct Env<'a> {
-    kiln: &'a Path,
-    python: &'a Path,
-    ort_lib: &'a OsString,
-    root: &'a Path,
+pub(crate) struct Env<'a> {
+    pub(crate) kiln: &'a Path,
+    pub(crate) python: &'a Path,
+    pub(crate) ort_lib: &'a OsString,
+    pub(crate) root: &'a Path,
 }
 
 /// `cargo build --release --bin optimize`; returns the binary's path as cargo reports it.
-fn build_kiln() -> Result<PathBuf> {
+pub(crate) fn build_kiln() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: $ cargo build --release --bin optimize");
     let mut child = Command::new(cargo)

@@ -19,7 +19,7 @@ const REPORTED_PACKAGES: &[&str] =
     &["onnxruntime", "onnx", "onnxsim", "onnxslim", "onnxconverter-common", "numpy", "protobuf", "sympy"];
 
 /// Creates or reuses `<cache>/bench-venv` with the pinned peers; returns its Python.
-pub(super) fn ensure_venv(root: &Path) -> Result<PathBuf> {
+pub(crate) fn ensure_venv(root: &Path) -> Result<PathBuf> {
     ensure_venv_with(root, "bench-venv", REQUIREMENTS)
 }
 
