@@ -79,11 +79,17 @@ impl Accumulator {
         }
         // Rows padded to whole tiles of columns (the padding is zero and never stored).
         let kp = k.div_ceil(NR) * NR;
-        let mut xp = vec![0.0f64; rows * kp];
-        for (dst, src) in xp.chunks_exact_mut(kp).zip(self.pending.chunks_exact(k)) {
-            dst[..k].copy_from_slice(src);
-        }
-        let xp = &xp;
+        let padded: Vec<f64>;
+        let xp: &[f64] = if kp == k {
+            &self.pending
+        } else {
+            let mut p = vec![0.0f64; rows * kp];
+            for (dst, src) in p.chunks_exact_mut(kp).zip(self.pending.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = p;
+            &padded
+        };
         self.gram.xtx.par_chunks_mut(k * MR).enumerate().for_each(|(ti, out)| {
             let i0 = ti * MR;
             let height = out.len() / k;

@@ -190,6 +190,36 @@ const CLIP_GRID: [f32; 9] = [1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76
 /// block's (weighted) squared rounding error. `weights` (one per value) come from calibration
 /// data; `None` weighs every value alike.
 pub fn block_params(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { block_params_avx512(values, weights, spec) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { block_params_avx2(values, weights, spec) };
+        }
+    }
+    block_params_body(values, weights, spec)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn block_params_avx512(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    block_params_body(values, weights, spec)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn block_params_avx2(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    block_params_body(values, weights, spec)
+}
+
+/// [`block_params`], with every candidate's error computed inline: one dispatch per block
+/// rather than one per candidate.
+#[inline(always)]
+fn block_params_body(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
     let (lo, hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     if hi - lo <= 0.0 || !(hi - lo).is_finite() {
         return (1.0, if spec.symmetric { spec.center() } else { 0 });
@@ -207,7 +237,7 @@ pub fn block_params(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) ->
             }
         }
         for (scale, zp) in candidates.into_iter().flatten() {
-            let err = block_error(values, weights, scale, zp, spec);
+            let err = block_error_body(values, weights, scale, zp, spec);
             if err < best.0 {
                 best = (err, scale, zp);
             }
@@ -247,37 +277,9 @@ fn round_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// The (weighted) squared rounding error of a block; in the widest vectors the CPU has (the
-/// same bits on every path: nothing is fused or reordered).
-fn block_error(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { block_error_avx512(values, weights, scale, zp, spec) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { block_error_avx2(values, weights, scale, zp, spec) };
-        }
-    }
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn block_error_avx512(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn block_error_avx2(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-/// Sixteen partial sums (element `i` into sum `i % 16`, one 512-bit vector), added in a fixed
-/// order: the loop vectorizes, and the result depends only on the inputs.
+/// The (weighted) squared rounding error of a block, in sixteen partial sums (element `i` into
+/// sum `i % 16`, one 512-bit vector) added in a fixed order: the loop vectorizes, nothing is
+/// fused or reordered, and the result depends only on the inputs.
 #[inline(always)]
 fn block_error_body(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
     let mut acc = [0.0f32; 16];

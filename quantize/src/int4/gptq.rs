@@ -50,15 +50,20 @@ pub enum GptqError {
 /// with `J` the reversal, `JHJ = LLᵀ` gives `H = VVᵀ` for the upper `V = JLJ`, so `U = V⁻¹ =
 /// J L⁻¹ J`.
 pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut r: Vec<f64> = h.iter().rev().copied().collect();
+    inverse_upper_cholesky_of_reversed(h.iter().rev().copied().collect(), k)
+}
+
+/// [`inverse_upper_cholesky`] of `JHJ` (the matrix with rows and columns reversed), given
+/// already reversed; its buffer is reused for the result.
+fn inverse_upper_cholesky_of_reversed(mut r: Vec<f64>, k: usize) -> Option<Vec<f64>> {
     if !cholesky_lower(&mut r, k) {
         return None;
     }
     // xt[j][i] = L⁻¹[i][j], and U[i][j] = L⁻¹[k-1-i][k-1-j] = xt[k-1-j][k-1-i].
     let xt = invert_lower_transposed(&r, k);
-    drop(r);
-    let mut u = vec![0.0f64; k * k];
+    let mut u = r;
     u.par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| {
+        row[..i].fill(0.0);
         for (j, v) in row.iter_mut().enumerate().skip(i) {
             *v = xt[(k - 1 - j) * k + (k - 1 - i)];
         }
@@ -104,20 +109,22 @@ impl Hessian {
         let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
         let mut damp = options.damp.max(0.0);
         let (u, added) = loop {
-            let mut hp = vec![0.0f64; k * k];
+            // The permuted, damped matrix, built reversed (`JHJ`) for the factorization.
+            let mut rev = vec![0.0f64; k * k];
             let mut added = vec![0.0f64; k];
             for (i, &pi) in perm.iter().enumerate() {
+                let row = &mut rev[(k - 1 - i) * k..(k - i) * k];
                 for (j, &pj) in perm.iter().enumerate() {
-                    hp[i * k + j] = h[pi * k + pj];
+                    row[k - 1 - j] = h[pi * k + pj];
                 }
                 // An input feature that is always zero: its weights do not matter, keep it solvable.
-                if hp[i * k + i] == 0.0 {
+                if row[k - 1 - i] == 0.0 {
                     added[i] = 1.0;
                 }
                 added[i] += damp * mean_diag;
-                hp[i * k + i] += added[i];
+                row[k - 1 - i] += added[i];
             }
-            if let Some(u) = inverse_upper_cholesky(&hp, k) {
+            if let Some(u) = inverse_upper_cholesky_of_reversed(rev, k) {
                 break (u, added);
             }
             if damp >= 10.0 {
