@@ -1,7 +1,7 @@
-//! The dense linear algebra GPTQ needs, on row-major `f64` matrices: Cholesky factorization,
-//! triangular inverse and quadratic forms.
+//! The dense linear algebra GPTQ needs, on row-major `f64` matrices: Cholesky factorization
+//! and quadratic forms.
 //!
-//! All three are memory-bound when done one row or column at a time (a 1536×1536 matrix is
+//! Both are memory-bound when done one row or column at a time (a 1536×1536 matrix is
 //! 18 MB). Here the inner products go through [`mac_tile`]: an [`MR`]×[`LANES`] tile of
 //! outputs held in vector registers, so each loaded value feeds 8 or 16 fused multiply-adds.
 //! Every output element is still computed by one sequence of operations that depends only on
@@ -160,13 +160,6 @@ fn dot_body(a: &[f64], b: &[f64]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
-/// `acc[r] = fma(a[t], p[t·LANES + r], acc[r])` for `t` in order (one row of [`mac_tile`]).
-fn mac_row(acc: &mut [f64; LANES], a: &[f64], p: &[f64]) {
-    let mut tile = [*acc; MR];
-    mac_tile(a, Strides { t: 1, r: 0 }, p, LANES, a.len(), &mut tile);
-    *acc = tile[0];
-}
-
 /// `acc += Σ_t rows[r][t0 + t] · b[t·b_stride + c]` over `t0..t1` for up to [`MR`] rows `k`
 /// apart: read in place when the tile is whole, else packed with zero rows.
 fn mac_rows(
@@ -248,47 +241,6 @@ pub fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
     true
 }
 
-/// The inverse of a row-major lower-triangular matrix, returned transposed (row `j` holds
-/// column `j` of `L⁻¹`, nonzero from `j` on). Columns are independent: [`LANES`] at a time,
-/// groups in parallel; within a group rows go [`MR`] at a time through a register tile.
-pub fn invert_lower_transposed(l: &[f64], k: usize) -> Vec<f64> {
-    let mut xt = vec![0.0f64; k * k];
-    xt.par_chunks_mut(k * LANES).enumerate().for_each(|(g, out)| {
-        let j0 = g * LANES;
-        let width = out.len() / k;
-        // packed[(i - j0)·LANES + r] = column j0 + r of L⁻¹ at row i.
-        let mut packed = vec![0.0f64; (k - j0) * LANES];
-        // Rows MR at a time: their sums over the rows already solved in one register tile,
-        // then the tile's own rows in order, each continuing its chain.
-        let mut i0 = j0;
-        while i0 < k {
-            let i1 = (i0 + MR).min(k);
-            let mut acc = [[0.0f64; LANES]; MR];
-            mac_rows(&l[i0 * k..i1 * k], k, (j0, i0), &packed[..(i0 - j0) * LANES], LANES, &mut acc);
-            for (i, acc) in (i0..i1).zip(&mut acc) {
-                mac_row(acc, &l[i * k + i0..i * k + i], &packed[(i0 - j0) * LANES..(i - j0) * LANES]);
-                let d = l[i * k + i];
-                let lane = &mut packed[(i - j0) * LANES..(i - j0 + 1) * LANES];
-                for r in 0..width {
-                    lane[r] = match (j0 + r).cmp(&i) {
-                        std::cmp::Ordering::Greater => 0.0,
-                        std::cmp::Ordering::Equal => 1.0 / d,
-                        std::cmp::Ordering::Less => -acc[r] / d,
-                    };
-                }
-            }
-            i0 = i1;
-        }
-        for r in 0..width {
-            let col = &mut out[r * k..(r + 1) * k];
-            for i in j0 + r..k {
-                col[i] = packed[(i - j0) * LANES + r];
-            }
-        }
-    });
-    xt
-}
-
 /// `Σ_n e_n H e_nᵀ` over the rows of `e` (`n×k`) for a symmetric `h` (`k×k`), from its upper
 /// triangle: for [`MR`] rows and [`LANES`] columns `c` at a time, `Σ_{t<c} e_t h_tc` in a
 /// register tile (the block's own rows added after), tiles of rows in parallel and summed in
@@ -356,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn cholesky_and_inverse_reproduce_the_matrix() {
+    fn cholesky_reproduces_the_matrix() {
         // Sizes around the lane width: partial groups, exact groups, several groups.
         for k in [1, 5, 16, 17, 40] {
             let h = spd(k, k as u64);
@@ -369,14 +321,6 @@ mod tests {
                     if j > i {
                         assert_eq!(l[i * k + j], 0.0);
                     }
-                }
-            }
-            let xt = invert_lower_transposed(&l, k);
-            for i in 0..k {
-                for j in 0..k {
-                    let s: f64 = (0..k).map(|t| l[i * k + t] * xt[j * k + t]).sum();
-                    let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((s - want).abs() < 1e-8, "k {k} ({i},{j}): {s}");
                 }
             }
         }
