@@ -373,15 +373,27 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
             // independent of each other.
             if (c + 1 - i1).is_multiple_of(block) && c + 1 < i2 {
                 let g0 = c + 1 - block;
-                for i in g0..=c {
-                    let d = &dt[i * TILE..(i + 1) * TILE];
-                    let vrow = &v[i * k..(i + 1) * k];
-                    for m in c + 1..i2 {
-                        let x = vrow[m];
-                        for (s, d) in sums[(m - i1) * TILE..(m - i1 + 1) * TILE].iter_mut().zip(d) {
-                            *s = d.mul_add(x, *s);
+                // Four later columns at a time, their sums held in registers over the group.
+                let mut m = c + 1;
+                while m < i2 {
+                    let width = (i2 - m).min(4);
+                    let mut acc = [[0.0f64; TILE]; 4];
+                    for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                        acc.copy_from_slice(&sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE]);
+                    }
+                    for i in g0..=c {
+                        let d = &dt[i * TILE..(i + 1) * TILE];
+                        for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                            let x = v[i * k + m + j];
+                            for (a, d) in acc.iter_mut().zip(d) {
+                                *a = d.mul_add(x, *a);
+                            }
                         }
                     }
+                    for (j, acc) in acc.iter().enumerate().take(width) {
+                        sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE].copy_from_slice(acc);
+                    }
+                    m += width;
                 }
                 done[c + 1 - i1..i2 - i1].fill(c + 1);
             }
