@@ -135,6 +135,8 @@ fn minilm_int4_for_ort_cpu_is_matmul_nbits_and_keeps_its_embeddings() {
     let out = quantize(dir.path(), &["--target", "cpu", "--block", "32"]);
     let model = load_model(&out.join("model.onnx")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(count_in(&model, "com.microsoft", "MatMulNBits"), PROJECTIONS);
+    // Embedding tables stay in float unless asked (`--int4-embeddings`).
+    assert_eq!(count_in(&model, "com.microsoft", "GatherBlockQuantized"), 0);
     // Only the attention products (activation × activation) are plain MatMuls now.
     assert_eq!(count_op(&model, "MatMul"), 6);
     let g = model.graph.as_ref().unwrap();
@@ -151,6 +153,32 @@ fn minilm_int4_for_ort_cpu_is_matmul_nbits_and_keeps_its_embeddings() {
     println!("cpu int4 rtn: sentence cosine mean {mean:.5}, worst {worst:.5}; worst token {worst_token:.5}");
     assert!(worst >= 0.97, "sentence embedding cosine {worst}");
     assert!(worst_token >= 0.95, "token embedding cosine {worst_token}");
+}
+
+#[test]
+fn minilm_int4_embeddings_are_gather_block_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = quantize(dir.path(), &["--target", "cpu", "--block", "32", "--int4-embeddings"]);
+    let model = load_model(&out.join("model.onnx")).unwrap_or_else(|e| panic!("{e}"));
+    // The word (30522 × 384) and position (512 × 384) tables; token types (2 × 384) stay.
+    assert_eq!(count_in(&model, "com.microsoft", "GatherBlockQuantized"), 2);
+    let original = load_model(&kiln_fixtures::model("transformer").unwrap()).unwrap();
+    assert_eq!(count_op(&model, "Gather") + 2, count_op(&original, "Gather"));
+    let stage = stage(&out);
+    let facts = &stage["facts"];
+    let before = facts["embedding_bytes_before"].as_f64().unwrap();
+    let after = facts["embedding_bytes_after"].as_f64().unwrap();
+    assert_eq!(before, 4.0 * 384.0 * (30522.0 + 512.0));
+    // 4-bit codes and one f32 scale per 32: 5/32 of FP32.
+    assert!(after / before < 0.16, "{after} / {before}");
+    let size = std::fs::metadata(out.join("model.onnx")).unwrap().len();
+    assert!(size < 12 << 20, "artifact of {size} bytes");
+    let (worst, mean, worst_token) = embedding_cosines(&out, 8);
+    println!(
+        "cpu int4 rtn + 4-bit embeddings: {before} -> {after} embedding bytes, artifact {size} bytes; sentence cosine \
+         mean {mean:.5}, worst {worst:.5}; worst token {worst_token:.5}"
+    );
+    assert!(worst >= 0.97, "sentence embedding cosine {worst}");
 }
 
 #[test]
@@ -232,7 +260,13 @@ fn gptq_through_the_cli_lowers_each_layers_error_and_is_deterministic() {
     assert_eq!(stage["facts"]["layers_quantized"], 12, "{stage}");
     assert_eq!(stage["facts"]["method"], "gptq");
     let ratios = stage["facts"]["gptq_output_error_vs_rtn"].as_object().expect("per-layer GPTQ errors");
-    assert_eq!(ratios.len(), 12);
+    // GPTQ runs on the 4-bit layers; the last projection left (layer 2's intermediate) is 8
+    // bits and rounds to nearest.
+    assert_eq!(stage["facts"]["layers_int8"], 1, "{stage}");
+    assert_eq!(ratios.len(), 11);
+    let eight: Vec<&String> =
+        stage["facts"]["bits_per_layer"].as_object().unwrap().iter().filter(|(_, b)| b == &8).map(|(n, _)| n).collect();
+    assert!(eight.iter().all(|n| !ratios.contains_key(n.as_str())), "{eight:?}");
     for (node, r) in ratios {
         let r = r.as_f64().unwrap();
         assert!(r < 1.0, "{node}: GPTQ's output error is {r} of round to nearest's");

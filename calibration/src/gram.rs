@@ -4,9 +4,9 @@
 //!
 //! Like [`crate::collect`], tensors are observed in groups (one session per group, the data
 //! streamed once per group), and each group's matrices are handed to the caller as soon as the
-//! group is done, so memory holds one group's matrices, never the whole model's. Samples are
-//! accumulated one at a time in order, in f64, each matrix by one thread: the result does not
-//! depend on the thread count.
+//! group is done, so memory holds one group's matrices, never the whole model's. Rows are
+//! accumulated in order, in f64: each entry is one chain of fused multiply-adds over every row,
+//! whichever thread computes it, so the result does not depend on the thread count.
 
 use std::path::Path;
 
@@ -30,7 +30,7 @@ pub struct Gram {
 }
 
 /// Rows gathered before they are added to a Gram matrix.
-const BATCH_ROWS: usize = 64;
+const BATCH_ROWS: usize = 256;
 
 impl Gram {
     fn new(name: String, dim: usize) -> Gram {
@@ -67,41 +67,44 @@ impl Accumulator {
         }
     }
 
-    /// Adds the pending rows' `XᵀX` to the upper triangle, each entry one dot product over
-    /// the batch, entries in parallel (each by one thread).
+    /// Adds the pending rows' `XᵀX` to the upper triangle, a tile of [`MR`]×[`NR`] entries at a
+    /// time held in registers; tile rows in parallel. Every entry is one chain of fused
+    /// multiply-adds over the rows in order, continued from batch to batch, so the sum depends
+    /// neither on the thread count nor on how rows were split into samples or batches.
     fn flush(&mut self) {
         let k = self.gram.dim;
         let rows = self.pending.len() / k;
         if rows == 0 {
             return;
         }
-        // Transposed: feature i's values over the batch are contiguous.
-        let mut xt = vec![0.0f64; k * rows];
-        for (r, x) in self.pending.chunks_exact(k).enumerate() {
-            for (i, &v) in x.iter().enumerate() {
-                xt[i * rows + r] = v;
+        // Rows padded to whole tiles of columns (the padding is zero and never stored).
+        let kp = k.div_ceil(NR) * NR;
+        let padded: Vec<f64>;
+        let xp: &[f64] = if kp == k {
+            &self.pending
+        } else {
+            let mut p = vec![0.0f64; rows * kp];
+            for (dst, src) in p.chunks_exact_mut(kp).zip(self.pending.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
             }
-        }
-        let (xt, pending) = (&xt, &self.pending);
-        self.gram.xtx.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-            let xi = &xt[i * rows..(i + 1) * rows];
-            if xi.iter().all(|&v| v == 0.0) {
-                return;
-            }
-            // LANES entries of the row at a time, each one sum over the batch in row order;
-            // the pending rows (row-major) are the other factor, LANES features side by side.
-            let mut j0 = i / LANES * LANES;
-            while j0 + LANES <= k {
-                let acc = dots_strided(xi, &pending[j0..], k);
-                for (r, &a) in acc.iter().enumerate() {
-                    if j0 + r >= i {
-                        row[j0 + r] += a;
-                    }
+            padded = p;
+            &padded
+        };
+        self.gram.xtx.par_chunks_mut(k * MR).enumerate().for_each(|(ti, out)| {
+            let i0 = ti * MR;
+            let height = out.len() / k;
+            let mut j0 = i0 / NR * NR;
+            while j0 < k {
+                let width = (k - j0).min(NR);
+                let mut acc = [[0.0f64; NR]; MR];
+                for (r, acc) in acc.iter_mut().enumerate().take(height) {
+                    acc[..width].copy_from_slice(&out[r * k + j0..r * k + j0 + width]);
                 }
-                j0 += LANES;
-            }
-            for j in j0.max(i)..k {
-                row[j] += dot(xi, &xt[j * rows..(j + 1) * rows]);
+                mac_tile(&xp[i0..], Strides { t: kp, r: 1 }, &xp[j0..], kp, rows, &mut acc);
+                for (r, acc) in acc.iter().enumerate().take(height) {
+                    out[r * k + j0..r * k + j0 + width].copy_from_slice(&acc[..width]);
+                }
+                j0 += NR;
             }
         });
         self.gram.rows += rows as u64;
@@ -122,73 +125,101 @@ impl Accumulator {
     }
 }
 
-/// Features handled together in one pass over the batch.
-const LANES: usize = 16;
+/// Rows of a register tile (features `i`).
+const MR: usize = 8;
+/// Columns of a register tile (features `j`): two 512-bit vectors.
+const NR: usize = 16;
 
-/// `out[r] = Σ_t a[t] · p[t·stride + r]`, each sum in `t` order; in the widest vectors the CPU
-/// has (Rust never fuses a multiply and an add, so every path gives the same bits).
-fn dots_strided(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
+/// Where a tile's `a` values are: `a(t, r) = a[t·t_stride + r·r_stride]`.
+#[derive(Clone, Copy)]
+struct Strides {
+    t: usize,
+    r: usize,
+}
+
+/// `acc[r][c] = fma(a(t, r), b[t·b_stride + c], acc[r][c])` for `t` in `0..steps` in order:
+/// an [`MR`]×[`NR`] tile held in registers, one chain of fused multiply-adds per entry. A fused
+/// multiply-add is exactly rounded, so the result depends only on the inputs and the starting
+/// values: not on how a caller tiles the work, nor on the vector width (every path, the scalar
+/// fallback included, gives the same bits). Steps past the end of `a` or `b` are not taken.
+fn mac_tile(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
+    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a.len();
+    let fits_b = |t: usize| t * b_stride + NR <= b.len();
+    let mut steps = steps;
+    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
+        steps -= 1;
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { dots_strided_avx512(a, p, stride) };
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function was compiled for, and every index
+            // the steps touch was checked above.
+            return unsafe { mac_tile_avx512(a, sa, b, b_stride, steps, acc) };
         }
-        if std::arch::is_x86_feature_detected!("avx") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { dots_strided_avx(a, p, stride) };
+            return unsafe { mac_tile_fma(a, sa, b, b_stride, steps, acc) };
         }
     }
-    dots_strided_body(a, p, stride)
+    mac_tile_body(a, sa, b, b_stride, steps, acc)
 }
 
+/// [`mac_tile_body`] in AVX-512 registers: the tile is 16 vectors of 8, each `b` row two
+/// vector loads, each `a` value one broadcast; every entry's chain is the same sequence of
+/// fused multiply-adds as the scalar body's.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA, and `a` and `b` hold every index of `steps` steps.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dots_strided_avx512(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
-    dots_strided_body(a, p, stride)
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn mac_tile_avx512(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
+    use std::arch::x86_64::{_mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_storeu_pd};
+    // SAFETY: each row of `acc` holds 16 values; the caller vouches for `a` and `b`.
+    unsafe {
+        let mut lo = [_mm512_loadu_pd(acc[0].as_ptr()); MR];
+        let mut hi = lo;
+        for r in 0..MR {
+            lo[r] = _mm512_loadu_pd(acc[r].as_ptr());
+            hi[r] = _mm512_loadu_pd(acc[r].as_ptr().add(8));
+        }
+        for t in 0..steps {
+            let bp = b.as_ptr().add(t * b_stride);
+            let (b0, b1) = (_mm512_loadu_pd(bp), _mm512_loadu_pd(bp.add(8)));
+            let ap = a.as_ptr().add(t * sa.t);
+            for r in 0..MR {
+                let x = _mm512_set1_pd(*ap.add(r * sa.r));
+                lo[r] = _mm512_fmadd_pd(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_pd(x, b1, hi[r]);
+            }
+        }
+        for r in 0..MR {
+            _mm512_storeu_pd(acc[r].as_mut_ptr(), lo[r]);
+            _mm512_storeu_pd(acc[r].as_mut_ptr().add(8), hi[r]);
+        }
+    }
 }
 
+/// The scalar body with hardware fused multiply-adds.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn dots_strided_avx(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
-    dots_strided_body(a, p, stride)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mac_tile_fma(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
+    mac_tile_body(a, sa, b, b_stride, steps, acc)
 }
 
-/// Four partial sums per lane (`t` modulo 4), added in a fixed order at the end: four
-/// independent chains hide the latency of the additions.
 #[inline(always)]
-fn dots_strided_body(a: &[f64], p: &[f64], stride: usize) -> [f64; LANES] {
-    let mut acc = [[0.0f64; LANES]; 4];
-    for (t, &x) in a.iter().enumerate() {
-        let lane = &p[t * stride..t * stride + LANES];
-        let acc = &mut acc[t % 4];
-        for r in 0..LANES {
-            acc[r] += x * lane[r];
+fn mac_tile_body(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
+    for t in 0..steps {
+        let bt = &b[t * b_stride..t * b_stride + NR];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = a[t * sa.t + r * sa.r];
+            for (c, &y) in acc.iter_mut().zip(bt) {
+                *c = x.mul_add(y, *c);
+            }
         }
     }
-    let mut out = [0.0f64; LANES];
-    for r in 0..LANES {
-        out[r] = (acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]);
-    }
-    out
-}
-
-/// A dot product with eight independent accumulators summed in a fixed order: it vectorizes,
-/// and depends on nothing but the inputs.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
 /// How Gram matrices are collected.

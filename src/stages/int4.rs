@@ -51,6 +51,8 @@ pub struct Int4Options {
     pub damp: f64,
     /// GPTQ: quantize the most active input features first.
     pub act_order: bool,
+    /// Large embedding tables in 4 bits too (`GatherBlockQuantized`, ONNX Runtime targets).
+    pub embeddings: bool,
 }
 
 impl Default for Int4Options {
@@ -65,6 +67,7 @@ impl Default for Int4Options {
             last: LayerPrecision::Int8,
             damp: 0.01,
             act_order: false,
+            embeddings: false,
         }
     }
 }
@@ -130,6 +133,7 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
         exclude: options.exclude.clone(),
         first: wide(options.first),
         last: wide(options.last),
+        embeddings: options.embeddings,
     };
 
     let executor = OrtExecutor::new();
@@ -172,6 +176,13 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
     if before > 0 {
         report.fact("weight_size_ratio", after as f64 / before as f64);
     }
+    if !r.embeddings.is_empty() {
+        let before: u64 = r.embeddings.iter().map(|e| e.bytes_before).sum();
+        let after: u64 = r.embeddings.iter().map(|e| e.bytes_after).sum();
+        report.fact("embeddings_int4", r.embeddings.iter().map(|e| e.node.clone()).collect::<Vec<_>>());
+        report.fact("embedding_bytes_before", before);
+        report.fact("embedding_bytes_after", after);
+    }
     let ratios: BTreeMap<String, f64> =
         r.layers.iter().filter_map(|l| Some((l.node.clone(), l.error_vs_rtn?))).collect();
     if !ratios.is_empty() {
@@ -183,6 +194,9 @@ pub fn run(model: &mut Model, options: &Int4Options, cx: &StageContext) -> Resul
     }
     for l in &r.layers {
         report.decisions.insert(l.node.clone(), precision_name(l.precision).to_string());
+    }
+    for e in &r.embeddings {
+        report.decisions.insert(e.node.clone(), "int4 (GatherBlockQuantized)".to_string());
     }
     for (node, why) in &r.skipped {
         report.decisions.insert(node.clone(), why.clone());

@@ -526,6 +526,35 @@ fn scan_binds_slices_and_stacks() {
 // ---- contrib and quantization ----
 
 #[test]
+fn gather_block_quantized_unpacks_the_last_axis_of_uint8_tables() {
+    let mut b = B::new();
+    let table = b.input("table", DataType::U8, "30522,192");
+    let ids = b.input("ids", DataType::I64, "batch,seq");
+    let scales = b.input("scales", DataType::F32, "30522,12");
+    let gbq = |b: &mut B, data, bits: Option<i64>| {
+        let mut spec = NodeSpec::new("GatherBlockQuantized")
+            .domain("com.microsoft")
+            .inputs([data, ids, scales])
+            .attr(Attribute::int("gather_axis", 0))
+            .attr(Attribute::int("quantize_axis", 1))
+            .attr(Attribute::int("block_size", 32));
+        if let Some(bits) = bits {
+            spec = spec.attr(Attribute::int("bits", bits));
+        }
+        b.op_n(spec, 1)[0]
+    };
+    let four = gbq(&mut b, table, None);
+    let eight = gbq(&mut b, table, Some(8));
+    let signed = b.input("signed", DataType::I4, "30522,384");
+    let typed = gbq(&mut b, signed, None);
+    let (m, r) = infer(b, 17);
+    assert_eq!(ty(&m, four), "f32[batch,seq,384]");
+    assert_eq!(ty(&m, eight), "f32[batch,seq,192]");
+    assert_eq!(ty(&m, typed), "f32[batch,seq,384]");
+    assert!(r.skipped.is_empty() && r.unknown_ops.is_empty(), "{r:?}");
+}
+
+#[test]
 fn contrib_ops() {
     let mut b = B::new();
     let x = b.input("x", DataType::F16, "batch,seq,768");

@@ -190,6 +190,36 @@ const CLIP_GRID: [f32; 9] = [1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76
 /// block's (weighted) squared rounding error. `weights` (one per value) come from calibration
 /// data; `None` weighs every value alike.
 pub fn block_params(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { block_params_avx512(values, weights, spec) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { block_params_avx2(values, weights, spec) };
+        }
+    }
+    block_params_body(values, weights, spec)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn block_params_avx512(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    block_params_body(values, weights, spec)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn block_params_avx2(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
+    block_params_body(values, weights, spec)
+}
+
+/// [`block_params`], with every candidate's error computed inline: one dispatch per block
+/// rather than one per candidate.
+#[inline(always)]
+fn block_params_body(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
     let (lo, hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     if hi - lo <= 0.0 || !(hi - lo).is_finite() {
         return (1.0, if spec.symmetric { spec.center() } else { 0 });
@@ -207,7 +237,7 @@ pub fn block_params(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) ->
             }
         }
         for (scale, zp) in candidates.into_iter().flatten() {
-            let err = block_error(values, weights, scale, zp, spec);
+            let err = block_error_body(values, weights, scale, zp, spec);
             if err < best.0 {
                 best = (err, scale, zp);
             }
@@ -247,60 +277,51 @@ fn round_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// The (weighted) squared rounding error of a block; in the widest vectors the CPU has (the
-/// same bits on every path: nothing is fused or reordered).
-fn block_error(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { block_error_avx512(values, weights, scale, zp, spec) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { block_error_avx2(values, weights, scale, zp, spec) };
-        }
-    }
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn block_error_avx512(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn block_error_avx2(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    block_error_body(values, weights, scale, zp, spec)
-}
-
-/// Eight partial sums (element `i` into sum `i % 8`), added in a fixed order: the loop
-/// vectorizes, and the result depends only on the inputs.
+/// The (weighted) squared rounding error of a block, in sixteen partial sums (element `i` into
+/// sum `i % 16`, one 512-bit vector) added in a fixed order: the loop vectorizes, nothing is
+/// fused or reordered, and the result depends only on the inputs.
 #[inline(always)]
 fn block_error_body(values: &[f32], weights: Option<&[f32]>, scale: f32, zp: u8, spec: QuantSpec) -> f32 {
-    let mut acc = [0.0f32; 8];
+    let mut acc = [0.0f32; 16];
     let z = f32::from(zp);
     let qmax = spec.qmax();
     // The search multiplies by the reciprocal (a division costs ten multiplies); a value right
     // at a rounding boundary may land on the other side, which moves its error by nothing.
     let inv = 1.0 / scale;
-    let mut sq = |i: usize, v: f32| {
+    let sq = |v: f32, w: f32| {
         let q = round_even((v * inv + z).clamp(-1.0, qmax + 1.0)).clamp(0.0, qmax);
         let d = (q - z) * scale - v;
-        acc[i % 8] += d * d * weights.map_or(1.0, |w| w[i]);
+        d * d * w
     };
-    let whole = values.len() / 8 * 8;
-    for (c, chunk) in values[..whole].chunks_exact(8).enumerate() {
-        for (r, &v) in chunk.iter().enumerate() {
-            sq(c * 8 + r, v);
+    let (chunks, rest) = values.as_chunks::<16>();
+    match weights {
+        Some(w) => {
+            let (wchunks, wrest) = w[..values.len()].as_chunks::<16>();
+            for (c, wc) in chunks.iter().zip(wchunks) {
+                for i in 0..16 {
+                    acc[i] += sq(c[i], wc[i]);
+                }
+            }
+            for (i, (&v, &w)) in rest.iter().zip(wrest).enumerate() {
+                acc[i] += sq(v, w);
+            }
+        }
+        None => {
+            for c in chunks {
+                for i in 0..16 {
+                    acc[i] += sq(c[i], 1.0);
+                }
+            }
+            for (i, &v) in rest.iter().enumerate() {
+                acc[i] += sq(v, 1.0);
+            }
         }
     }
-    for (i, &v) in values.iter().enumerate().skip(whole) {
-        sq(i, v);
+    let mut half = [0.0f32; 8];
+    for i in 0..8 {
+        half[i] = acc[i] + acc[i + 8];
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    ((half[0] + half[1]) + (half[2] + half[3])) + ((half[4] + half[5]) + (half[6] + half[7]))
 }
 
 /// Round to nearest, block by block, with each block's scale picked by [`block_params`].

@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
-use super::linalg::{cholesky_lower, invert_lower_transposed, quadratic_forms};
+use super::linalg::{LANES, MR, Strides, cholesky_lower, mac_tile, quadratic_forms};
 
 /// GPTQ settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,26 +46,6 @@ pub enum GptqError {
     NotFinite,
 }
 
-/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from one Cholesky factorization:
-/// with `J` the reversal, `JHJ = LLᵀ` gives `H = VVᵀ` for the upper `V = JLJ`, so `U = V⁻¹ =
-/// J L⁻¹ J`.
-pub fn inverse_upper_cholesky(h: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut r: Vec<f64> = h.iter().rev().copied().collect();
-    if !cholesky_lower(&mut r, k) {
-        return None;
-    }
-    // xt[j][i] = L⁻¹[i][j], and U[i][j] = L⁻¹[k-1-i][k-1-j] = xt[k-1-j][k-1-i].
-    let xt = invert_lower_transposed(&r, k);
-    drop(r);
-    let mut u = vec![0.0f64; k * k];
-    u.par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| {
-        for (j, v) in row.iter_mut().enumerate().skip(i) {
-            *v = xt[(k - 1 - j) * k + (k - 1 - i)];
-        }
-    });
-    Some(u)
-}
-
 /// What GPTQ needs from a layer's input, prepared once and shared by every layer that reads
 /// it (Q, K and V projections read the same activation).
 #[derive(Debug, Clone)]
@@ -73,8 +53,8 @@ pub struct Hessian {
     pub k: usize,
     /// Column order.
     pub perm: Vec<usize>,
-    /// Upper Cholesky factor of the damped, permuted inverse Hessian.
-    pub u: Vec<f64>,
+    /// Upper Cholesky factor `V` of the damped, permuted Hessian (`H = VVᵀ`), row-major.
+    pub v: Vec<f64>,
     /// Each input feature's share of the Hessian diagonal, for the scale search (K order).
     pub importance: Vec<f32>,
     pub act_order: bool,
@@ -103,22 +83,26 @@ impl Hessian {
         }
         let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
         let mut damp = options.damp.max(0.0);
-        let (u, added) = loop {
-            let mut hp = vec![0.0f64; k * k];
+        let (v, added) = loop {
+            // The permuted, damped matrix, built reversed (`JHJ`) for the factorization.
+            let mut rev = vec![0.0f64; k * k];
             let mut added = vec![0.0f64; k];
             for (i, &pi) in perm.iter().enumerate() {
+                let row = &mut rev[(k - 1 - i) * k..(k - i) * k];
                 for (j, &pj) in perm.iter().enumerate() {
-                    hp[i * k + j] = h[pi * k + pj];
+                    row[k - 1 - j] = h[pi * k + pj];
                 }
                 // An input feature that is always zero: its weights do not matter, keep it solvable.
-                if hp[i * k + i] == 0.0 {
+                if row[k - 1 - i] == 0.0 {
                     added[i] = 1.0;
                 }
                 added[i] += damp * mean_diag;
-                hp[i * k + i] += added[i];
+                row[k - 1 - i] += added[i];
             }
-            if let Some(u) = inverse_upper_cholesky(&hp, k) {
-                break (u, added);
+            // JHJ = LLᵀ gives H = VVᵀ with V = JLJ: the factor read backwards.
+            if cholesky_lower(&mut rev, k) {
+                rev.reverse();
+                break (rev, added);
             }
             if damp >= 10.0 {
                 return Err(GptqError::NotPositiveDefinite { damp });
@@ -126,7 +110,7 @@ impl Hessian {
             damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
         };
         let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
-        Ok(Hessian { k, perm, u, importance, act_order: options.act_order, damp, added })
+        Ok(Hessian { k, perm, v, importance, act_order: options.act_order, damp, added })
     }
 }
 
@@ -143,11 +127,11 @@ pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: us
 }
 
 /// [`gptq_prepared`], and the layer's output error on the calibration data (as
-/// [`output_error`] computes it) as a by-product: with `W − Q = EU`, the damped error is
+/// [`output_error`] computes it) as a by-product: with `E = (W − Q)V`, the damped error is
 /// `‖E‖²`, from which the damping's share `Σ added·(w − q)²` is taken back.
 pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> (BlockQuantized, f64) {
     let (n, k) = (w.n, w.k);
-    let (perm, u, importance) = (&hessian.perm, &hessian.u, &hessian.importance);
+    let (perm, v, importance) = (&hessian.perm, &hessian.v, &hessian.importance);
     let block = spec.block;
     let kb = k.div_ceil(block);
     let mut scales = vec![0.0f32; n * kb];
@@ -163,10 +147,12 @@ pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: 
         }
     }
 
-    // Rows are independent given U: tiles of rows run on their own threads, so the result does
+    // Rows are independent given V: tiles of rows run on their own threads, so the result does
     // not depend on the thread count.
     let batch = batch.max(1).div_ceil(block) * block;
-    let inputs = TileInputs { perm, u, importance, added: &hessian.added, spec, batch };
+    let block_inverses = if hessian.act_order { Vec::new() } else { diagonal_block_inverses(v, k, block) };
+    let inputs =
+        TileInputs { perm, v, block_inverses: &block_inverses, importance, added: &hessian.added, spec, batch };
     let tiles: Vec<Vec<RowOut>> = (0..n.div_ceil(TILE))
         .into_par_iter()
         .map(|tile| {
@@ -200,42 +186,54 @@ struct RowOut {
     error: f64,
 }
 
-/// Rows quantized together: each span of `U` is loaded once for all of them and then read
+/// Rows quantized together: each span of `V` is loaded once for all of them and then read
 /// from the L1 cache.
-const TILE: usize = 8;
-
-/// Columns updated together by a batch's errors: the span of `U` and of each row stays in the
-/// L1 cache.
-const SPAN: usize = 256;
+const TILE: usize = MR;
 
 /// The shared inputs of every tile of a layer.
 struct TileInputs<'a> {
     perm: &'a [usize],
-    u: &'a [f64],
+    v: &'a [f64],
+    /// Without act order: the inverse of each `block`×`block` diagonal block of `V`.
+    block_inverses: &'a [Vec<f64>],
     importance: &'a [f32],
     added: &'a [f64],
     spec: QuantSpec,
     batch: usize,
 }
 
-/// `w[m] -= e · h[m]`.
-#[inline(always)]
-fn axpy(w: &mut [f64], e: f64, h: &[f64]) {
-    for (x, &h) in w.iter_mut().zip(h) {
-        *x -= e * h;
-    }
+/// The inverses of the diagonal blocks of the upper-triangular `v` (`k×k`), `block` wide (the
+/// last may be narrower), each row-major: back substitution, column by column.
+fn diagonal_block_inverses(v: &[f64], k: usize, block: usize) -> Vec<Vec<f64>> {
+    (0..k.div_ceil(block))
+        .map(|b| {
+            let c0 = b * block;
+            let g = block.min(k - c0);
+            let t = |i: usize, j: usize| v[(c0 + i) * k + c0 + j];
+            let mut x = vec![0.0f64; g * g];
+            for j in 0..g {
+                x[j * g + j] = 1.0 / t(j, j);
+                for i in (0..j).rev() {
+                    let s: f64 = (i + 1..=j).map(|m| t(i, m) * x[m * g + j]).sum();
+                    x[i * g + j] = -s / t(i, i);
+                }
+            }
+            x
+        })
+        .collect()
 }
 
-/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise, and Rust
-/// never fuses a multiply and an add, so every path gives the same bits.
+/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise chains of
+/// exactly rounded fused multiply-adds (Rust fuses nothing else), so every path gives the same
+/// bits.
 fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function was compiled for.
             return unsafe { gptq_tile_avx512(rows, fixed, t) };
         }
-        if std::arch::is_x86_feature_detected!("avx") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
             return unsafe { gptq_tile_avx(rows, fixed, t) };
         }
@@ -244,25 +242,29 @@ fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn gptq_tile_avx512(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     gptq_tile_body(rows, fixed, t)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
+#[target_feature(enable = "avx2,fma")]
 fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
     gptq_tile_body(rows, fixed, t)
 }
 
-/// GPTQ on up to [`TILE`] rows of the weight: columns in `perm` order, errors spread through
-/// `u` (the upper Cholesky factor of the permuted inverse Hessian), updates batched `batch`
-/// columns at a time. `fixed` holds a row's block parameters under act order; otherwise each
-/// block's are chosen when its first column comes. Each row's arithmetic is what it would be
-/// alone: the tile only shares the loads of `u`.
+/// GPTQ on up to [`TILE`] rows of the weight, left-looking: with `H = VVᵀ` (`V` upper), the
+/// weight column `c` is quantized at `w_c + (Σ_{i<c} δ_i V_ic) / V_cc`, where `δ_i = w_i − q_i`
+/// are the earlier columns' differences from the original weight: the same values GPTQ's
+/// error propagation through `V⁻¹` reaches, without inverting anything. The sums over the
+/// columns before a batch go through register tiles; each sum is one chain of fused
+/// multiply-adds in column order, so a row's arithmetic is what it would be alone.
+///
+/// Without act order a block's parameters are chosen from its weights as propagated up to its
+/// first column `c`: `w_m + Σ_{c≤i≤m} S_i (V_blk⁻¹)_im` with `S_i = Σ_{j<c} δ_j V_ji`.
 #[inline(always)]
 fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    let (perm, u, spec) = (t.perm, t.u, t.spec);
+    let (perm, v, spec) = (t.perm, t.v, t.spec);
     let k = perm.len();
     let block = spec.block;
     let kb = k.div_ceil(block);
@@ -277,62 +279,124 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         })
         .collect();
     let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
-    // wp[r·k + c]: row r's (updated) weight of column c, in `perm` order; unused rows stay 0.
-    let mut wp = vec![0.0f64; k * TILE];
+    // w[r·k + c]: row r's original weight of column c, in `perm` order; unused rows stay 0.
+    let mut w = vec![0.0f64; k * TILE];
     for (r, row) in rows.iter().enumerate() {
         for (c, &p) in perm.iter().enumerate() {
-            wp[r * k + c] = f64::from(row[p]);
+            w[r * k + c] = f64::from(row[p]);
         }
     }
-    let mut errs = vec![0.0f64; t.batch * TILE];
+    // dt[c·TILE + r]: δ of row r at column c, rows side by side.
+    let mut dt = vec![0.0f64; k * TILE];
+    // sums[(c - i1)·TILE + r] = Σ_{i < done[c - i1]} δ_i V_ic for the batch's columns.
+    let mut sums = vec![0.0f64; t.batch * TILE];
+    let mut done = vec![0usize; t.batch];
     let mut damped = [0.0f64; TILE];
     let mut share = [0.0f64; TILE];
     let mut i1 = 0;
     while i1 < k {
         let i2 = (i1 + t.batch).min(k);
+        // The earlier columns' share, LANES columns at a time through one register tile.
+        let mut c0 = i1;
+        while c0 < i2 {
+            let width = (i2 - c0).min(LANES);
+            let mut acc = [[0.0f64; LANES]; TILE];
+            if width == LANES && i1 > 0 {
+                mac_tile(&dt, Strides { t: TILE, r: 1 }, &v[c0..], k, i1, &mut acc);
+            } else {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (c, acc) in acc.iter_mut().enumerate().take(width) {
+                        for i in 0..i1 {
+                            *acc = dt[i * TILE + r].mul_add(v[i * k + c0 + c], *acc);
+                        }
+                    }
+                }
+            }
+            for c in 0..width {
+                for r in 0..TILE {
+                    sums[(c0 + c - i1) * TILE + r] = acc[r][c];
+                }
+            }
+            c0 += width;
+        }
+        done[..i2 - i1].fill(i1);
         for c in i1..i2 {
             let orig = perm[c];
             let b = orig / block;
-            let urow = &u[c * k..(c + 1) * k];
-            let mut e = [0.0f64; TILE];
-            for (r, out) in outs.iter_mut().enumerate() {
-                if !have[r][b] {
-                    // Without act order, columns come in K order: block b starts at column c,
-                    // and the batch holds whole blocks, so its values here are up to date.
-                    let range = c..(c + block).min(k);
-                    let vals: Vec<f32> = wp[r * k + range.start..r * k + range.end].iter().map(|&v| v as f32).collect();
-                    let (s, z) = block_params(&vals, Some(&t.importance[range]), spec);
+            if have.iter().any(|h| !h[b]) {
+                // Without act order columns come in K order and batches hold whole blocks:
+                // block b starts at column c and ends inside the batch.
+                let end = (c + block).min(k);
+                let g = end - c;
+                for m in c..end {
+                    advance(v, k, (i1, m, c), &mut sums, &mut done, &dt);
+                }
+                let inv = &t.block_inverses[b];
+                // pushed[(m - c)·TILE + r] = Σ_{c≤i≤m} S_i (V_blk⁻¹)_im, rows side by side.
+                let mut pushed = vec![0.0f64; g * TILE];
+                for m in c..end {
+                    let p = &mut pushed[(m - c) * TILE..(m - c + 1) * TILE];
+                    for i in c..=m {
+                        let x = inv[(i - c) * g + (m - c)];
+                        for (p, &s) in p.iter_mut().zip(&sums[(i - i1) * TILE..(i - i1 + 1) * TILE]) {
+                            *p += s * x;
+                        }
+                    }
+                }
+                for (r, out) in outs.iter_mut().enumerate() {
+                    if have[r][b] {
+                        continue;
+                    }
+                    let vals: Vec<f32> = (c..end).map(|m| (w[r * k + m] + pushed[(m - c) * TILE + r]) as f32).collect();
+                    let (s, z) = block_params(&vals, Some(&t.importance[c..end]), spec);
                     out.scales[b] = s;
                     out.zps[b] = z;
                     have[r][b] = true;
                 }
+            }
+            advance(v, k, (i1, c, c), &mut sums, &mut done, &dt);
+            let vcc = v[c * k + c];
+            for (r, out) in outs.iter_mut().enumerate() {
                 let (s, z) = (out.scales[b], out.zps[b]);
-                let x = wp[r * k + c];
+                let x = w[r * k + c] + sums[(c - i1) * TILE + r] / vcc;
                 let q = quantize_value(x as f32, s, z, spec);
                 out.codes[orig] = q;
                 let deq = f64::from((f32::from(q) - f32::from(z)) * s);
-                e[r] = (x - deq) / urow[c];
-                damped[r] += e[r] * e[r];
-                let delta = f64::from(rows[r][orig]) - deq;
+                let e = (x - deq) * vcc;
+                damped[r] += e * e;
+                let delta = w[r * k + c] - deq;
+                dt[c * TILE + r] = delta;
                 share[r] += t.added[c] * delta * delta;
             }
-            for (r, &e) in e.iter().enumerate() {
-                axpy(&mut wp[r * k + c..r * k + i2], e, &urow[c..i2]);
-            }
-            errs[(c - i1) * TILE..(c - i1 + 1) * TILE].copy_from_slice(&e);
-        }
-        // The later columns, a cache-sized span at a time; each still takes the batch's
-        // updates in column order.
-        let mut m0 = i2;
-        while m0 < k {
-            let m1 = (m0 + SPAN).min(k);
-            for i in 0..i2 - i1 {
-                let h = &u[(i1 + i) * k + m0..(i1 + i) * k + m1];
-                for (r, &e) in errs[i * TILE..(i + 1) * TILE].iter().enumerate() {
-                    axpy(&mut wp[r * k + m0..r * k + m1], e, h);
+            // A group of `block` columns done: the batch's later columns take its share, column
+            // by column of the group (so each sum stays in column order), the later columns
+            // independent of each other.
+            if (c + 1 - i1).is_multiple_of(block) && c + 1 < i2 {
+                let g0 = c + 1 - block;
+                // Four later columns at a time, their sums held in registers over the group.
+                let mut m = c + 1;
+                while m < i2 {
+                    let width = (i2 - m).min(4);
+                    let mut acc = [[0.0f64; TILE]; 4];
+                    for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                        acc.copy_from_slice(&sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE]);
+                    }
+                    for i in g0..=c {
+                        let d = &dt[i * TILE..(i + 1) * TILE];
+                        for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                            let x = v[i * k + m + j];
+                            for (a, d) in acc.iter_mut().zip(d) {
+                                *a = d.mul_add(x, *a);
+                            }
+                        }
+                    }
+                    for (j, acc) in acc.iter().enumerate().take(width) {
+                        sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE].copy_from_slice(acc);
+                    }
+                    m += width;
                 }
+                done[c + 1 - i1..i2 - i1].fill(c + 1);
             }
-            m0 = m1;
         }
         i1 = i2;
     }
@@ -340,6 +404,27 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         out.error = damped[r] - share[r];
     }
     outs
+}
+
+/// Carries the sum of batch column `c` (the batch starts at `i1`) on over the earlier columns
+/// up to `upto`, in column order; inlined into the vectorized tile body.
+#[inline(always)]
+fn advance(
+    v: &[f64],
+    k: usize,
+    (i1, c, upto): (usize, usize, usize),
+    sums: &mut [f64],
+    done: &mut [usize],
+    dt: &[f64],
+) {
+    let s = &mut sums[(c - i1) * TILE..(c - i1 + 1) * TILE];
+    for i in done[c - i1]..upto {
+        let x = v[i * k + c];
+        for (s, d) in s.iter_mut().zip(&dt[i * TILE..(i + 1) * TILE]) {
+            *s = d.mul_add(x, *s);
+        }
+    }
+    done[c - i1] = done[c - i1].max(upto);
 }
 
 /// The layer's summed squared output error over the calibration rows, `Σ_rows ‖x(W − Q)ᵀ‖²
@@ -381,31 +466,28 @@ mod tests {
     }
 
     #[test]
-    fn inverse_cholesky_factor_is_exact() {
+    fn the_hessian_factor_is_exact() {
         let k = 9;
         let h = correlated_gram(k, 40, 3);
-        let u = inverse_upper_cholesky(&h, k).unwrap();
-        // H · (UᵀU) = I, and U is upper triangular.
-        for i in 0..k {
-            for j in 0..i {
-                assert_eq!(u[i * k + j], 0.0);
-            }
-        }
-        for i in 0..k {
-            for j in 0..k {
-                let mut s = 0.0;
-                for m in 0..k {
-                    let hinv_mj: f64 = (0..k).map(|t| u[t * k + m] * u[t * k + j]).sum();
-                    s += h[i * k + m] * hinv_mj;
+        for act_order in [false, true] {
+            let hs = Hessian::new(&h, k, &GptqOptions { act_order, damp: 0.0, ..Default::default() }).unwrap();
+            let v = &hs.v;
+            // V is upper triangular and V·Vᵀ is the permuted matrix.
+            for i in 0..k {
+                for j in 0..k {
+                    if j < i {
+                        assert_eq!(v[i * k + j], 0.0);
+                    }
+                    let s: f64 = (0..k).map(|t| v[i * k + t] * v[j * k + t]).sum();
+                    let want = h[hs.perm[i] * k + hs.perm[j]];
+                    assert!((s - want).abs() < 1e-9 * want.abs().max(1.0), "({i},{j}) = {s} vs {want}");
                 }
-                let want = if i == j { 1.0 } else { 0.0 };
-                assert!((s - want).abs() < 1e-8, "({i},{j}) = {s}");
             }
         }
-        // Not positive definite: refused.
+        // Not positive definite even with the largest damping: refused.
         let mut bad = h.clone();
-        bad[0] = -1.0;
-        assert!(inverse_upper_cholesky(&bad, k).is_none());
+        bad[0] = -1e9;
+        assert!(matches!(Hessian::new(&bad, k, &GptqOptions::default()), Err(GptqError::NotPositiveDefinite { .. })));
     }
 
     #[test]

@@ -1,97 +1,194 @@
-//! The dense linear algebra GPTQ needs, on row-major `f64` matrices: Cholesky factorization,
-//! triangular inverse and quadratic forms.
+//! The dense linear algebra GPTQ needs, on row-major `f64` matrices: Cholesky factorization
+//! and quadratic forms.
 //!
-//! All three are memory-bound when done one row or column at a time (a 1536×1536 matrix is
-//! 18 MB). Here [`LANES`] rows (or columns) go together: they are packed side by side, so each
-//! element of the big matrix is loaded once for all of them and the inner loop vectorizes across
-//! the lanes. Every output element is still computed by one sequence of operations that depends
-//! only on the inputs, so results do not depend on the thread count.
+//! Both are memory-bound when done one row or column at a time (a 1536×1536 matrix is
+//! 18 MB). Here the inner products go through [`mac_tile`]: an [`MR`]×[`LANES`] tile of
+//! outputs held in vector registers, so each loaded value feeds 8 or 16 fused multiply-adds.
+//! Every output element is still computed by one sequence of operations that depends only on
+//! the inputs, so results depend neither on the thread count nor on the vector width.
 
 use rayon::prelude::*;
 
 /// Rows or columns handled together.
 pub const LANES: usize = 16;
 
-/// `out[r] = Σ_t a[t] · p[t·LANES + r]`, each sum in `t` order. On x86-64 it runs in the
-/// widest vectors the CPU has; Rust never fuses a multiply and an add, so every path gives the
-/// same bits.
-#[inline]
-fn dots(a: &[f64], p: &[f64]) -> [f64; LANES] {
+/// Rows of a register tile.
+pub const MR: usize = 8;
+
+/// Where a tile's `a` values are: `a(t, r) = a[t·t_stride + r·r_stride]`.
+#[derive(Clone, Copy)]
+pub struct Strides {
+    pub t: usize,
+    pub r: usize,
+}
+
+/// `acc[r][c] = fma(a(t, r), b[t·b_stride + c], acc[r][c])` for `t` in `0..steps` in order:
+/// an [`MR`]×[`LANES`] tile held in registers, one chain of fused multiply-adds per entry. A fused
+/// multiply-add is exactly rounded, so the result depends only on the inputs and the starting
+/// values: not on how a caller tiles the work, nor on the vector width (every path, the scalar
+/// fallback included, gives the same bits). Steps past the end of `a` or `b` are not taken.
+pub fn mac_tile(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; LANES]; MR]) {
+    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a.len();
+    let fits_b = |t: usize| t * b_stride + LANES <= b.len();
+    let mut steps = steps;
+    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
+        steps -= 1;
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function was compiled for.
-            return unsafe { dots_avx512(a, p) };
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function was compiled for, and every index
+            // the steps touch was checked above.
+            return unsafe { mac_tile_avx512(a, sa, b, b_stride, steps, acc) };
         }
-        if std::arch::is_x86_feature_detected!("avx") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { dots_avx(a, p) };
+            return unsafe { mac_tile_fma(a, sa, b, b_stride, steps, acc) };
         }
     }
-    dots_body(a, p)
+    mac_tile_body(a, sa, b, b_stride, steps, acc)
 }
 
+/// [`mac_tile_body`] in AVX-512 registers: the tile is 16 vectors of 8, each `b` row two
+/// vector loads, each `a` value one broadcast; every entry's chain is the same sequence of
+/// fused multiply-adds as the scalar body's.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA, and `a` and `b` hold every index of `steps` steps.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dots_avx512(a: &[f64], p: &[f64]) -> [f64; LANES] {
-    dots_body(a, p)
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn mac_tile_avx512(
+    a: &[f64],
+    sa: Strides,
+    b: &[f64],
+    b_stride: usize,
+    steps: usize,
+    acc: &mut [[f64; LANES]; MR],
+) {
+    use std::arch::x86_64::{_mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_storeu_pd};
+    // SAFETY: each row of `acc` holds 16 values; the caller vouches for `a` and `b`.
+    unsafe {
+        let mut lo = [_mm512_loadu_pd(acc[0].as_ptr()); MR];
+        let mut hi = lo;
+        for r in 0..MR {
+            lo[r] = _mm512_loadu_pd(acc[r].as_ptr());
+            hi[r] = _mm512_loadu_pd(acc[r].as_ptr().add(8));
+        }
+        for t in 0..steps {
+            let bp = b.as_ptr().add(t * b_stride);
+            let (b0, b1) = (_mm512_loadu_pd(bp), _mm512_loadu_pd(bp.add(8)));
+            let ap = a.as_ptr().add(t * sa.t);
+            for r in 0..MR {
+                let x = _mm512_set1_pd(*ap.add(r * sa.r));
+                lo[r] = _mm512_fmadd_pd(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_pd(x, b1, hi[r]);
+            }
+        }
+        for r in 0..MR {
+            _mm512_storeu_pd(acc[r].as_mut_ptr(), lo[r]);
+            _mm512_storeu_pd(acc[r].as_mut_ptr().add(8), hi[r]);
+        }
+    }
 }
 
+/// The scalar body with hardware fused multiply-adds.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn dots_avx(a: &[f64], p: &[f64]) -> [f64; LANES] {
-    dots_body(a, p)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mac_tile_fma(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; LANES]; MR]) {
+    mac_tile_body(a, sa, b, b_stride, steps, acc)
 }
 
-/// Four partial sums per lane (`t` modulo 4), added in a fixed order at the end: four
-/// independent chains hide the latency of the additions.
 #[inline(always)]
-fn dots_body(a: &[f64], p: &[f64]) -> [f64; LANES] {
-    let mut acc = [[0.0f64; LANES]; 4];
-    let lanes = p.as_chunks::<LANES>().0;
-    let whole = a.len() / 4 * 4;
-    for (xs, ls) in a[..whole].as_chunks::<4>().0.iter().zip(lanes.as_chunks::<4>().0) {
-        for q in 0..4 {
-            for r in 0..LANES {
-                acc[q][r] += xs[q] * ls[q][r];
+fn mac_tile_body(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; LANES]; MR]) {
+    for t in 0..steps {
+        let bt = &b[t * b_stride..t * b_stride + LANES];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = a[t * sa.t + r * sa.r];
+            for (c, &y) in acc.iter_mut().zip(bt) {
+                *c = x.mul_add(y, *c);
             }
         }
     }
-    for (&x, lane) in a[whole..].iter().zip(&lanes[whole..]) {
-        for r in 0..LANES {
-            acc[0][r] += x * lane[r];
-        }
-    }
-    let mut out = [0.0f64; LANES];
-    for r in 0..LANES {
-        out[r] = (acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]);
-    }
-    out
 }
 
-/// A dot product with eight independent accumulators summed in a fixed order.
+/// A dot product with eight independent chains of fused multiply-adds, summed in a fixed
+/// order; dispatched like [`mac_tile`].
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { dot_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn dot_avx512(a: &[f64], b: &[f64]) -> f64 {
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
+    dot_body(a, b)
+}
+
+#[inline(always)]
+fn dot_body(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] = x[i].mul_add(y[i], acc[i]);
         }
     }
     let mut tail = 0.0;
     for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+        tail = x.mul_add(*y, tail);
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+/// `acc += Σ_t rows[r][t0 + t] · b[t·b_stride + c]` over `t0..t1` for up to [`MR`] rows `k`
+/// apart: read in place when the tile is whole, else packed with zero rows.
+fn mac_rows(
+    rows: &[f64],
+    k: usize,
+    (t0, t1): (usize, usize),
+    b: &[f64],
+    b_stride: usize,
+    acc: &mut [[f64; LANES]; MR],
+) {
+    if rows.len() >= MR * k {
+        mac_tile(&rows[t0..], Strides { t: 1, r: k }, b, b_stride, t1 - t0, acc);
+        return;
+    }
+    let mut packed = vec![0.0f64; (t1 - t0) * MR];
+    for (r, row) in rows.chunks_exact(k).enumerate() {
+        for (t, &v) in row[t0..t1].iter().enumerate() {
+            packed[t * MR + r] = v;
+        }
+    }
+    mac_tile(&packed, Strides { t: MR, r: 1 }, b, b_stride, t1 - t0, acc);
 }
 
 /// In-place lower Cholesky factor of a row-major `k×k` symmetric matrix (the upper triangle is
 /// zeroed); `false` if it is not positive definite.
 ///
 /// Columns go [`LANES`] at a time: the group's rows are finished first (they only need earlier
-/// columns), packed, and then every row below takes the group's columns in one pass over its
-/// earlier entries, rows in parallel.
+/// columns), packed, and then the rows below take the group's columns [`MR`] rows at a time in
+/// one register tile over their earlier entries, tiles in parallel.
 pub fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
     let mut packed = vec![0.0f64; k * LANES];
     let mut j0 = 0;
@@ -123,15 +220,17 @@ pub fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
         }
         let block: Vec<f64> = a[j0 * k..j1 * k].to_vec();
         let packed = &packed[..j0 * LANES];
-        a[j1 * k..].par_chunks_mut(k).for_each(|row| {
-            let acc = dots(&row[..j0], packed);
-            for (r, j) in (j0..j1).enumerate() {
-                let lj = &block[r * k..(r + 1) * k];
-                let mut s = row[j] - acc[r];
-                for t in j0..j {
-                    s -= row[t] * lj[t];
+        // Rows below, MR at a time: their entries over the earlier columns go through one
+        // register tile against the group's rows.
+        a[j1 * k..].par_chunks_mut(k * MR).for_each(|rows| {
+            let mut acc = [[0.0f64; LANES]; MR];
+            mac_rows(rows, k, (0, j0), packed, LANES, &mut acc);
+            for (row, acc) in rows.chunks_exact_mut(k).zip(&acc) {
+                for (r, j) in (j0..j1).enumerate() {
+                    let lj = &block[r * k..(r + 1) * k];
+                    let s = (row[j] - acc[r]) - dot(&row[j0..j], &lj[j0..j]);
+                    row[j] = s / lj[j];
                 }
-                row[j] = s / lj[j];
             }
         });
         j0 = j1;
@@ -142,66 +241,48 @@ pub fn cholesky_lower(a: &mut [f64], k: usize) -> bool {
     true
 }
 
-/// The inverse of a row-major lower-triangular matrix, returned transposed (row `j` holds
-/// column `j` of `L⁻¹`, nonzero from `j` on). Columns are independent: [`LANES`] at a time,
-/// groups in parallel.
-pub fn invert_lower_transposed(l: &[f64], k: usize) -> Vec<f64> {
-    let mut xt = vec![0.0f64; k * k];
-    xt.par_chunks_mut(k * LANES).enumerate().for_each(|(g, out)| {
-        let j0 = g * LANES;
-        let width = out.len() / k;
-        // packed[(i - j0)·LANES + r] = column j0 + r of L⁻¹ at row i.
-        let mut packed = vec![0.0f64; (k - j0) * LANES];
-        for i in j0..k {
-            let acc = dots(&l[i * k + j0..i * k + i], &packed[..(i - j0) * LANES]);
-            let d = l[i * k + i];
-            let lane = &mut packed[(i - j0) * LANES..(i - j0 + 1) * LANES];
-            for r in 0..width {
-                lane[r] = match (j0 + r).cmp(&i) {
-                    std::cmp::Ordering::Greater => 0.0,
-                    std::cmp::Ordering::Equal => 1.0 / d,
-                    std::cmp::Ordering::Less => -acc[r] / d,
-                };
-            }
-        }
-        for r in 0..width {
-            let col = &mut out[r * k..(r + 1) * k];
-            for i in j0 + r..k {
-                col[i] = packed[(i - j0) * LANES + r];
-            }
-        }
-    });
-    xt
-}
-
-/// `Σ_n e_n H e_nᵀ` over the rows of `e` (`n×k`) for a symmetric `h` (`k×k`): [`LANES`] rows
-/// at a time, each pass over the upper triangle of `h`, groups in parallel and summed in order.
+/// `Σ_n e_n H e_nᵀ` over the rows of `e` (`n×k`) for a symmetric `h` (`k×k`), from its upper
+/// triangle: for [`MR`] rows and [`LANES`] columns `c` at a time, `Σ_{t<c} e_t h_tc` in a
+/// register tile (the block's own rows added after), tiles of rows in parallel and summed in
+/// order.
 pub fn quadratic_forms(e: &[f64], h: &[f64], k: usize) -> f64 {
     if k == 0 {
         return 0.0;
     }
-    let per_group: Vec<f64> = e
-        .par_chunks(k * LANES)
+    let per_tile: Vec<f64> = e
+        .par_chunks(k * MR)
         .map(|rows| {
-            let width = rows.len() / k;
-            let mut packed = vec![0.0f64; k * LANES];
-            for (r, row) in rows.chunks_exact(k).enumerate() {
-                for (t, &v) in row.iter().enumerate() {
-                    packed[t * LANES + r] = v;
+            let mut total = 0.0;
+            let mut c0 = 0;
+            while c0 < k {
+                let width = (k - c0).min(LANES);
+                let mut acc = [[0.0f64; LANES]; MR];
+                if width == LANES {
+                    mac_rows(rows, k, (0, c0), &h[c0..], k, &mut acc);
+                } else {
+                    // The last, narrower block: the same sums, one entry at a time.
+                    for (row, acc) in rows.chunks_exact(k).zip(&mut acc) {
+                        for (c, acc) in acc.iter_mut().enumerate().take(width) {
+                            let col = (0..c0).map(|t| h[t * k + c0 + c]);
+                            *acc = row[..c0].iter().zip(col).fold(0.0, |s, (&x, y)| x.mul_add(y, s));
+                        }
+                    }
                 }
-            }
-            let mut totals = [0.0f64; LANES];
-            for i in 0..k {
-                let off = dots(&h[i * k + i + 1..(i + 1) * k], &packed[(i + 1) * LANES..]);
-                let lane = &packed[i * LANES..(i + 1) * LANES];
-                for r in 0..LANES {
-                    totals[r] += lane[r] * (h[i * k + i] * lane[r] + 2.0 * off[r]);
+                for (row, acc) in rows.chunks_exact(k).zip(&acc) {
+                    for c in c0..c0 + width {
+                        let mut s = acc[c - c0];
+                        for t in c0..c {
+                            s += row[t] * h[t * k + c];
+                        }
+                        total += row[c] * (2.0 * s + h[c * k + c] * row[c]);
+                    }
                 }
+                c0 += width;
             }
-            totals[..width].iter().sum::<f64>()
+            total
         })
         .collect();
-    per_group.iter().sum()
+    per_tile.iter().sum()
 }
 
 #[cfg(test)]
@@ -227,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn cholesky_and_inverse_reproduce_the_matrix() {
+    fn cholesky_reproduces_the_matrix() {
         // Sizes around the lane width: partial groups, exact groups, several groups.
         for k in [1, 5, 16, 17, 40] {
             let h = spd(k, k as u64);
@@ -240,14 +321,6 @@ mod tests {
                     if j > i {
                         assert_eq!(l[i * k + j], 0.0);
                     }
-                }
-            }
-            let xt = invert_lower_transposed(&l, k);
-            for i in 0..k {
-                for j in 0..k {
-                    let s: f64 = (0..k).map(|t| l[i * k + t] * xt[j * k + t]).sum();
-                    let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((s - want).abs() < 1e-8, "k {k} ({i},{j}): {s}");
                 }
             }
         }

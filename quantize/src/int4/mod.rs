@@ -10,6 +10,9 @@
 //!   `DequantizeLinear` → `MatMul` (TensorRT).
 
 pub mod block;
+pub mod embed;
+#[cfg(test)]
+mod embed_tests;
 mod emit;
 pub mod gptq;
 #[cfg(feature = "learned-rounding")]
@@ -29,6 +32,7 @@ use kiln_compiler::ir::{Model, OpsetImport};
 use kiln_compiler::runtime::Executor;
 
 pub use block::{BlockQuantized, QuantSpec, RowMajor};
+pub use embed::EmbeddingReport;
 pub use gptq::{GptqError, GptqOptions};
 #[cfg(feature = "learned-rounding")]
 pub use learned::LearnedOptions;
@@ -96,6 +100,10 @@ pub struct Int4Config {
     /// Precision of the last projections (no quantized layer downstream): the output
     /// projection, whose error nothing after it can average out.
     pub last: LayerPrecision,
+    /// Also store large embedding tables (constant `Gather` along rows) in 4 bits, blocked
+    /// along the embedding width, as `com.microsoft.GatherBlockQuantized` (ONNX Runtime
+    /// targets only).
+    pub embeddings: bool,
 }
 
 impl Default for Int4Config {
@@ -109,6 +117,7 @@ impl Default for Int4Config {
             exclude: Vec::new(),
             first: LayerPrecision::Int4,
             last: LayerPrecision::Int8,
+            embeddings: false,
         }
     }
 }
@@ -167,6 +176,8 @@ pub struct LayerReport {
 #[derive(Debug, Clone, Default)]
 pub struct Int4Report {
     pub layers: Vec<LayerReport>,
+    /// Embedding tables rewritten as `GatherBlockQuantized`.
+    pub embeddings: Vec<EmbeddingReport>,
     /// Node name → why it stays in float.
     pub skipped: Vec<(String, String)>,
     /// Rewrites besides the layers (opset raised, …).
@@ -237,58 +248,61 @@ pub fn quantize_model(
     let layers = selection.layers;
     if layers.is_empty() {
         report.warnings.push("no MatMul or Gemm with a constant f32 weight to quantize".into());
-        return Ok(report);
+        if !config.embeddings {
+            return Ok(report);
+        }
     }
     let fold_alpha = config.format == Format::MatMulNBits;
 
     let mut results: Vec<Option<(BlockQuantized, Option<f64>)>> = vec![None; layers.len()];
-    match &config.method {
-        Method::Rtn => {
-            for (i, l) in layers.iter().enumerate() {
-                let w = emit::layer_rows(l, fold_alpha)?;
-                results[i] = Some((block::rtn(&w, layer_spec(l, config), None), None));
+    // The data-aware methods run on the 4-bit layers. An 8-bit layer's rounding error is a
+    // sixteenth of a 4-bit one's, so it rounds to nearest: its Gram matrix (for MiniLM's
+    // 8-bit output projection, K = 1536) would cost as much as those of all other layers.
+    let data_aware = |l: &Layer| !matches!(config.method, Method::Rtn) && l.precision == LayerPrecision::Int4;
+    for (i, l) in layers.iter().enumerate().filter(|(_, l)| !data_aware(l)) {
+        let w = emit::layer_rows(l, fold_alpha)?;
+        results[i] = Some((block::rtn(&w, layer_spec(l, config), None), None));
+    }
+    if !matches!(config.method, Method::Rtn) && data.is_none() {
+        return Err(Int4Error::Config(format!("{} needs calibration data", config.method.name())));
+    }
+    if let (true, Some(data)) = (layers.iter().any(data_aware), data) {
+        let mut activations: Vec<(String, usize)> = Vec::new();
+        for l in layers.iter().filter(|l| data_aware(l)) {
+            if !activations.iter().any(|(a, _)| *a == l.activation) {
+                activations.push((l.activation.clone(), l.k));
             }
         }
-        _ => {
-            let needs = || Int4Error::Config(format!("{} needs calibration data", config.method.name()));
-            let data = data.ok_or_else(needs)?;
-            let mut activations: Vec<(String, usize)> = Vec::new();
-            for l in &layers {
-                if !activations.iter().any(|(a, _)| *a == l.activation) {
-                    activations.push((l.activation.clone(), l.k));
-                }
-            }
-            let mut failure: Option<Int4Error> = None;
-            let mut sink = |gram: Gram| -> Result<(), CalibError> {
-                let hessian = match &config.method {
-                    Method::Gptq(options) => Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch)),
-                    _ => None,
+        let mut failure: Option<Int4Error> = None;
+        let mut sink = |gram: Gram| -> Result<(), CalibError> {
+            let hessian = match &config.method {
+                Method::Gptq(options) => Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch)),
+                _ => None,
+            };
+            for (i, l) in layers.iter().enumerate().filter(|(_, l)| l.activation == gram.name && data_aware(l)) {
+                let result = match (&config.method, &hessian) {
+                    (Method::Gptq(_), Some((hessian, batch))) => {
+                        quantize_gptq(l, config, &gram, hessian, *batch, fold_alpha)
+                    }
+                    #[cfg(feature = "learned-rounding")]
+                    (Method::Learned(options), _) => quantize_learned(l, config, &gram, options, fold_alpha),
+                    _ => Err(Int4Error::Internal(format!("{}: not a data-aware method", l.name))),
                 };
-                for (i, l) in layers.iter().enumerate().filter(|(_, l)| l.activation == gram.name) {
-                    let result = match (&config.method, &hessian) {
-                        (Method::Gptq(_), Some((hessian, batch))) => {
-                            quantize_gptq(l, config, &gram, hessian, *batch, fold_alpha)
-                        }
-                        #[cfg(feature = "learned-rounding")]
-                        (Method::Learned(options), _) => quantize_learned(l, config, &gram, options, fold_alpha),
-                        _ => Err(Int4Error::Internal(format!("{}: not a data-aware method", l.name))),
-                    };
-                    match result {
-                        Ok((q, ratio, warning)) => {
-                            results[i] = Some((q, ratio));
-                            report.warnings.extend(warning);
-                        }
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                        }
+                match result {
+                    Ok((q, ratio, warning)) => {
+                        results[i] = Some((q, ratio));
+                        report.warnings.extend(warning);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
                     }
                 }
-                Ok(())
-            };
-            collect_grams(data.executor, model, data.base_dir, data.source, &activations, &data.options, &mut sink)?;
-            if let Some(e) = failure {
-                return Err(e);
             }
+            Ok(())
+        };
+        collect_grams(data.executor, model, data.base_dir, data.source, &activations, &data.options, &mut sink)?;
+        if let Some(e) = failure {
+            return Err(e);
         }
     }
 
@@ -323,6 +337,19 @@ pub fn quantize_model(
         });
     }
     emit::drop_dead_weights(g, &weights);
+    if config.embeddings {
+        if config.format == Format::MatMulNBits {
+            let (tables, skipped) = embed::quantize_embeddings(g, config.block, config.symmetric, &config.exclude)?;
+            report.embeddings = tables;
+            report.skipped.extend(skipped);
+        } else {
+            report.warnings.push(
+                "embedding tables stay in float: GatherBlockQuantized is an ONNX Runtime op the TensorRT target does \
+                 not take"
+                    .into(),
+            );
+        }
+    }
     kiln_compiler::shape::infer_model(model);
     Ok(report)
 }

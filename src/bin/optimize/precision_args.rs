@@ -25,6 +25,10 @@ pub struct PrecisionArgs {
     /// INT4: how weights are rounded.
     #[arg(long, value_enum, default_value = "rtn")]
     pub int4_method: Int4MethodArg,
+    /// INT4: store large embedding tables in 4 bits too (GatherBlockQuantized, blocked along
+    /// the embedding width; ONNX Runtime targets).
+    #[arg(long)]
+    pub int4_embeddings: bool,
     /// INT8 static: SmoothQuant before calibration, migrating MatMul input outliers into the
     /// weights; ALPHA in [0, 1] everywhere, or `auto` to choose it per MatMul input.
     #[arg(long, value_name = "ALPHA|auto", num_args = 0..=1, default_missing_value = "auto")]
@@ -96,7 +100,13 @@ impl PrecisionArgs {
                     Int4MethodArg::Awq => Int4Method::Awq,
                     Int4MethodArg::Learned => Int4Method::Learned,
                 };
-                Precision::Int4(Int4Options { block: args.block, method, exclude, ..Int4Options::default() })
+                Precision::Int4(Int4Options {
+                    block: args.block,
+                    method,
+                    exclude,
+                    embeddings: args.int4_embeddings,
+                    ..Int4Options::default()
+                })
             }
         })
     }

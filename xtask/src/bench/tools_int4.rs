@@ -2,7 +2,9 @@
 //! samples) against ONNX Runtime's `MatMulNBitsQuantizer` (`xtask/bench/ort_int4.py`), all at
 //! block size 32 for ORT's CPU provider. Kiln runs at O2, where every projection is still a
 //! MatMul (O3 folds Q, K and V into a float `Attention`), so both tools quantize the same 18
-//! weights; Kiln keeps the output projection at 8 bits by default. Kiln's rows skip the
+//! weights; Kiln keeps the output projection at 8 bits by default. One more Kiln row stores the
+//! word and position embedding tables in 4 bits too (`--int4-embeddings`, which ORT's
+//! quantizer does only when asked for Gather). Kiln's rows skip the
 //! validation `optimize` runs by default, so that their time is the quantizer's, as ORT's is;
 //! the bench measures every row's accuracy on its evaluation samples anyway.
 
@@ -30,6 +32,14 @@ pub(super) const INT4_TOOLS: &[Tool] = &[
         peer: false,
         program: Program::Kiln,
         args: kiln_gptq_args,
+        tolerance: INT4_TOLERANCE,
+    },
+    Tool {
+        id: "kiln-int4-gptq-embed",
+        group: "int4",
+        peer: false,
+        program: Program::Kiln,
+        args: kiln_gptq_embed_args,
         tolerance: INT4_TOLERANCE,
     },
     Tool {
@@ -63,6 +73,11 @@ fn kiln_rtn_args(inv: &Invocation) -> Vec<String> {
 
 fn kiln_gptq_args(inv: &Invocation) -> Vec<String> {
     kiln_int4(inv, &["--int4-method", "gptq", "--data", inv.data])
+}
+
+/// GPTQ with the word and position embedding tables as 4-bit `GatherBlockQuantized` too.
+fn kiln_gptq_embed_args(inv: &Invocation) -> Vec<String> {
+    kiln_int4(inv, &["--int4-method", "gptq", "--data", inv.data, "--int4-embeddings"])
 }
 
 fn ort_args(inv: &Invocation, asymmetric: bool) -> Vec<String> {
@@ -100,6 +115,8 @@ mod tests {
         let gptq = (by_id("kiln-int4-gptq").args)(&inv);
         assert!(gptq.windows(2).any(|w| w == ["--int4-method", "gptq"]));
         assert!(gptq.windows(2).any(|w| w == ["--data", "/d"]));
+        assert!(!gptq.contains(&"--int4-embeddings".to_string()));
+        assert!((by_id("kiln-int4-gptq-embed").args)(&inv).contains(&"--int4-embeddings".to_string()));
         let ort = (by_id("ort-int4").args)(&inv);
         assert!(ort[0].ends_with("xtask/bench/ort_int4.py"));
         assert_eq!(&ort[1..5], ["/m.onnx", "/o/model.onnx", "--block", "32"]);

@@ -1,6 +1,7 @@
 //! Quantization ops (standard and `com.microsoft`) and the ONNX Runtime contrib ops Kiln
 //! emits when it fuses: Gelu variants, SkipLayerNormalization, Attention,
-//! MultiHeadAttention, EmbedLayerNormalization, FusedConv/FusedGemm, MatMulNBits, QLinear*.
+//! MultiHeadAttention, EmbedLayerNormalization, FusedConv/FusedGemm, MatMulNBits,
+//! GatherBlockQuantized, QLinear*.
 
 use super::matmul::{gemm_shape, matmul_shape};
 use super::nn::{Window, conv_shape};
@@ -41,6 +42,7 @@ pub(super) fn register(r: &mut Registry<'_>) {
     r.add(MS, &["FusedGemm"], |cx| Ok(vec![tt(cx.elem(0), gemm_shape(cx, 0, 1)?)]));
     r.add(MS, &["FusedMatMul"], fused_matmul);
     r.add(MS, &["MatMulNBits"], matmul_nbits);
+    r.add(MS, &["GatherBlockQuantized"], gather_block_quantized);
     r.add(MS, &["MatMulIntegerToFloat"], |cx| {
         let s = match (cx.shape(0), cx.shape(1)) {
             (Some(a), Some(b)) => Some(matmul_shape(a, b)?),
@@ -215,6 +217,32 @@ fn matmul_nbits(cx: &mut InferCtx<'_>) -> InferResult {
         v
     });
     Ok(vec![tt(elem, shape)])
+}
+
+/// `Gather` of a blockwise-quantized table, dequantized to the scales' type. A `uint8` table
+/// with `bits` below 8 packs its last axis (`8 / bits` values a byte): the output has the
+/// unpacked length there.
+fn gather_block_quantized(cx: &mut InferCtx<'_>) -> InferResult {
+    let elem = cx.elem(2);
+    let axis = cx.node.attr_int("gather_axis").unwrap_or(0);
+    let bits = cx.node.attr_int("bits").unwrap_or(4);
+    let per_byte = if cx.elem(0) == code(DataType::U8) && (1..8).contains(&bits) { 8 / bits } else { 1 };
+    let (Some(data), Some(ind)) = (cx.shape(0), cx.shape(1)) else {
+        let rank = match (cx.rank(0), cx.rank(1)) {
+            (Some(a), Some(b)) if a > 0 => Some(a + b - 1),
+            _ => None,
+        };
+        return Ok(vec![tt(elem, rank.map(|r| vec![Dim::unknown(); r]))]);
+    };
+    let a = norm_axis(axis, data.len())?;
+    let mut logical: Vec<Dim> = bare_all(data);
+    if let Some(last) = logical.last_mut() {
+        *last = dim_mul(last, &Dim::known(per_byte));
+    }
+    let mut out: Vec<Dim> = logical[..a].to_vec();
+    out.extend(bare_all(ind));
+    out.extend(logical[a + 1..].iter().cloned());
+    Ok(vec![tt(elem, Some(out))])
 }
 
 fn qlinear_binary(cx: &mut InferCtx<'_>) -> InferResult {
