@@ -263,3 +263,60 @@ fn sizes_are_estimated_from_the_first_sample() {
     let names: Vec<String> = ["r", "y", "nowhere"].iter().map(|s| s.to_string()).collect();
     assert_eq!(estimated_bytes(&model, &names, &sample), [Some(400), Some(400), None]);
 }
+
+/// Samples of `tiny`'s input x[8]; the one at `bad` (if any) feeds x as i32, which the model
+/// does not take.
+struct Poisoned {
+    len: usize,
+    bad: Option<usize>,
+}
+
+impl SampleSource for Poisoned {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn origin(&self, index: usize) -> String {
+        format!("sample-{index}")
+    }
+
+    fn read(&self, index: usize) -> Result<crate::data::Sample, DataError> {
+        let x = if self.bad == Some(index) {
+            Tensor::from_slice(vec![8], &[1i32; 8]).unwrap()
+        } else {
+            let v: Vec<f32> = (0..8).map(|i| (i as f32 - 3.5) * (index + 1) as f32).collect();
+            Tensor::from_slice(vec![8], &v).unwrap()
+        };
+        Ok(crate::data::Sample { origin: self.origin(index), inputs: vec![("x".into(), x)] })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} samples", self.len)
+    }
+}
+
+#[test]
+fn a_bad_sample_after_good_ones_stops_the_run_with_its_name() {
+    // Observations already made do not hide a later sample's failure, whatever the batch.
+    let model = tiny();
+    for batch in [1, 2] {
+        let options = CollectOptions { batch, ..Default::default() };
+        let err = collect(&OrtExecutor::new(), &model, None, &Poisoned { len: 6, bad: Some(4) }, &options).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadInput, "{err}");
+        assert!(err.to_string().contains("sample-4"), "{err}");
+    }
+}
+
+#[test]
+fn good_samples_are_all_observed_whatever_the_batch() {
+    let model = tiny();
+    for batch in [1, 2, 4] {
+        let options = CollectOptions { batch, ..Default::default() };
+        let r = collect(&OrtExecutor::new(), &model, None, &Poisoned { len: 6, bad: None }, &options).unwrap();
+        assert_eq!(r.samples, 6);
+        // The last sample holds the extremes: (0 - 3.5) * 6 and (7 - 3.5) * 6.
+        assert_eq!(r.range("x"), Some((-21.0, 21.0)));
+        assert_eq!(r.range("r"), Some((0.0, 21.0)));
+        assert_eq!(r.range("y"), Some((0.0, 42.0)));
+    }
+}

@@ -100,12 +100,12 @@ pub fn validate_artifact(
     let options = ValidateOptions {
         tolerance,
         // A quick look (alternating pairs, median), not a benchmark: it is part of every run's
-        // wall time, so it stops at a quarter second once it has a median of seven pairs.
+        // wall time, so it stops at a median of eleven pairs, or of seven once 150 ms are spent.
         latency: quantized.then_some(LatencyConfig {
             warmup: 2,
             min_runs: 7,
-            max_runs: 20,
-            budget: std::time::Duration::from_millis(250),
+            max_runs: 11,
+            budget: std::time::Duration::from_millis(150),
         }),
         session,
     };
