@@ -239,8 +239,9 @@ impl Default for GramOptions {
     }
 }
 
-/// Runs the model over every sample of `source` and hands `sink` the Gram matrix of each named
-/// activation (with its expected last dimension `K`), group by group, in the order given.
+/// Runs the model over every sample of `source` and hands `sink` the Gram matrices of the named
+/// activations (with their expected last dimension `K`), a group at a time (so the caller may
+/// work on a group's matrices in parallel), in the order given.
 pub fn collect_grams(
     executor: &dyn Executor,
     model: &Model,
@@ -248,7 +249,7 @@ pub fn collect_grams(
     source: &dyn SampleSource,
     tensors: &[(String, usize)],
     options: &GramOptions,
-    sink: &mut dyn FnMut(Gram) -> Result<(), CalibError>,
+    sink: &mut dyn FnMut(Vec<Gram>) -> Result<(), CalibError>,
 ) -> Result<(), CalibError> {
     let inputs = model_inputs(model)?;
     let g = model.main_graph().ok_or_else(|| CalibError::Model("the model has no graph".into()))?;
@@ -309,9 +310,7 @@ pub fn collect_grams(
                 Ok(())
             })?;
         }
-        for acc in grams {
-            sink(acc.finish())?;
-        }
+        sink(grams.into_par_iter().map(Accumulator::finish).collect())?;
         start = end;
     }
     Ok(())
@@ -351,12 +350,14 @@ mod tests {
         let names = [("x".to_string(), 3), ("y".to_string(), 2)];
         // A budget of one matrix at a time: two groups, two sessions.
         let options = GramOptions { memory_budget: 1, ..GramOptions::default() };
+        let mut groups = 0;
         collect_grams(&OrtExecutor::new(), &model, None, &src, &names, &options, &mut |g| {
-            got.push(g);
+            groups += 1;
+            got.extend(g);
             Ok(())
         })
         .unwrap();
-        assert_eq!(got.len(), 2);
+        assert_eq!((got.len(), groups), (2, 2));
         // Reference: from the samples themselves.
         let mut want = vec![0.0f64; 9];
         for i in 0..3 {
