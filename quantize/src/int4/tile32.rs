@@ -48,18 +48,18 @@ unsafe fn mac_tile_f32_avx512(
     // SAFETY: each row of `acc` holds 16 values; the caller vouches for `a` and `b`.
     unsafe {
         let mut v = [_mm512_loadu_ps(acc[0].as_ptr()); MR];
-        for r in 0..MR {
-            v[r] = _mm512_loadu_ps(acc[r].as_ptr());
+        for (v, acc) in v.iter_mut().zip(acc.iter()) {
+            *v = _mm512_loadu_ps(acc.as_ptr());
         }
         for t in 0..steps {
             let bt = _mm512_loadu_ps(b.as_ptr().add(t * b_stride));
             let ap = a.as_ptr().add(t * sa.t);
-            for r in 0..MR {
-                v[r] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(r * sa.r)), bt, v[r]);
+            for (r, v) in v.iter_mut().enumerate() {
+                *v = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(r * sa.r)), bt, *v);
             }
         }
-        for r in 0..MR {
-            _mm512_storeu_ps(acc[r].as_mut_ptr(), v[r]);
+        for (v, acc) in v.iter().zip(acc.iter_mut()) {
+            _mm512_storeu_ps(acc.as_mut_ptr(), *v);
         }
     }
 }
