@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use kiln_compiler::ir::{Model, ValueDef};
-use kiln_compiler::runtime::{Executor, OptLevel, SessionConfig, Value};
+use kiln_compiler::runtime::{Executor, ModelSource, OptLevel, Session, SessionConfig, Value};
 use rayon::prelude::*;
 
 use crate::collect::CalibError;
@@ -228,6 +228,10 @@ pub struct GramOptions {
     /// Bytes of matrices held at once (a group holds at least one tensor whatever its size).
     pub memory_budget: usize,
     pub session: SessionConfig,
+    /// Models whose weights take at most this many bytes (and that have no external data) go
+    /// to the runtime from memory rather than through a temporary file: writing MiniLM's
+    /// 68 MB to disk cost more CPU time than all of its Gram matrices.
+    pub in_memory_bytes: u64,
 }
 
 impl Default for GramOptions {
@@ -235,12 +239,30 @@ impl Default for GramOptions {
         GramOptions {
             memory_budget: 512 << 20,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
+            in_memory_bytes: 256 << 20,
         }
     }
 }
 
-/// Runs the model over every sample of `source` and hands `sink` the Gram matrix of each named
-/// activation (with its expected last dimension `K`), group by group, in the order given.
+/// A session on `model`: from memory when it is small enough (see
+/// [`GramOptions::in_memory_bytes`]), else as [`kiln_compiler::execute::load_session`] loads it.
+fn open_session(
+    executor: &dyn Executor,
+    model: &Model,
+    base_dir: Option<&Path>,
+    options: &GramOptions,
+) -> Result<Box<dyn Session>, CalibError> {
+    let summary = kiln_compiler::inspect::summarize(model);
+    if summary.external_files.is_empty() && summary.parameter_bytes <= options.in_memory_bytes {
+        let bytes = kiln_compiler::onnx::encode_model(model);
+        return executor.load(ModelSource { bytes: &bytes, base_dir }, &options.session).map_err(CalibError::Load);
+    }
+    kiln_compiler::execute::load_session(executor, model, base_dir, &options.session).map_err(CalibError::Load)
+}
+
+/// Runs the model over every sample of `source` and hands `sink` the Gram matrices of the named
+/// activations (with their expected last dimension `K`), a group at a time (so the caller may
+/// work on a group's matrices in parallel), in the order given.
 pub fn collect_grams(
     executor: &dyn Executor,
     model: &Model,
@@ -248,7 +270,7 @@ pub fn collect_grams(
     source: &dyn SampleSource,
     tensors: &[(String, usize)],
     options: &GramOptions,
-    sink: &mut dyn FnMut(Gram) -> Result<(), CalibError>,
+    sink: &mut dyn FnMut(Vec<Gram>) -> Result<(), CalibError>,
 ) -> Result<(), CalibError> {
     let inputs = model_inputs(model)?;
     let g = model.main_graph().ok_or_else(|| CalibError::Model("the model has no graph".into()))?;
@@ -279,8 +301,7 @@ pub fn collect_grams(
             let ids = names.iter().filter_map(|n| g.find_value(n)).collect();
             g.set_outputs(ids);
         }
-        let mut session =
-            kiln_compiler::execute::load_session(executor, &m, base_dir, &options.session).map_err(CalibError::Load)?;
+        let mut session = open_session(executor, &m, base_dir, options)?;
         let mut grams: Vec<Accumulator> = group.iter().map(|(n, k)| Accumulator::new(n.clone(), *k)).collect();
         for i in 0..source.len() {
             let s = source.read(i)?;
@@ -309,9 +330,7 @@ pub fn collect_grams(
                 Ok(())
             })?;
         }
-        for acc in grams {
-            sink(acc.finish())?;
-        }
+        sink(grams.into_par_iter().map(Accumulator::finish).collect())?;
         start = end;
     }
     Ok(())
@@ -351,12 +370,24 @@ mod tests {
         let names = [("x".to_string(), 3), ("y".to_string(), 2)];
         // A budget of one matrix at a time: two groups, two sessions.
         let options = GramOptions { memory_budget: 1, ..GramOptions::default() };
-        collect_grams(&OrtExecutor::new(), &model, None, &src, &names, &options, &mut |g| {
-            got.push(g);
+        // Through `load_session` (which spills large models to a file) rather than from
+        // memory: the same matrices.
+        let mut through_file = Vec::new();
+        let file_options = GramOptions { memory_budget: 1, in_memory_bytes: 0, ..GramOptions::default() };
+        collect_grams(&OrtExecutor::new(), &model, None, &src, &names, &file_options, &mut |g| {
+            through_file.extend(g);
             Ok(())
         })
         .unwrap();
-        assert_eq!(got.len(), 2);
+        let mut groups = 0;
+        collect_grams(&OrtExecutor::new(), &model, None, &src, &names, &options, &mut |g| {
+            groups += 1;
+            got.extend(g);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((got.len(), groups), (2, 2));
+        assert_eq!(got, through_file);
         // Reference: from the samples themselves.
         let mut want = vec![0.0f64; 9];
         for i in 0..3 {

@@ -220,7 +220,7 @@ fn block_params_avx2(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -
 /// rather than one per candidate.
 #[inline(always)]
 fn block_params_body(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -> (f32, u8) {
-    let (lo, hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = range_with_zero(values);
     if hi - lo <= 0.0 || !(hi - lo).is_finite() {
         return (1.0, if spec.symmetric { spec.center() } else { 0 });
     }
@@ -244,6 +244,26 @@ fn block_params_body(values: &[f32], weights: Option<&[f32]>, spec: QuantSpec) -
         }
     }
     (best.1, best.2)
+}
+
+/// The smallest and largest of `values` and 0, in sixteen lanes (one 512-bit vector) merged at
+/// the end: minima and maxima are exact, so the lanes change nothing but the speed (a `NaN` is
+/// passed over either way).
+#[inline(always)]
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([0.0f32; 16], [0.0f32; 16]);
+    let (chunks, rest) = values.as_chunks::<16>();
+    for c in chunks {
+        for i in 0..16 {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    for (i, &v) in rest.iter().enumerate() {
+        lo[i] = lo[i].min(v);
+        hi[i] = hi[i].max(v);
+    }
+    (lo.iter().fold(0.0f32, |a, &b| a.min(b)), hi.iter().fold(0.0f32, |a, &b| a.max(b)))
 }
 
 /// Scale and zero point covering `[lo, hi]` (which holds 0). Symmetric blocks use the signed

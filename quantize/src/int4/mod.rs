@@ -22,6 +22,7 @@ mod opset;
 mod select;
 #[cfg(test)]
 mod tests;
+mod tile32;
 
 use std::path::Path;
 
@@ -30,6 +31,7 @@ use kiln_calibration::SampleSource;
 use kiln_calibration::gram::{Gram, GramOptions, collect_grams};
 use kiln_compiler::ir::{Model, OpsetImport};
 use kiln_compiler::runtime::Executor;
+use rayon::prelude::*;
 
 pub use block::{BlockQuantized, QuantSpec, RowMajor};
 pub use embed::EmbeddingReport;
@@ -274,20 +276,38 @@ pub fn quantize_model(
             }
         }
         let mut failure: Option<Int4Error> = None;
-        let mut sink = |gram: Gram| -> Result<(), CalibError> {
-            let hessian = match &config.method {
-                Method::Gptq(options) => Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch)),
-                _ => None,
-            };
-            for (i, l) in layers.iter().enumerate().filter(|(_, l)| l.activation == gram.name && data_aware(l)) {
-                let result = match (&config.method, &hessian) {
-                    (Method::Gptq(_), Some((hessian, batch))) => {
-                        quantize_gptq(l, config, &gram, hessian, *batch, fold_alpha)
-                    }
-                    #[cfg(feature = "learned-rounding")]
-                    (Method::Learned(options), _) => quantize_learned(l, config, &gram, options, fold_alpha),
-                    _ => Err(Int4Error::Internal(format!("{}: not a data-aware method", l.name))),
-                };
+        // A group's activations are independent: each one's Hessian and layers run on their
+        // own task (every result is computed alike whichever thread runs it), and the results
+        // land in layer order.
+        let mut sink = |grams: Vec<Gram>| -> Result<(), CalibError> {
+            let done: Vec<Vec<(usize, LayerResult)>> = grams
+                .par_iter()
+                .map(|gram| {
+                    let hessian = match &config.method {
+                        Method::Gptq(options) => {
+                            Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch))
+                        }
+                        _ => None,
+                    };
+                    layers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.activation == gram.name && data_aware(l))
+                        .map(|(i, l)| {
+                            let result = match (&config.method, &hessian) {
+                                (Method::Gptq(_), Some((hessian, batch))) => {
+                                    quantize_gptq(l, config, gram, hessian, *batch, fold_alpha)
+                                }
+                                #[cfg(feature = "learned-rounding")]
+                                (Method::Learned(options), _) => quantize_learned(l, config, gram, options, fold_alpha),
+                                _ => Err(Int4Error::Internal(format!("{}: not a data-aware method", l.name))),
+                            };
+                            (i, result)
+                        })
+                        .collect()
+                })
+                .collect();
+            for (i, result) in done.into_iter().flatten() {
                 match result {
                     Ok((q, ratio, warning)) => {
                         results[i] = Some((q, ratio));
@@ -363,6 +383,10 @@ fn accuracy_level(config: &Int4Config, bits: u8) -> Option<i64> {
     config.accuracy_level.or((bits == 8).then_some(4))
 }
 
+/// One data-aware layer's outcome: the weight, its output error relative to round to nearest,
+/// and a warning.
+type LayerResult = Result<(BlockQuantized, Option<f64>, Option<String>), Int4Error>;
+
 /// GPTQ on one layer; falls back to round to nearest (with a warning) when the Hessian cannot
 /// be factored. Also returns the output error relative to round to nearest.
 fn quantize_gptq(
@@ -372,13 +396,14 @@ fn quantize_gptq(
     hessian: &Result<gptq::Hessian, GptqError>,
     batch: usize,
     fold_alpha: bool,
-) -> Result<(BlockQuantized, Option<f64>, Option<String>), Int4Error> {
+) -> LayerResult {
     let w = emit::layer_rows(layer, fold_alpha)?;
     let spec = layer_spec(layer, config);
     let baseline = block::rtn(&w, spec, None);
-    match hessian.as_ref().map(|h| gptq::gptq_with_error(&w, h, spec, batch)) {
-        Ok((q, err)) => {
-            let base = gptq::output_error(&w, &baseline, &gram.xtx);
+    match hessian.as_ref().map(|h| (gptq::gptq_with_error(&w, h, spec, batch), h)) {
+        Ok(((q, err), h)) => {
+            // Measured as GPTQ measures its own, through the factor.
+            let base = gptq::output_error_prepared(&w, &baseline, h);
             if base > 0.0 && err > base {
                 // GPTQ trades error on the calibration rows; it should never lose to RTN there.
                 return Ok((
@@ -410,7 +435,7 @@ fn quantize_learned(
     gram: &Gram,
     options: &LearnedOptions,
     fold_alpha: bool,
-) -> Result<(BlockQuantized, Option<f64>, Option<String>), Int4Error> {
+) -> LayerResult {
     let w = emit::layer_rows(layer, fold_alpha)?;
     if gram.xtx.len() != w.k * w.k {
         return Err(Int4Error::Weight {
