@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::collect::CalibError;
 use crate::data::{SampleSource, model_inputs, validate};
+use crate::tile::{LANES, MR, Strides, mac_tile};
 
 /// The Gram matrix of one activation.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +68,7 @@ impl Accumulator {
         }
     }
 
-    /// Adds the pending rows' `XᵀX` to the upper triangle, a tile of [`MR`]×[`NR`] entries at a
+    /// Adds the pending rows' `XᵀX` to the upper triangle, a tile of [`MR`]×[`LANES`] entries at a
     /// time held in registers; tile rows in parallel. Every entry is one chain of fused
     /// multiply-adds over the rows in order, continued from batch to batch, so the sum depends
     /// neither on the thread count nor on how rows were split into samples or batches.
@@ -78,7 +79,7 @@ impl Accumulator {
             return;
         }
         // Rows padded to whole tiles of columns (the padding is zero and never stored).
-        let kp = k.div_ceil(NR) * NR;
+        let kp = k.div_ceil(LANES) * LANES;
         let padded: Vec<f64>;
         let xp: &[f64] = if kp == k {
             &self.pending
@@ -93,10 +94,10 @@ impl Accumulator {
         self.gram.xtx.par_chunks_mut(k * MR).enumerate().for_each(|(ti, out)| {
             let i0 = ti * MR;
             let height = out.len() / k;
-            let mut j0 = i0 / NR * NR;
+            let mut j0 = i0 / LANES * LANES;
             while j0 < k {
-                let width = (k - j0).min(NR);
-                let mut acc = [[0.0f64; NR]; MR];
+                let width = (k - j0).min(LANES);
+                let mut acc = [[0.0f64; LANES]; MR];
                 for (r, acc) in acc.iter_mut().enumerate().take(height) {
                     acc[..width].copy_from_slice(&out[r * k + j0..r * k + j0 + width]);
                 }
@@ -104,7 +105,7 @@ impl Accumulator {
                 for (r, acc) in acc.iter().enumerate().take(height) {
                     out[r * k + j0..r * k + j0 + width].copy_from_slice(&acc[..width]);
                 }
-                j0 += NR;
+                j0 += LANES;
             }
         });
         self.gram.rows += rows as u64;
@@ -122,103 +123,6 @@ impl Accumulator {
             }
         }
         g
-    }
-}
-
-/// Rows of a register tile (features `i`).
-const MR: usize = 8;
-/// Columns of a register tile (features `j`): two 512-bit vectors.
-const NR: usize = 16;
-
-/// Where a tile's `a` values are: `a(t, r) = a[t·t_stride + r·r_stride]`.
-#[derive(Clone, Copy)]
-struct Strides {
-    t: usize,
-    r: usize,
-}
-
-/// `acc[r][c] = fma(a(t, r), b[t·b_stride + c], acc[r][c])` for `t` in `0..steps` in order:
-/// an [`MR`]×[`NR`] tile held in registers, one chain of fused multiply-adds per entry. A fused
-/// multiply-add is exactly rounded, so the result depends only on the inputs and the starting
-/// values: not on how a caller tiles the work, nor on the vector width (every path, the scalar
-/// fallback included, gives the same bits). Steps past the end of `a` or `b` are not taken.
-fn mac_tile(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
-    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a.len();
-    let fits_b = |t: usize| t * b_stride + NR <= b.len();
-    let mut steps = steps;
-    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
-        steps -= 1;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function was compiled for, and every index
-            // the steps touch was checked above.
-            return unsafe { mac_tile_avx512(a, sa, b, b_stride, steps, acc) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { mac_tile_fma(a, sa, b, b_stride, steps, acc) };
-        }
-    }
-    mac_tile_body(a, sa, b, b_stride, steps, acc)
-}
-
-/// [`mac_tile_body`] in AVX-512 registers: the tile is 16 vectors of 8, each `b` row two
-/// vector loads, each `a` value one broadcast; every entry's chain is the same sequence of
-/// fused multiply-adds as the scalar body's.
-///
-/// # Safety
-/// The CPU has AVX-512F and FMA, and `a` and `b` hold every index of `steps` steps.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn mac_tile_avx512(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
-    use std::arch::x86_64::{_mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_storeu_pd};
-    // SAFETY: each row of `acc` holds 16 values; the caller vouches for `a` and `b`.
-    unsafe {
-        let mut lo = [_mm512_loadu_pd(acc[0].as_ptr()); MR];
-        let mut hi = lo;
-        for r in 0..MR {
-            lo[r] = _mm512_loadu_pd(acc[r].as_ptr());
-            hi[r] = _mm512_loadu_pd(acc[r].as_ptr().add(8));
-        }
-        for t in 0..steps {
-            let bp = b.as_ptr().add(t * b_stride);
-            let (b0, b1) = (_mm512_loadu_pd(bp), _mm512_loadu_pd(bp.add(8)));
-            let ap = a.as_ptr().add(t * sa.t);
-            for r in 0..MR {
-                let x = _mm512_set1_pd(*ap.add(r * sa.r));
-                lo[r] = _mm512_fmadd_pd(x, b0, lo[r]);
-                hi[r] = _mm512_fmadd_pd(x, b1, hi[r]);
-            }
-        }
-        for r in 0..MR {
-            _mm512_storeu_pd(acc[r].as_mut_ptr(), lo[r]);
-            _mm512_storeu_pd(acc[r].as_mut_ptr().add(8), hi[r]);
-        }
-    }
-}
-
-/// The scalar body with hardware fused multiply-adds.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn mac_tile_fma(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
-    mac_tile_body(a, sa, b, b_stride, steps, acc)
-}
-
-#[inline(always)]
-fn mac_tile_body(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; NR]; MR]) {
-    for t in 0..steps {
-        let bt = &b[t * b_stride..t * b_stride + NR];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let x = a[t * sa.t + r * sa.r];
-            for (c, &y) in acc.iter_mut().zip(bt) {
-                *c = x.mul_add(y, *c);
-            }
-        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod gram;
 mod lift;
 pub mod observe;
 pub mod ranges;
+pub mod tile;
 
 pub use collect::{CalibError, CollectOptions, collect, float_activations};
 pub use data::{DataError, Sample, SampleSource, SharedSource};
