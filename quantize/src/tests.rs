@@ -79,7 +79,14 @@ fn dq_source(g: &Graph, op: &str, i: usize) -> Option<(DataType, Vec<usize>, Opt
 }
 
 fn conv_relu(exclude: &[&str]) -> (Model, Int8Config) {
-    let mut b = B::new(1);
+    let mut config = Int8Config::ort_cpu();
+    config.exclude = exclude.iter().map(|s| s.to_string()).collect();
+    (conv_relu_conv(1), config)
+}
+
+/// x → Conv(w, bias) → Relu → Conv(w2) → y, weights drawn with `seed`.
+fn conv_relu_conv(seed: u64) -> Model {
+    let mut b = B::new(seed);
     let x = b.input("x", &[1, 3, 8, 8]);
     let w = b.weight("w", &[4, 3, 3, 3], -0.5, 0.5);
     let bias = b.weight("bias", &[4], -0.2, 0.2);
@@ -88,9 +95,7 @@ fn conv_relu(exclude: &[&str]) -> (Model, Int8Config) {
     let w2 = b.weight("w2", &[2, 4, 1, 1], -0.5, 0.5);
     let y = b.op("Conv", &[r, w2], vec![]);
     b.output(y);
-    let mut config = Int8Config::ort_cpu();
-    config.exclude = exclude.iter().map(|s| s.to_string()).collect();
-    (b.model(13), config)
+    b.model(13)
 }
 
 #[test]

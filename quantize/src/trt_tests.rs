@@ -8,7 +8,7 @@ use kiln_compiler::DataType;
 use kiln_compiler::ir::{AttrLookup, Attribute, Graph, Model, NodeId};
 use kiln_passes::testing::{B, count_in};
 
-use super::{assert_close, dq_source, matmul_chain, nodes, quantize};
+use super::{assert_close, conv_relu_conv, dq_source, matmul_chain, nodes, quantize};
 use crate::plan::{Int8Config, Placement};
 
 const WEIGHTED: &[&str] = &["Conv", "ConvTranspose", "MatMul", "Gemm"];
@@ -60,20 +60,6 @@ fn assert_trt_form(g: &Graph, strict: bool) {
     }
 }
 
-/// x → Conv(w, bias) → Relu → Conv(w2) → y
-fn conv_relu_conv() -> Model {
-    let mut b = B::new(11);
-    let x = b.input("x", &[1, 3, 8, 8]);
-    let w = b.weight("w", &[4, 3, 3, 3], -0.5, 0.5);
-    let bias = b.weight("bias", &[4], -0.2, 0.2);
-    let c = b.op("Conv", &[x, w, bias], vec![Attribute::ints("pads", vec![1, 1, 1, 1])]);
-    let r = b.op("Relu", &[c], vec![]);
-    let w2 = b.weight("w2", &[2, 4, 1, 1], -0.5, 0.5);
-    let y = b.op("Conv", &[r, w2], vec![]);
-    b.output(y);
-    b.model(13)
-}
-
 #[test]
 fn tensorrt_config_places_qdq_on_weighted_inputs() {
     assert_eq!(Int8Config::tensorrt().placement, Placement::WeightedInputs);
@@ -82,7 +68,7 @@ fn tensorrt_config_places_qdq_on_weighted_inputs() {
 
 #[test]
 fn conv_relu_conv_quantizes_the_conv_inputs_only() {
-    let m = conv_relu_conv();
+    let m = conv_relu_conv(11);
     let (q, out) = quantize(&m, &Int8Config::tensorrt());
     let g = q.graph.as_ref().unwrap();
     assert_trt_form(g, true);

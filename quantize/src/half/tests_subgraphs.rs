@@ -48,6 +48,22 @@ fn out_elem(g: &Graph) -> Option<DataType> {
     g.tensor_type(g.outputs()[0])?.dtype()
 }
 
+/// `acc = Loop(trip, cond = none, a)` with `body`, `acc` the f32[4] model output.
+fn wrap_loop(mut g: Graph, trip: ValueId, a: ValueId, body: Graph) -> Model {
+    let id = g.add_node(
+        NodeSpec::new("Loop")
+            .name("loop")
+            .inputs([trip])
+            .input_opt(None)
+            .input_opt(Some(a))
+            .outputs(["acc"])
+            .attr(Attribute::new("body", AttrValue::Graph(Box::new(body)))),
+    );
+    let acc = g.node(id).output(0).unwrap();
+    kiln_passes::testing::output(&mut g, acc, tensor_ty(DataType::F32, &[4]));
+    model(g, 17)
+}
+
 /// acc = a; 3 times: acc += xr, where xr = Relu(x) lives outside the body. The carried body
 /// input is declared as the file has it (`carried`: f32[4]; `None`: undeclared, as many
 /// exporters leave it).
@@ -67,18 +83,7 @@ fn loop_model(carried: Option<&[usize]>) -> Model {
     let next = nd(&mut b, "Add", "acc_next", &[acc_in, xr_c]);
     b.push_output(cond_out);
     b.push_output(next);
-    let id = g.add_node(
-        NodeSpec::new("Loop")
-            .name("loop")
-            .inputs([trip])
-            .input_opt(None)
-            .input_opt(Some(a))
-            .outputs(["acc"])
-            .attr(Attribute::new("body", AttrValue::Graph(Box::new(b)))),
-    );
-    let acc = g.node(id).output(0).unwrap();
-    kiln_passes::testing::output(&mut g, acc, tensor_ty(DataType::F32, &[4]));
-    model(g, 17)
+    wrap_loop(g, trip, a, b)
 }
 
 #[test]
@@ -244,18 +249,7 @@ fn sequence_loop_model(tensor: bool) -> Model {
     let next = nd(&mut b, "Add", "acc_next", &[acc_in, elem]);
     b.push_output(cond_out);
     b.push_output(next);
-    let id = g.add_node(
-        NodeSpec::new("Loop")
-            .name("loop")
-            .inputs([trip])
-            .input_opt(None)
-            .input_opt(Some(a))
-            .outputs(["acc"])
-            .attr(Attribute::new("body", AttrValue::Graph(Box::new(b)))),
-    );
-    let acc = g.node(id).output(0).unwrap();
-    kiln_passes::testing::output(&mut g, acc, tensor_ty(DataType::F32, &[4]));
-    model(g, 17)
+    wrap_loop(g, trip, a, b)
 }
 
 #[test]

@@ -10,18 +10,8 @@ use kiln_compiler::ir::{AttrLookup, Graph, Model, NodeSpec, OpsetImport, TensorT
 use kiln_compiler::runtime::{OptLevel, OrtExecutor, SessionConfig, Value};
 use kiln_compiler::{DataType, Tensor};
 
+use super::tests::values;
 use super::*;
-
-/// Deterministic values in [-1, 1).
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Rows and width of the large table: 80 wide, so blocks of 32 leave a short third block.
 const V: usize = 1100;

@@ -17,7 +17,7 @@ use super::*;
 const M: usize = 3;
 
 /// Deterministic values in [-1, 1).
-fn values(seed: u64, n: usize) -> Vec<f32> {
+pub(super) fn values(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
