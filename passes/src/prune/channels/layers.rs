@@ -1,18 +1,12 @@
 //! Weighted layers: Conv, MatMul and Gemm start groups with their output channels and consume
 //! the groups of their inputs through their weights.
 
-use kiln_compiler::ir::{AttrLookup, Graph, Node, NodeId, ValueId};
+use kiln_compiler::ir::AttrLookup;
 
-use super::{Action, Analysis, Kind, Layout, Producer, Seg, constant, dims, layout_len};
+use super::{Action, Analysis, Kind, Producer, Seg, Visit, constant, dims, layout_len};
 
-pub(super) fn conv(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn conv(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     let weight = n.input(1).and_then(|v| constant(g, v));
     let group = n.attributes.attr_int("group").unwrap_or(1);
     let has_z = n.input(3).is_some();
@@ -65,14 +59,8 @@ pub(super) fn conv(
     a.track(n.output(0), 1, l);
 }
 
-pub(super) fn matmul(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn matmul(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     let w = n.input(1).and_then(|v| constant(g, v)).filter(|w| w.rank() == 2);
     let Some(w) = w else {
         for t in tracked_in {
@@ -97,14 +85,8 @@ pub(super) fn matmul(
     a.track(Some(out), rank.max(2) - 1, l);
 }
 
-pub(super) fn gemm(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn gemm(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     let w = n.input(1).and_then(|v| constant(g, v)).filter(|w| w.rank() == 2);
     let trans_a = n.attributes.attr_int("transA").unwrap_or(0) != 0;
     let trans_b = n.attributes.attr_int("transB").unwrap_or(0) != 0;

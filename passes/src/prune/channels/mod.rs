@@ -216,6 +216,16 @@ pub(crate) fn analyze(g: &Graph) -> Analysis {
     a
 }
 
+/// One node under visit: what every op rule reads.
+#[derive(Clone, Copy)]
+struct Visit<'v> {
+    g: &'v Graph,
+    id: NodeId,
+    n: &'v Node,
+    tracked_in: &'v [(usize, ValueId, usize, Layout)],
+    label: &'v str,
+}
+
 fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
     let label = n.label(id);
     let tracked_in: Vec<(usize, ValueId, usize, Layout)> = n
@@ -227,6 +237,7 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
             a.tracked.get(&v).map(|(ax, l)| (i, v, *ax, l.clone()))
         })
         .collect();
+    let visit = Visit { g, id, n, tracked_in: &tracked_in, label: &label };
     let block_all = |a: &mut Analysis, why: String| {
         for (_, _, _, l) in &tracked_in {
             a.block(l, &why);
@@ -247,7 +258,7 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
                 }
             }
         }
-        AxisRule::Broadcast => broadcast(g, a, id, n, &tracked_in, &label),
+        AxisRule::Broadcast => broadcast(a, &visit),
         AxisRule::PerChannel => {
             if let Some((i, _, ax, l)) = tracked_in.first() {
                 if *i != 0 || *ax != 1 || n.outputs().iter().skip(1).flatten().any(|o| !g.value(*o).uses().is_empty()) {
@@ -283,9 +294,9 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
             }
             a.track(n.output(0), 1, l);
         }
-        AxisRule::Conv => conv(g, a, id, n, &tracked_in, &label),
-        AxisRule::MatMul => matmul(g, a, id, n, &tracked_in, &label),
-        AxisRule::Gemm => gemm(g, a, id, n, &tracked_in, &label),
+        AxisRule::Conv => conv(a, &visit),
+        AxisRule::MatMul => matmul(a, &visit),
+        AxisRule::Gemm => gemm(a, &visit),
         AxisRule::Transpose => {
             let Some((0, x, ax, l)) = tracked_in.first().cloned() else { return };
             let rank = dims(g, x).map(|d| d.len());
@@ -310,8 +321,8 @@ fn visit(g: &Graph, a: &mut Analysis, id: NodeId, n: &Node) {
                 block_all(a, format!("{label} mixes the channel axis with others"));
             }
         }
-        AxisRule::Reshape => reshape(g, a, id, n, &tracked_in, &label),
-        AxisRule::Concat => concat(g, a, id, n, &tracked_in, &label),
+        AxisRule::Reshape => reshape(a, &visit),
+        AxisRule::Concat => concat(a, &visit),
     }
 }
 

@@ -2,18 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use kiln_compiler::ir::{AttrLookup, Dim, DimValue, Graph, Node, NodeId, ValueId};
+use kiln_compiler::ir::{AttrLookup, Dim, DimValue, ValueId};
 
-use super::{Action, Analysis, Layout, Seg, constant, dims, known, layout_len};
+use super::{Action, Analysis, Layout, Seg, Visit, constant, dims, known, layout_len};
 
-pub(super) fn broadcast(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn broadcast(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     if tracked_in.is_empty() {
         return;
     }
@@ -87,14 +81,8 @@ fn product(d: &[Dim]) -> Option<(i64, Vec<String>)> {
     Some((k, syms))
 }
 
-pub(super) fn reshape(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn reshape(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     let Some((i, x, ax, l)) = tracked_in.first().cloned() else { return };
     let fail = |a: &mut Analysis, why: String| a.block(&l, &why);
     if i != 0 {
@@ -130,14 +118,8 @@ pub(super) fn reshape(
     a.track(n.output(0), j, l);
 }
 
-pub(super) fn concat(
-    g: &Graph,
-    a: &mut Analysis,
-    id: NodeId,
-    n: &Node,
-    tracked_in: &[(usize, ValueId, usize, Layout)],
-    label: &str,
-) {
+pub(super) fn concat(a: &mut Analysis, v: &Visit<'_>) {
+    let Visit { g, id, n, tracked_in, label } = *v;
     if tracked_in.is_empty() {
         return;
     }
