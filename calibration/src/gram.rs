@@ -15,7 +15,7 @@ use kiln_compiler::runtime::{Executor, ModelSource, OptLevel, Session, SessionCo
 use rayon::prelude::*;
 
 use crate::collect::CalibError;
-use crate::data::{SampleSource, model_inputs, validate};
+use crate::data::{InputSpec, SampleSource, model_inputs, validate};
 use crate::tile::{LANES, MR, Strides, mac_tile};
 
 /// The Gram matrix of one activation.
@@ -164,6 +164,44 @@ fn open_session(
     kiln_compiler::execute::load_session(executor, model, base_dir, &options.session).map_err(CalibError::Load)
 }
 
+/// One sample's requested activations, and where the sample came from.
+type Outputs = (String, Vec<(String, Value)>);
+
+/// Reads, checks and runs sample `i`.
+fn run_sample(
+    session: &mut dyn Session,
+    source: &dyn SampleSource,
+    i: usize,
+    inputs: &[InputSpec],
+    names: &[String],
+) -> Result<Outputs, CalibError> {
+    let s = source.read(i)?;
+    validate(inputs, &s)?;
+    let feed: Vec<(String, Value)> = s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
+    let out = session.run(&feed, Some(names)).map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
+    Ok((s.origin, out))
+}
+
+/// Adds one sample's activations to their matrices, in parallel across matrices.
+fn add_outputs(grams: &mut [Accumulator], (origin, out): Outputs) -> Result<(), CalibError> {
+    grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(acc, (_, value))| {
+        let gram = &acc.gram;
+        let t = value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
+        let last = t.dims().last().copied().unwrap_or(0);
+        if last != gram.dim {
+            return Err(CalibError::Model(format!(
+                "{origin}: `{}` has shape {:?}, expected a last dimension of {}",
+                gram.name,
+                t.dims(),
+                gram.dim
+            )));
+        }
+        let values = t.to_f64_vec().map_err(|e| CalibError::Model(format!("`{}`: {e}", gram.name)))?;
+        acc.add(&values);
+        Ok(())
+    })
+}
+
 /// Runs the model over every sample of `source` and hands `sink` the Gram matrices of the named
 /// activations (with their expected last dimension `K`), a group at a time (so the caller may
 /// work on a group's matrices in parallel), in the order given.
@@ -207,33 +245,24 @@ pub fn collect_grams(
         }
         let mut session = open_session(executor, &m, base_dir, options)?;
         let mut grams: Vec<Accumulator> = group.iter().map(|(n, k)| Accumulator::new(n.clone(), *k)).collect();
-        for i in 0..source.len() {
-            let s = source.read(i)?;
-            validate(&inputs, &s)?;
-            let feed: Vec<(String, Value)> =
-                s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
-            let out = session
-                .run(&feed, Some(&names))
-                .map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
-            grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(acc, (_, value))| {
-                let gram = &acc.gram;
-                let t =
-                    value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
-                let last = t.dims().last().copied().unwrap_or(0);
-                if last != gram.dim {
-                    return Err(CalibError::Model(format!(
-                        "{}: `{}` has shape {:?}, expected a last dimension of {}",
-                        s.origin,
-                        gram.name,
-                        t.dims(),
-                        gram.dim
-                    )));
+        // The runtime runs sample i + 1 on its own thread while this one adds sample i's rows:
+        // the session takes one intra-op thread, the Gram products the others. Rows still come
+        // in sample order, so the sums are what a loop over the samples would give.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Outputs, CalibError>>(1);
+        let (inputs, names) = (&inputs, &names);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for i in 0..source.len() {
+                    let out = run_sample(session.as_mut(), source, i, inputs, names);
+                    let failed = out.is_err();
+                    // A closed channel: the receiver stopped on an error of its own.
+                    if tx.send(out).is_err() || failed {
+                        break;
+                    }
                 }
-                let values = t.to_f64_vec().map_err(|e| CalibError::Model(format!("`{}`: {e}", gram.name)))?;
-                acc.add(&values);
-                Ok(())
-            })?;
-        }
+            });
+            rx.into_iter().try_for_each(|out| add_outputs(&mut grams, out?))
+        })?;
         sink(grams.into_par_iter().map(Accumulator::finish).collect())?;
         start = end;
     }
@@ -354,6 +383,35 @@ mod tests {
         let mut other = Accumulator::new("x".into(), k);
         other.add(&x[k..]);
         assert_ne!(other.finish().xtx, one.xtx);
+    }
+
+    #[test]
+    fn a_sample_the_runtime_cannot_take_stops_the_collection() {
+        // Samples for a wider input: the thread running the model refuses the first one, and
+        // the error names where it came from rather than hanging or panicking.
+        let model = tiny();
+        let mut wide = tiny();
+        if let Some(g) = wide.graph.as_mut() {
+            let x = g.find_value("x").unwrap();
+            g.value_mut(x).ty = Some(Type::tensor(TensorType::with_dims(DataType::F32, &[2, 4])));
+        }
+        let src = Synthetic::new(&model_inputs(&wide).unwrap(), &SyntheticSpec::default()).unwrap();
+        let mut called = false;
+        let err = collect_grams(
+            &OrtExecutor::new(),
+            &model,
+            None,
+            &src,
+            &[("x".into(), 3)],
+            &GramOptions::default(),
+            &mut |_| {
+                called = true;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(!called);
+        assert!(err.to_string().contains(&src.origin(0)), "{err}");
     }
 
     #[test]
