@@ -60,10 +60,11 @@ pub struct Hessian {
     pub perm: Vec<usize>,
     /// Upper Cholesky factor `V` of the damped, permuted Hessian (`H = VVᵀ`), row-major.
     pub v: Vec<f64>,
-    /// `V` rounded to `f32`, rows [`Hessian::stride`] apart (zero-padded to whole register
-    /// tiles): what the column loop reads, at half the memory traffic.
+    /// `V` rounded to `f32` in panels of [`LANES`] columns, each panel's `k` rows contiguous
+    /// (entry `(t, c)` at [`panel_index`]; the last panel zero-padded): the column loop reads a
+    /// panel front to back, which the prefetcher follows, where rows of `V` a row's length
+    /// apart missed the cache on every step.
     pub vf: Vec<f32>,
-    pub stride: usize,
     /// Each input feature's share of the Hessian diagonal, for the scale search (K order).
     pub importance: Vec<f32>,
     pub act_order: bool,
@@ -119,15 +120,20 @@ impl Hessian {
             damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
         };
         let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
-        let stride = k.div_ceil(LANES) * LANES;
-        let mut vf = vec![0.0f32; k * stride];
-        for (dst, src) in vf.chunks_exact_mut(stride).zip(v.chunks_exact(k)) {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as f32;
+        let mut vf = vec![0.0f32; k.div_ceil(LANES) * LANES * k];
+        for (t, src) in v.chunks_exact(k).enumerate() {
+            for (c, &s) in src.iter().enumerate() {
+                vf[panel_index(k, t, c)] = s as f32;
             }
         }
-        Ok(Hessian { k, perm, v, vf, stride, importance, act_order: options.act_order, damp, added })
+        Ok(Hessian { k, perm, v, vf, importance, act_order: options.act_order, damp, added })
     }
+}
+
+/// Where entry `(t, c)` of a `k×k` matrix stored in panels of [`LANES`] columns lies.
+#[inline(always)]
+pub(crate) fn panel_index(k: usize, t: usize, c: usize) -> usize {
+    (c / LANES) * k * LANES + t * LANES + c % LANES
 }
 
 /// Quantizes `w` (rows of K) with GPTQ against the Gram matrix `h` (`k×k`, row-major) of the
@@ -148,7 +154,7 @@ pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: us
 pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> (BlockQuantized, f64) {
     let (n, k) = (w.n, w.k);
     let (perm, v, importance) = (&hessian.perm, &hessian.v, &hessian.importance);
-    let (vf, stride) = (&hessian.vf, hessian.stride);
+    let vf = &hessian.vf;
     let block = spec.block;
     let kb = k.div_ceil(block);
     let mut scales = vec![0.0f32; n * kb];
@@ -168,16 +174,8 @@ pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: 
     // not depend on the thread count.
     let batch = batch.max(1).div_ceil(block) * block;
     let block_inverses = if hessian.act_order { Vec::new() } else { diagonal_block_inverses(v, k, block) };
-    let inputs = TileInputs {
-        perm,
-        v: vf,
-        stride,
-        block_inverses: &block_inverses,
-        importance,
-        added: &hessian.added,
-        spec,
-        batch,
-    };
+    let inputs =
+        TileInputs { perm, v: vf, block_inverses: &block_inverses, importance, added: &hessian.added, spec, batch };
     let tiles: Vec<Vec<RowOut>> = (0..n.div_ceil(TILE))
         .into_par_iter()
         .map(|tile| {
@@ -218,9 +216,8 @@ const TILE: usize = MR;
 /// The shared inputs of every tile of a layer.
 struct TileInputs<'a> {
     perm: &'a [usize],
-    /// `V` in `f32`, rows `stride` apart.
+    /// `V` in `f32`, in panels ([`panel_index`]).
     v: &'a [f32],
-    stride: usize,
     /// Without act order: the inverse of each `block`×`block` diagonal block of `V`.
     block_inverses: &'a [Vec<f64>],
     importance: &'a [f32],
@@ -291,7 +288,7 @@ fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInp
 /// first column `c`: `w_m + Σ_{c≤i≤m} S_i (V_blk⁻¹)_im` with `S_i = Σ_{j<c} δ_j V_ji`.
 #[inline(always)]
 fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    let (perm, v, spec, kp) = (t.perm, t.v, t.spec, t.stride);
+    let (perm, v, spec) = (t.perm, t.v, t.spec);
     let k = perm.len();
     let block = spec.block;
     let kb = k.div_ceil(block);
@@ -328,9 +325,10 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         while c0 < i2 {
             let width = (i2 - c0).min(LANES);
             let mut acc = [[0.0f32; LANES]; TILE];
-            // `V`'s rows are padded to whole tiles: a narrower last group reads zeros.
+            // `V`'s last panel is padded: a narrower last group reads zeros. Batches hold whole
+            // blocks of at least `LANES` columns, so `c0` starts a panel.
             if i1 > 0 {
-                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, &v[c0..], kp, i1, &mut acc);
+                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, &v[panel_index(k, 0, c0)..], LANES, i1, &mut acc);
             }
             for c in 0..width {
                 for r in 0..TILE {
@@ -349,7 +347,7 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                 let end = (c + block).min(k);
                 let g = end - c;
                 for m in c..end {
-                    advance(v, kp, (i1, m, c), &mut sums, &mut done, &dt);
+                    advance(v, k, (i1, m, c), &mut sums, &mut done, &dt);
                 }
                 let inv = &t.block_inverses[b];
                 // pushed[(m - c)·TILE + r] = Σ_{c≤i≤m} S_i (V_blk⁻¹)_im, rows side by side.
@@ -375,8 +373,8 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                     have[r][b] = true;
                 }
             }
-            advance(v, kp, (i1, c, c), &mut sums, &mut done, &dt);
-            let vcc = v[c * kp + c];
+            advance(v, k, (i1, c, c), &mut sums, &mut done, &dt);
+            let vcc = v[panel_index(k, c, c)];
             for (r, out) in outs.iter_mut().enumerate() {
                 let (s, z) = (out.scales[b], out.zps[b]);
                 let x = w[r * k + c] + sums[(c - i1) * TILE + r] / vcc;
@@ -405,7 +403,7 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                     for i in g0..=c {
                         let d = &dt[i * TILE..(i + 1) * TILE];
                         for (j, acc) in acc.iter_mut().enumerate().take(width) {
-                            let x = v[i * kp + m + j];
+                            let x = v[panel_index(k, i, m + j)];
                             for (a, d) in acc.iter_mut().zip(d) {
                                 *a = d.mul_add(x, *a);
                             }
@@ -428,11 +426,11 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
 }
 
 /// Carries the sum of batch column `c` (the batch starts at `i1`) on over the earlier columns
-/// up to `upto`, in column order (`V`'s rows `kp` apart); inlined into the vectorized tile body.
+/// up to `upto`, in column order (`V` in panels, `k×k`); inlined into the vectorized tile body.
 #[inline(always)]
 fn advance(
     v: &[f32],
-    kp: usize,
+    k: usize,
     (i1, c, upto): (usize, usize, usize),
     sums: &mut [f32],
     done: &mut [usize],
@@ -440,7 +438,7 @@ fn advance(
 ) {
     let s = &mut sums[(c - i1) * TILE..(c - i1 + 1) * TILE];
     for i in done[c - i1]..upto {
-        let x = v[i * kp + c];
+        let x = v[panel_index(k, i, c)];
         for (s, d) in s.iter_mut().zip(&dt[i * TILE..(i + 1) * TILE]) {
             *s = d.mul_add(x, *s);
         }
@@ -453,7 +451,7 @@ fn advance(
 /// register tile (tiles in parallel, summed in order). Costs half of [`output_error`] and
 /// compares like with like.
 pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian) -> f64 {
-    let (n, k, kp) = (w.n, w.k, hessian.stride);
+    let (n, k) = (w.n, w.k);
     let d = q.dequantize();
     let per_tile: Vec<f64> = (0..n.div_ceil(TILE))
         .into_par_iter()
@@ -476,7 +474,8 @@ pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian
                 let width = (k - c0).min(LANES);
                 let mut acc = [[0.0f32; LANES]; TILE];
                 // `V` is upper triangular: column c takes rows up to c only.
-                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, &hessian.vf[c0..], kp, c0 + width, &mut acc);
+                let panel = &hessian.vf[panel_index(k, 0, c0)..];
+                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, panel, LANES, c0 + width, &mut acc);
                 for acc in &acc {
                     total += acc[..width].iter().map(|&e| f64::from(e) * f64::from(e)).sum::<f64>();
                 }
