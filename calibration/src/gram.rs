@@ -45,11 +45,13 @@ impl Gram {
 struct Accumulator {
     gram: Gram,
     pending: Vec<f64>,
+    /// The pending rows in panels, kept from batch to batch.
+    packed: Vec<f64>,
 }
 
 impl Accumulator {
     fn new(name: String, dim: usize) -> Accumulator {
-        Accumulator { gram: Gram::new(name, dim), pending: Vec::with_capacity(dim * BATCH_ROWS) }
+        Accumulator { gram: Gram::new(name, dim), pending: Vec::with_capacity(dim * BATCH_ROWS), packed: Vec::new() }
     }
 
     /// Adds the rows of one activation (`values.len()` a multiple of `dim`).
@@ -72,25 +74,30 @@ impl Accumulator {
     /// time held in registers; tile rows in parallel. Every entry is one chain of fused
     /// multiply-adds over the rows in order, continued from batch to batch, so the sum depends
     /// neither on the thread count nor on how rows were split into samples or batches.
+    ///
+    /// The rows are first packed in panels of [`LANES`] features, each panel's rows contiguous:
+    /// a tile then reads its panels front to back, where row-major rows a whole row apart (12 KB
+    /// for K = 1536) defeated the prefetcher and missed the cache on every step.
     fn flush(&mut self) {
         let k = self.gram.dim;
         let rows = self.pending.len() / k;
         if rows == 0 {
             return;
         }
-        // Rows padded to whole tiles of columns (the padding is zero and never stored).
-        let kp = k.div_ceil(LANES) * LANES;
-        let padded: Vec<f64>;
-        let xp: &[f64] = if kp == k {
-            &self.pending
-        } else {
-            let mut p = vec![0.0f64; rows * kp];
-            for (dst, src) in p.chunks_exact_mut(kp).zip(self.pending.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
+        let panels = k.div_ceil(LANES);
+        let len = panels * rows * LANES;
+        // Features past K stay zero: a narrower last panel reads zeros and is never stored.
+        self.packed.clear();
+        self.packed.resize(len, 0.0);
+        for (t, row) in self.pending.chunks_exact(k).enumerate() {
+            for (p, part) in row.chunks(LANES).enumerate() {
+                let at = p * rows * LANES + t * LANES;
+                self.packed[at..at + part.len()].copy_from_slice(part);
             }
-            padded = p;
-            &padded
-        };
+        }
+        let xp = &self.packed;
+        // Where feature `c`'s column of the batch starts (rows `LANES` apart).
+        let col = |c: usize| (c / LANES) * rows * LANES + c % LANES;
         self.gram.xtx.par_chunks_mut(k * MR).enumerate().for_each(|(ti, out)| {
             let i0 = ti * MR;
             let height = out.len() / k;
@@ -101,7 +108,7 @@ impl Accumulator {
                 for (r, acc) in acc.iter_mut().enumerate().take(height) {
                     acc[..width].copy_from_slice(&out[r * k + j0..r * k + j0 + width]);
                 }
-                mac_tile(&xp[i0..], Strides { t: kp, r: 1 }, &xp[j0..], kp, rows, &mut acc);
+                mac_tile(&xp[col(i0)..], Strides { t: LANES, r: 1 }, &xp[col(j0)..], LANES, rows, &mut acc);
                 for (r, acc) in acc.iter().enumerate().take(height) {
                     out[r * k + j0..r * k + j0 + width].copy_from_slice(&acc[..width]);
                 }
