@@ -281,14 +281,17 @@ pub fn quantize_model(
         // land in layer order.
         let mut sink = |grams: Vec<Gram>| -> Result<(), CalibError> {
             let done: Vec<Vec<(usize, LayerResult)>> = grams
-                .par_iter()
-                .map(|gram| {
+                .into_par_iter()
+                .map(|mut gram| {
+                    // GPTQ factors each matrix in its own memory.
                     let hessian = match &config.method {
-                        Method::Gptq(options) => {
-                            Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch))
-                        }
+                        Method::Gptq(options) => Some((
+                            gptq::Hessian::from_gram(std::mem::take(&mut gram.xtx), gram.dim, options),
+                            options.batch,
+                        )),
                         _ => None,
                     };
+                    let gram = &gram;
                     layers
                         .iter()
                         .enumerate()
