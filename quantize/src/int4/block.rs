@@ -284,8 +284,13 @@ fn params_for_range(lo: f32, hi: f32, spec: QuantSpec) -> (f32, u8) {
 /// The code of `v` in a block with this scale and zero point.
 #[inline(always)]
 pub fn quantize_value(v: f32, scale: f32, zp: u8, spec: QuantSpec) -> u8 {
-    let qmax = spec.qmax();
-    round_even((v / scale + f32::from(zp)).clamp(-1.0, qmax + 1.0)).clamp(0.0, qmax) as u8
+    code_of(v, scale, f32::from(zp), spec.qmax()) as u8
+}
+
+/// [`quantize_value`] as a float (`0..=qmax`, whole), for loops that vectorize over rows.
+#[inline(always)]
+pub(crate) fn code_of(v: f32, scale: f32, zp: f32, qmax: f32) -> f32 {
+    round_even((v / scale + zp).clamp(-1.0, qmax + 1.0)).clamp(0.0, qmax)
 }
 
 /// Rounds half to even like `f32::round_ties_even`, for `|x| < 2²²`, without the library call

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
+use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, code_of};
 use super::linalg::{LANES, MR, Strides, cholesky_lower, quadratic_forms};
 use super::tile32::mac_tile_f32;
 
@@ -327,12 +327,19 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
         .collect();
     let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
     // w[r·k + c]: row r's original weight of column c, in `perm` order; unused rows stay 0.
+    // wc[c·TILE + r]: the same, rows side by side, for the column step.
     let mut w = vec![0.0f32; k * TILE];
+    let mut wc = vec![0.0f32; k * TILE];
     for (r, row) in rows.iter().enumerate() {
         for (c, &p) in perm.iter().enumerate() {
             w[r * k + c] = row[p];
+            wc[c * TILE + r] = row[p];
         }
     }
+    let qmax = spec.qmax();
+    // A row past the end of the weight: zero weights on a unit grid stay zero.
+    let idle = (1.0f32, if spec.symmetric { f32::from(spec.center()) } else { 0.0 });
+    let mut vals = Vec::with_capacity(block);
     // dt[c·TILE + r]: δ of row r at column c, rows side by side.
     let mut dt = vec![0.0f32; k * TILE];
     // sums[(c - i1)·TILE + r] = Σ_{i < done[c - i1]} δ_i V_ic for the batch's columns.
@@ -373,23 +380,26 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
                     advance(v, k, (i1, m, c), &mut sums, &mut done, &dt);
                 }
                 let inv = &t.block_inverses[b];
-                // pushed[(m - c)·TILE + r] = Σ_{c≤i≤m} S_i (V_blk⁻¹)_im, rows side by side.
+                // pushed[(m - c)·TILE + r] = Σ_{c≤i≤m} S_i (V_blk⁻¹)_im, rows side by side, each
+                // sum in registers.
                 let mut pushed = vec![0.0f64; g * TILE];
                 for m in c..end {
-                    let p = &mut pushed[(m - c) * TILE..(m - c + 1) * TILE];
+                    let mut p = [0.0f64; TILE];
                     for i in c..=m {
                         let x = inv[(i - c) * g + (m - c)];
-                        for (p, &s) in p.iter_mut().zip(&sums[(i - i1) * TILE..(i - i1 + 1) * TILE]) {
-                            *p += f64::from(s) * x;
+                        let s = &sums[(i - i1) * TILE..(i - i1 + 1) * TILE];
+                        for r in 0..TILE {
+                            p[r] += f64::from(s[r]) * x;
                         }
                     }
+                    pushed[(m - c) * TILE..(m - c + 1) * TILE].copy_from_slice(&p);
                 }
                 for (r, out) in outs.iter_mut().enumerate() {
                     if have[r][b] {
                         continue;
                     }
-                    let vals: Vec<f32> =
-                        (c..end).map(|m| (f64::from(w[r * k + m]) + pushed[(m - c) * TILE + r]) as f32).collect();
+                    vals.clear();
+                    vals.extend((c..end).map(|m| (f64::from(w[r * k + m]) + pushed[(m - c) * TILE + r]) as f32));
                     let (s, z) = block_params(&vals, Some(&t.importance[c..end]), spec);
                     out.scales[b] = s;
                     out.zps[b] = z;
@@ -398,17 +408,27 @@ fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileIn
             }
             advance(v, k, (i1, c, c), &mut sums, &mut done, &dt);
             let vcc = v[panel_index(k, c, c)];
-            for (r, out) in outs.iter_mut().enumerate() {
-                let (s, z) = (out.scales[b], out.zps[b]);
-                let x = w[r * k + c] + sums[(c - i1) * TILE + r] / vcc;
-                let q = quantize_value(x, s, z, spec);
-                out.codes[orig] = q;
-                let deq = (f32::from(q) - f32::from(z)) * s;
+            // The column's step for every row at once (the loops over rows vectorize).
+            let (mut sc, mut zc) = ([idle.0; TILE], [idle.1; TILE]);
+            for (r, out) in outs.iter().enumerate() {
+                (sc[r], zc[r]) = (out.scales[b], f32::from(out.zps[b]));
+            }
+            let (wcol, scol) = (&wc[c * TILE..(c + 1) * TILE], &sums[(c - i1) * TILE..(c - i1 + 1) * TILE]);
+            let mut q = [0.0f32; TILE];
+            let added = t.added[c];
+            let dcol = &mut dt[c * TILE..(c + 1) * TILE];
+            for r in 0..TILE {
+                let x = wcol[r] + scol[r] / vcc;
+                q[r] = code_of(x, sc[r], zc[r], qmax);
+                let deq = (q[r] - zc[r]) * sc[r];
                 let e = f64::from(x - deq) * f64::from(vcc);
                 damped[r] += e * e;
-                let delta = w[r * k + c] - deq;
-                dt[c * TILE + r] = delta;
-                share[r] += t.added[c] * f64::from(delta) * f64::from(delta);
+                let delta = wcol[r] - deq;
+                dcol[r] = delta;
+                share[r] += added * f64::from(delta) * f64::from(delta);
+            }
+            for (out, &q) in outs.iter_mut().zip(&q) {
+                out.codes[orig] = q as u8;
             }
             // A group of `block` columns done: the batch's later columns take its share, column
             // by column of the group (so each sum stays in column order), the later columns
@@ -459,12 +479,20 @@ fn advance(
     done: &mut [usize],
     dt: &[f32],
 ) {
-    let s = &mut sums[(c - i1) * TILE..(c - i1 + 1) * TILE];
-    for i in done[c - i1]..upto {
-        let x = v[panel_index(k, i, c)];
-        for (s, d) in s.iter_mut().zip(&dt[i * TILE..(i + 1) * TILE]) {
-            *s = d.mul_add(x, *s);
+    let from = done[c - i1];
+    if from < upto {
+        // The sum in registers over the steps.
+        let s = &mut sums[(c - i1) * TILE..(c - i1 + 1) * TILE];
+        let mut acc = [0.0f32; TILE];
+        acc.copy_from_slice(s);
+        for i in from..upto {
+            let x = v[panel_index(k, i, c)];
+            let d = &dt[i * TILE..(i + 1) * TILE];
+            for r in 0..TILE {
+                acc[r] = d[r].mul_add(x, acc[r]);
+            }
         }
+        s.copy_from_slice(&acc);
     }
     done[c - i1] = done[c - i1].max(upto);
 }
