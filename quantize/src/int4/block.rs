@@ -224,23 +224,32 @@ fn block_params_body<const AVX: bool>(values: &[f32], weights: Option<&[f32]>, s
     if hi - lo <= 0.0 || !(hi - lo).is_finite() {
         return (1.0, if spec.symmetric { spec.center() } else { 0 });
     }
-    let mut best = (f32::INFINITY, 1.0f32, 0u8);
+    // Every candidate in order, then every error, then the first smallest: the errors do not
+    // wait on one another's comparison (a branch on each one, mispredicted whenever a later
+    // candidate won, serialized the search).
+    let mut candidates = [(1.0f32, 0u8); 2 * CLIP_GRID.len()];
+    let mut n = 0;
     for alpha in CLIP_GRID {
-        let (scale, zp) = params_for_range(lo * alpha, hi * alpha, spec);
-        let mut candidates = [Some((scale, zp)), None];
+        candidates[n] = params_for_range(lo * alpha, hi * alpha, spec);
+        n += 1;
         if spec.symmetric && spec.negative_scales {
             // The mirrored grid: -scale' covers [-(c-1)·s', c·s'].
             let c = f32::from(spec.center());
             let s = (hi * alpha / c).max(-lo * alpha / (c - 1.0));
             if s > 0.0 {
-                candidates[1] = Some((-s, zp));
+                candidates[n] = (-s, candidates[n - 1].1);
+                n += 1;
             }
         }
-        for (scale, zp) in candidates.into_iter().flatten() {
-            let err = block_error_body::<AVX>(values, weights, scale, zp, spec);
-            if err < best.0 {
-                best = (err, scale, zp);
-            }
+    }
+    let mut errors = [0.0f32; 2 * CLIP_GRID.len()];
+    for (e, &(scale, zp)) in errors.iter_mut().zip(&candidates[..n]) {
+        *e = block_error_body::<AVX>(values, weights, scale, zp, spec);
+    }
+    let mut best = (f32::INFINITY, 1.0f32, 0u8);
+    for (&err, &(scale, zp)) in errors.iter().zip(&candidates[..n]) {
+        if err < best.0 {
+            best = (err, scale, zp);
         }
     }
     (best.1, best.2)
