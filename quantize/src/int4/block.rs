@@ -47,10 +47,21 @@ pub struct RowMajor {
 impl RowMajor {
     /// A `[K, N]` MatMul weight turned into `N` rows of `K`.
     pub fn from_k_by_n(k: usize, n: usize, values: &[f32]) -> RowMajor {
+        // In squares of 32×32: a row at a time wrote one value per cache line of the output.
+        const SQ: usize = 32;
         let mut out = vec![0.0f32; k * n];
-        for (kk, row) in values.chunks_exact(n).enumerate() {
-            for (nn, &v) in row.iter().enumerate() {
-                out[nn * k + kk] = v;
+        if n == 0 {
+            return RowMajor { n, k, values: out };
+        }
+        let rows = (values.len() / n).min(k);
+        for k0 in (0..rows).step_by(SQ) {
+            for n0 in (0..n).step_by(SQ) {
+                for kk in k0..(k0 + SQ).min(rows) {
+                    let row = &values[kk * n..(kk + 1) * n];
+                    for nn in n0..(n0 + SQ).min(n) {
+                        out[nn * k + kk] = row[nn];
+                    }
+                }
             }
         }
         RowMajor { n, k, values: out }
@@ -91,16 +102,26 @@ impl BlockQuantized {
 
     /// The value each code stands for, row-major `[n][k]`: `(code - zero_point) * scale`.
     pub fn dequantize(&self) -> RowMajor {
-        let kb = self.k_blocks();
-        let mut values = Vec::with_capacity(self.n * self.k);
-        for n in 0..self.n {
-            for kk in 0..self.k {
-                let b = kk / self.spec.block;
-                let code = f32::from(self.codes[n * self.k + kk]);
-                values.push((code - f32::from(self.zero_point(n, b))) * self.scales[n * kb + b]);
+        let mut values = vec![0.0f32; self.n * self.k];
+        if self.k > 0 {
+            for (n, row) in values.chunks_exact_mut(self.k).enumerate() {
+                self.dequantize_row(n, row);
             }
         }
         RowMajor { n: self.n, k: self.k, values }
+    }
+
+    /// Row `n` of [`BlockQuantized::dequantize`] into `out` (`k` values), without the whole
+    /// matrix.
+    pub fn dequantize_row(&self, n: usize, out: &mut [f32]) {
+        let kb = self.k_blocks();
+        let codes = &self.codes[n * self.k..(n + 1) * self.k];
+        for (b, (out, codes)) in out.chunks_mut(self.spec.block).zip(codes.chunks(self.spec.block)).enumerate() {
+            let (zp, scale) = (f32::from(self.zero_point(n, b)), self.scales[n * kb + b]);
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = (f32::from(c) - zp) * scale;
+            }
+        }
     }
 
     /// Bytes the quantized weight takes as `MatMulNBits` inputs (codes, f32 scales, packed
@@ -484,6 +505,15 @@ mod tests {
         // [K=2, N=3] -> rows of K.
         let w = RowMajor::from_k_by_n(2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(w.values, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        // Across several squares, with partial ones at both edges.
+        let (k, n) = (70, 45);
+        let values: Vec<f32> = (0..k * n).map(|i| i as f32).collect();
+        let w = RowMajor::from_k_by_n(k, n, &values);
+        for nn in 0..n {
+            for kk in 0..k {
+                assert_eq!(w.row(nn)[kk], values[kk * n + nn], "({nn}, {kk})");
+            }
+        }
     }
 
     #[test]

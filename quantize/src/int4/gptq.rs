@@ -282,7 +282,6 @@ fn diagonal_block_inverses(v: &[f64], k: usize, block: usize) -> Vec<Vec<f64>> {
 /// compares like with like.
 pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian) -> f64 {
     let (n, k) = (w.n, w.k);
-    let d = q.dequantize();
     let per_tile: Vec<f64> = (0..n.div_ceil(TILE))
         .into_par_iter()
         .map(|tile| {
@@ -290,8 +289,10 @@ pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian
             // dt[c·TILE + r]: row r's difference at column c (in `perm` order).
             let mut dt = vec![0.0f32; k * TILE];
             let mut share = 0.0f64;
+            let mut b = vec![0.0f32; k];
             for (r, row) in range.enumerate() {
-                let (a, b) = (w.row(row), d.row(row));
+                q.dequantize_row(row, &mut b);
+                let a = w.row(row);
                 for (c, &p) in hessian.perm.iter().enumerate() {
                     let delta = a[p] - b[p];
                     dt[c * TILE + r] = delta;
