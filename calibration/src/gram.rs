@@ -8,6 +8,8 @@
 //! accumulated in order, in f64: each entry is one chain of fused multiply-adds over every row,
 //! whichever thread computes it, so the result does not depend on the thread count.
 
+mod gather;
+
 use std::path::Path;
 
 use kiln_compiler::ir::{Model, ValueDef};
@@ -143,6 +145,9 @@ pub struct GramOptions {
     /// to the runtime from memory rather than through a temporary file: writing MiniLM's
     /// 68 MB to disk cost more CPU time than all of its Gram matrices.
     pub in_memory_bytes: u64,
+    /// Constant tables of at least this many bytes gathered by a model input (embeddings) are
+    /// gathered by Kiln rather than copied into the runtime's session (`u64::MAX`: never).
+    pub host_gather_bytes: u64,
 }
 
 impl Default for GramOptions {
@@ -151,6 +156,7 @@ impl Default for GramOptions {
             memory_budget: 512 << 20,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
             in_memory_bytes: 256 << 20,
+            host_gather_bytes: 1 << 20,
         }
     }
 }
@@ -181,10 +187,15 @@ fn run_sample(
     i: usize,
     inputs: &[InputSpec],
     names: &[String],
+    gathers: &[gather::HostGather],
 ) -> Result<Outputs, CalibError> {
     let s = source.read(i)?;
     validate(inputs, &s)?;
-    let feed: Vec<(String, Value)> = s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
+    let mut feed: Vec<(String, Value)> = s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
+    for gather in gathers {
+        let (name, t) = gather.gather(&s)?;
+        feed.push((name, Value::Tensor(t)));
+    }
     let out = session.run(&feed, Some(names)).map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
     Ok((s.origin, out))
 }
@@ -250,17 +261,18 @@ pub fn collect_grams(
             let ids = names.iter().filter_map(|n| g.find_value(n)).collect();
             g.set_outputs(ids);
         }
+        let gathers = gather::host_gathers(&mut m, options.host_gather_bytes);
         let mut session = open_session(executor, &m, base_dir, options)?;
         let mut grams: Vec<Accumulator> = group.iter().map(|(n, k)| Accumulator::new(n.clone(), *k)).collect();
         // The runtime runs sample i + 1 on its own thread while this one adds sample i's rows:
         // the session takes one intra-op thread, the Gram products the others. Rows still come
         // in sample order, so the sums are what a loop over the samples would give.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Outputs, CalibError>>(1);
-        let (inputs, names) = (&inputs, &names);
+        let (inputs, names, gathers) = (&inputs, &names, &gathers);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for i in 0..source.len() {
-                    let out = run_sample(session.as_mut(), source, i, inputs, names);
+                    let out = run_sample(session.as_mut(), source, i, inputs, names, gathers);
                     let failed = out.is_err();
                     // A closed channel: the receiver stopped on an error of its own.
                     if tx.send(out).is_err() || failed {
