@@ -198,6 +198,9 @@ impl Lint {
             if is_q(g, n) || is_dq(g, n) {
                 self.qdq_node(g, n);
             }
+            if self.kind == TargetKind::Cuda && node.domain() == "com.microsoft" && node.op_type == "FusedConv" {
+                self.cuda_fused_conv(g, n);
+            }
             if is_weighted(g, n) {
                 self.weighted(g, n);
                 if self.kind == TargetKind::Cuda && node.input(0).and_then(|v| dq_producer(g, v)).is_some() {
@@ -221,6 +224,29 @@ impl Lint {
                     "the CUDA provider runs Q/DQ as DequantizeLinear followed by float kernels: {n} weighted ops \
                      with quantized inputs compute in float (use fp16 on cuda, or the tensorrt target for INT8)"
                 ),
+            );
+        }
+    }
+
+    /// ONNX Runtime's CUDA FusedConv (1.31) builds a cuDNN activation for Relu only: any other
+    /// activation fails at session creation ("unsupported conv activation mode", measured on an
+    /// H100 with a Conv+HardSigmoid); and it has no FP16 kernel (such a node runs on the CPU).
+    fn cuda_fused_conv(&mut self, g: &Graph, n: NodeId) {
+        let node = g.node(n);
+        let l = label(g, n);
+        let activation = node.attr_str("activation");
+        if activation != Some("Relu") {
+            let act = activation.unwrap_or("none");
+            self.error(
+                "cuda-fused-conv",
+                vec![l.clone()],
+                format!("{l} fuses activation {act}: the CUDA FusedConv takes Relu only and fails to load"),
+            );
+        } else if node.input(0).and_then(|v| g.tensor_type(v)?.dtype()) == Some(kiln_compiler::DataType::F16) {
+            self.warn(
+                "cuda-fused-conv",
+                vec![l.clone()],
+                format!("{l} is FP16: the CUDA FusedConv is FP32 only, so it runs on the CPU with a copy each side"),
             );
         }
     }

@@ -514,3 +514,33 @@ fn share_counts_only_convs_with_quantized_inputs() {
     assert_eq!(r.compute.int8_flops, f1);
     assert_eq!(r.compute.int8_share, ((f1 as f64 / (f1 + f2) as f64) * 10_000.0).round() / 10_000.0);
 }
+
+/// x[1,3,8,8] → com.microsoft.FusedConv(activation) → y, in `dtype`.
+fn fused_conv(activation: &str, half: bool) -> Model {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let mut x = b.x;
+    let mut w = b.float_weight(&[4, 3, 3, 3]);
+    if half {
+        let to = |t: DataType| vec![Attribute::int("to", t.onnx_code() as i64)];
+        x = b.node("Cast", &[x], "x16", to(DataType::F16));
+        w = b.node("Cast", &[w], "w16", to(DataType::F16));
+    }
+    let y = b.node("FusedConv", &[x, w], "fc", vec![Attribute::string("activation", activation)]);
+    let mut m = b.finish(&[y]);
+    let g = m.graph.as_mut().unwrap();
+    let id = g.node_ids().into_iter().find(|&n| g.node(n).op_type == "FusedConv").unwrap();
+    g.node_mut(id).domain = Some("com.microsoft".into());
+    m.opset_import.push(kiln_compiler::ir::OpsetImport { domain: Some("com.microsoft".into()), version: Some(1) });
+    kiln_compiler::shape::infer_model(&mut m);
+    m
+}
+
+#[test]
+fn cuda_fused_conv_takes_relu_only_and_fp32_only() {
+    twin(CUDA, "cuda-fused-conv", Severity::Error, &fused_conv("HardSigmoid", false), &fused_conv("Relu", false));
+    let half = lint_model(&fused_conv("Relu", true), CUDA);
+    assert!(half.rule("cuda-fused-conv").all(|f| f.severity == Severity::Warning), "{half:#?}");
+    assert_eq!(half.rule("cuda-fused-conv").count(), 1);
+    // ORT CPU runs every activation.
+    assert_eq!(lint_model(&fused_conv("HardSigmoid", false), CPU).rule("cuda-fused-conv").count(), 0);
+}
