@@ -7,6 +7,10 @@
 //! group is done, so memory holds one group's matrices, never the whole model's. Rows are
 //! accumulated in order, in f64: each entry is one chain of fused multiply-adds over every row,
 //! whichever thread computes it, so the result does not depend on the thread count.
+//!
+//! The runtime runs the next sample on its own thread while the last one's rows are added, and
+//! large embedding tables stay out of the session (`gram/gather.rs`): what it costs is the model's
+//! layers, not copies of its weights.
 
 mod gather;
 

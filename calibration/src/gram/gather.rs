@@ -50,8 +50,9 @@ pub(super) fn host_gathers(model: &mut Model, min_bytes: u64) -> Vec<HostGather>
         }
         let indices = g.value(ix).name.clone();
         let input = g.fresh_name(&format!("{}.gathered", g.value(out).name));
-        let ty = g.value(out).ty.clone().unwrap_or_else(|| Type::tensor(TensorType::new(table.dtype(), None)));
-        let new = g.add_input(input.clone(), Some(ty));
+        // Declared without a shape: whatever shape inference said of the output, the runtime
+        // takes the rows Kiln gathers.
+        let new = g.add_input(input.clone(), Some(Type::tensor(TensorType::new(table.dtype(), None))));
         g.replace_uses(out, new);
         g.remove_node(id);
         let info: Vec<_> = g.value_info().iter().copied().filter(|&v| v != out).collect();
