@@ -130,9 +130,15 @@ impl Accumulator {
         self.flush();
         let mut g = self.gram;
         let k = g.dim;
-        for i in 0..k {
-            for j in 0..i {
-                g.xtx[i * k + j] = g.xtx[j * k + i];
+        // In squares of 32×32: column by column, every read took a cache line of its own.
+        const SQ: usize = 32;
+        for i0 in (0..k).step_by(SQ) {
+            for j0 in (0..=i0).step_by(SQ) {
+                for i in i0..(i0 + SQ).min(k) {
+                    for j in j0..(j0 + SQ).min(i) {
+                        g.xtx[i * k + j] = g.xtx[j * k + i];
+                    }
+                }
             }
         }
         g
