@@ -7,6 +7,12 @@
 //! group is done, so memory holds one group's matrices, never the whole model's. Rows are
 //! accumulated in order, in f64: each entry is one chain of fused multiply-adds over every row,
 //! whichever thread computes it, so the result does not depend on the thread count.
+//!
+//! The runtime runs the next sample on its own thread while the last one's rows are added, and
+//! large embedding tables stay out of the session (`gram/gather.rs`): what it costs is the model's
+//! layers, not copies of its weights.
+
+mod gather;
 
 use std::path::Path;
 
@@ -15,7 +21,7 @@ use kiln_compiler::runtime::{Executor, ModelSource, OptLevel, Session, SessionCo
 use rayon::prelude::*;
 
 use crate::collect::CalibError;
-use crate::data::{SampleSource, model_inputs, validate};
+use crate::data::{InputSpec, SampleSource, model_inputs, validate};
 use crate::tile::{LANES, MR, Strides, mac_tile};
 
 /// The Gram matrix of one activation.
@@ -45,11 +51,13 @@ impl Gram {
 struct Accumulator {
     gram: Gram,
     pending: Vec<f64>,
+    /// The pending rows in panels, kept from batch to batch.
+    packed: Vec<f64>,
 }
 
 impl Accumulator {
     fn new(name: String, dim: usize) -> Accumulator {
-        Accumulator { gram: Gram::new(name, dim), pending: Vec::with_capacity(dim * BATCH_ROWS) }
+        Accumulator { gram: Gram::new(name, dim), pending: Vec::with_capacity(dim * BATCH_ROWS), packed: Vec::new() }
     }
 
     /// Adds the rows of one activation (`values.len()` a multiple of `dim`).
@@ -72,25 +80,30 @@ impl Accumulator {
     /// time held in registers; tile rows in parallel. Every entry is one chain of fused
     /// multiply-adds over the rows in order, continued from batch to batch, so the sum depends
     /// neither on the thread count nor on how rows were split into samples or batches.
+    ///
+    /// The rows are first packed in panels of [`LANES`] features, each panel's rows contiguous:
+    /// a tile then reads its panels front to back, where row-major rows a whole row apart (12 KB
+    /// for K = 1536) defeated the prefetcher and missed the cache on every step.
     fn flush(&mut self) {
         let k = self.gram.dim;
         let rows = self.pending.len() / k;
         if rows == 0 {
             return;
         }
-        // Rows padded to whole tiles of columns (the padding is zero and never stored).
-        let kp = k.div_ceil(LANES) * LANES;
-        let padded: Vec<f64>;
-        let xp: &[f64] = if kp == k {
-            &self.pending
-        } else {
-            let mut p = vec![0.0f64; rows * kp];
-            for (dst, src) in p.chunks_exact_mut(kp).zip(self.pending.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
+        let panels = k.div_ceil(LANES);
+        let len = panels * rows * LANES;
+        // Features past K stay zero: a narrower last panel reads zeros and is never stored.
+        self.packed.clear();
+        self.packed.resize(len, 0.0);
+        for (t, row) in self.pending.chunks_exact(k).enumerate() {
+            for (p, part) in row.chunks(LANES).enumerate() {
+                let at = p * rows * LANES + t * LANES;
+                self.packed[at..at + part.len()].copy_from_slice(part);
             }
-            padded = p;
-            &padded
-        };
+        }
+        let xp = &self.packed;
+        // Where feature `c`'s column of the batch starts (rows `LANES` apart).
+        let col = |c: usize| (c / LANES) * rows * LANES + c % LANES;
         self.gram.xtx.par_chunks_mut(k * MR).enumerate().for_each(|(ti, out)| {
             let i0 = ti * MR;
             let height = out.len() / k;
@@ -101,7 +114,7 @@ impl Accumulator {
                 for (r, acc) in acc.iter_mut().enumerate().take(height) {
                     acc[..width].copy_from_slice(&out[r * k + j0..r * k + j0 + width]);
                 }
-                mac_tile(&xp[i0..], Strides { t: kp, r: 1 }, &xp[j0..], kp, rows, &mut acc);
+                mac_tile(&xp[col(i0)..], Strides { t: LANES, r: 1 }, &xp[col(j0)..], LANES, rows, &mut acc);
                 for (r, acc) in acc.iter().enumerate().take(height) {
                     out[r * k + j0..r * k + j0 + width].copy_from_slice(&acc[..width]);
                 }
@@ -117,9 +130,15 @@ impl Accumulator {
         self.flush();
         let mut g = self.gram;
         let k = g.dim;
-        for i in 0..k {
-            for j in 0..i {
-                g.xtx[i * k + j] = g.xtx[j * k + i];
+        // In squares of 32×32: column by column, every read took a cache line of its own.
+        const SQ: usize = 32;
+        for i0 in (0..k).step_by(SQ) {
+            for j0 in (0..=i0).step_by(SQ) {
+                for i in i0..(i0 + SQ).min(k) {
+                    for j in j0..(j0 + SQ).min(i) {
+                        g.xtx[i * k + j] = g.xtx[j * k + i];
+                    }
+                }
             }
         }
         g
@@ -136,6 +155,9 @@ pub struct GramOptions {
     /// to the runtime from memory rather than through a temporary file: writing MiniLM's
     /// 68 MB to disk cost more CPU time than all of its Gram matrices.
     pub in_memory_bytes: u64,
+    /// Constant tables of at least this many bytes gathered by a model input (embeddings) are
+    /// gathered by Kiln rather than copied into the runtime's session (`u64::MAX`: never).
+    pub host_gather_bytes: u64,
 }
 
 impl Default for GramOptions {
@@ -144,6 +166,7 @@ impl Default for GramOptions {
             memory_budget: 512 << 20,
             session: SessionConfig { optimization: OptLevel::Disabled, ..SessionConfig::default() },
             in_memory_bytes: 256 << 20,
+            host_gather_bytes: 1 << 20,
         }
     }
 }
@@ -162,6 +185,49 @@ fn open_session(
         return executor.load(ModelSource { bytes: &bytes, base_dir }, &options.session).map_err(CalibError::Load);
     }
     kiln_compiler::execute::load_session(executor, model, base_dir, &options.session).map_err(CalibError::Load)
+}
+
+/// One sample's requested activations, and where the sample came from.
+type Outputs = (String, Vec<(String, Value)>);
+
+/// Reads, checks and runs sample `i`.
+fn run_sample(
+    session: &mut dyn Session,
+    source: &dyn SampleSource,
+    i: usize,
+    inputs: &[InputSpec],
+    names: &[String],
+    gathers: &[gather::HostGather],
+) -> Result<Outputs, CalibError> {
+    let s = source.read(i)?;
+    validate(inputs, &s)?;
+    let mut feed: Vec<(String, Value)> = s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
+    for gather in gathers {
+        let (name, t) = gather.gather(&s)?;
+        feed.push((name, Value::Tensor(t)));
+    }
+    let out = session.run(&feed, Some(names)).map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
+    Ok((s.origin, out))
+}
+
+/// Adds one sample's activations to their matrices, in parallel across matrices.
+fn add_outputs(grams: &mut [Accumulator], (origin, out): Outputs) -> Result<(), CalibError> {
+    grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(acc, (_, value))| {
+        let gram = &acc.gram;
+        let t = value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
+        let last = t.dims().last().copied().unwrap_or(0);
+        if last != gram.dim {
+            return Err(CalibError::Model(format!(
+                "{origin}: `{}` has shape {:?}, expected a last dimension of {}",
+                gram.name,
+                t.dims(),
+                gram.dim
+            )));
+        }
+        let values = t.to_f64_vec().map_err(|e| CalibError::Model(format!("`{}`: {e}", gram.name)))?;
+        acc.add(&values);
+        Ok(())
+    })
 }
 
 /// Runs the model over every sample of `source` and hands `sink` the Gram matrices of the named
@@ -205,35 +271,27 @@ pub fn collect_grams(
             let ids = names.iter().filter_map(|n| g.find_value(n)).collect();
             g.set_outputs(ids);
         }
+        let gathers = gather::host_gathers(&mut m, options.host_gather_bytes);
         let mut session = open_session(executor, &m, base_dir, options)?;
         let mut grams: Vec<Accumulator> = group.iter().map(|(n, k)| Accumulator::new(n.clone(), *k)).collect();
-        for i in 0..source.len() {
-            let s = source.read(i)?;
-            validate(&inputs, &s)?;
-            let feed: Vec<(String, Value)> =
-                s.inputs.iter().map(|(n, t)| (n.clone(), Value::Tensor(t.clone()))).collect();
-            let out = session
-                .run(&feed, Some(&names))
-                .map_err(|e| CalibError::Run { origin: s.origin.clone(), source: e })?;
-            grams.par_iter_mut().zip(out.par_iter()).try_for_each(|(acc, (_, value))| {
-                let gram = &acc.gram;
-                let t =
-                    value.as_tensor().ok_or_else(|| CalibError::Model(format!("`{}` is not a tensor", gram.name)))?;
-                let last = t.dims().last().copied().unwrap_or(0);
-                if last != gram.dim {
-                    return Err(CalibError::Model(format!(
-                        "{}: `{}` has shape {:?}, expected a last dimension of {}",
-                        s.origin,
-                        gram.name,
-                        t.dims(),
-                        gram.dim
-                    )));
+        // The runtime runs sample i + 1 on its own thread while this one adds sample i's rows:
+        // the session takes one intra-op thread, the Gram products the others. Rows still come
+        // in sample order, so the sums are what a loop over the samples would give.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Outputs, CalibError>>(1);
+        let (inputs, names, gathers) = (&inputs, &names, &gathers);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for i in 0..source.len() {
+                    let out = run_sample(session.as_mut(), source, i, inputs, names, gathers);
+                    let failed = out.is_err();
+                    // A closed channel: the receiver stopped on an error of its own.
+                    if tx.send(out).is_err() || failed {
+                        break;
+                    }
                 }
-                let values = t.to_f64_vec().map_err(|e| CalibError::Model(format!("`{}`: {e}", gram.name)))?;
-                acc.add(&values);
-                Ok(())
-            })?;
-        }
+            });
+            rx.into_iter().try_for_each(|out| add_outputs(&mut grams, out?))
+        })?;
         sink(grams.into_par_iter().map(Accumulator::finish).collect())?;
         start = end;
     }
@@ -354,6 +412,35 @@ mod tests {
         let mut other = Accumulator::new("x".into(), k);
         other.add(&x[k..]);
         assert_ne!(other.finish().xtx, one.xtx);
+    }
+
+    #[test]
+    fn a_sample_the_runtime_cannot_take_stops_the_collection() {
+        // Samples for a wider input: the thread running the model refuses the first one, and
+        // the error names where it came from rather than hanging or panicking.
+        let model = tiny();
+        let mut wide = tiny();
+        if let Some(g) = wide.graph.as_mut() {
+            let x = g.find_value("x").unwrap();
+            g.value_mut(x).ty = Some(Type::tensor(TensorType::with_dims(DataType::F32, &[2, 4])));
+        }
+        let src = Synthetic::new(&model_inputs(&wide).unwrap(), &SyntheticSpec::default()).unwrap();
+        let mut called = false;
+        let err = collect_grams(
+            &OrtExecutor::new(),
+            &model,
+            None,
+            &src,
+            &[("x".into(), 3)],
+            &GramOptions::default(),
+            &mut |_| {
+                called = true;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(!called);
+        assert!(err.to_string().contains(&src.origin(0)), "{err}");
     }
 
     #[test]

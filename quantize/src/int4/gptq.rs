@@ -19,8 +19,9 @@
 
 use rayon::prelude::*;
 
-use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params, quantize_value};
-use super::linalg::{LANES, MR, Strides, cholesky_lower, quadratic_forms};
+use super::block::{BlockQuantized, QuantSpec, RowMajor, block_params};
+use super::gptq_tile::{RowOut, TILE, TileInputs, gptq_tile};
+use super::linalg::{LANES, Strides, cholesky_lower, quadratic_forms};
 use super::tile32::mac_tile_f32;
 
 /// GPTQ settings.
@@ -58,12 +59,14 @@ pub struct Hessian {
     pub k: usize,
     /// Column order.
     pub perm: Vec<usize>,
-    /// Upper Cholesky factor `V` of the damped, permuted Hessian (`H = VVᵀ`), row-major.
+    /// Upper Cholesky factor `V` of the damped, permuted Hessian (`H = VVᵀ`), row-major; empty
+    /// after [`Hessian::release_factor`].
     pub v: Vec<f64>,
-    /// `V` rounded to `f32`, rows [`Hessian::stride`] apart (zero-padded to whole register
-    /// tiles): what the column loop reads, at half the memory traffic.
+    /// `V` rounded to `f32` in panels of [`LANES`] columns, each panel's `k` rows contiguous
+    /// (entry `(t, c)` at [`panel_index`]; the last panel zero-padded): the column loop reads a
+    /// panel front to back, which the prefetcher follows, where rows of `V` a row's length
+    /// apart missed the cache on every step.
     pub vf: Vec<f32>,
-    pub stride: usize,
     /// Each input feature's share of the Hessian diagonal, for the scale search (K order).
     pub importance: Vec<f32>,
     pub act_order: bool,
@@ -72,12 +75,22 @@ pub struct Hessian {
     /// What was added to each diagonal entry (permuted order): the damping, and 1 for an
     /// input feature that is always zero. GPTQ's own error is against the damped matrix.
     pub added: Vec<f64>,
+    /// What GPTQ keeps of `V` once it is released: the inverses of its diagonal blocks of one
+    /// width.
+    inverses: Option<(usize, Vec<Vec<f64>>)>,
 }
 
 impl Hessian {
     /// Prepares the Gram matrix `h` (`k×k`, row-major) of a layer's input. Damping grows ten
     /// times at a time (to at most 10× the mean diagonal) until the matrix factors.
     pub fn new(h: &[f64], k: usize, options: &GptqOptions) -> Result<Hessian, GptqError> {
+        Hessian::from_gram(h.to_vec(), k, options)
+    }
+
+    /// [`Hessian::new`] on a symmetric Gram matrix it may overwrite: without act order the
+    /// factor is computed in the matrix's own memory (for K = 1536, 18 MB less to allocate and
+    /// fault in).
+    pub fn from_gram(mut h: Vec<f64>, k: usize, options: &GptqOptions) -> Result<Hessian, GptqError> {
         if h.len() != k * k {
             return Err(GptqError::GramSize { got: h.len(), k });
         }
@@ -91,22 +104,31 @@ impl Hessian {
             perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
         }
         let mean_diag = (diag.iter().sum::<f64>() / k.max(1) as f64).max(f64::MIN_POSITIVE);
-        let mut damp = options.damp.max(0.0);
-        let (v, added) = loop {
-            // The permuted, damped matrix, built reversed (`JHJ`) for the factorization.
+        // The permuted matrix, reversed (`JHJ`) for the factorization: in the identity order,
+        // the matrix read backwards.
+        let mut rev = if options.act_order {
             let mut rev = vec![0.0f64; k * k];
-            let mut added = vec![0.0f64; k];
             for (i, &pi) in perm.iter().enumerate() {
                 let row = &mut rev[(k - 1 - i) * k..(k - i) * k];
                 for (j, &pj) in perm.iter().enumerate() {
                     row[k - 1 - j] = h[pi * k + pj];
                 }
+            }
+            rev
+        } else {
+            h.reverse();
+            h
+        };
+        let mut damp = options.damp.max(0.0);
+        let (v, added) = loop {
+            let mut added = vec![0.0f64; k];
+            for (i, &pi) in perm.iter().enumerate() {
                 // An input feature that is always zero: its weights do not matter, keep it solvable.
-                if row[k - 1 - i] == 0.0 {
+                if diag[pi] == 0.0 {
                     added[i] = 1.0;
                 }
                 added[i] += damp * mean_diag;
-                row[k - 1 - i] += added[i];
+                rev[(k - 1 - i) * (k + 1)] = diag[pi] + added[i];
             }
             // JHJ = LLᵀ gives H = VVᵀ with V = JLJ: the factor read backwards.
             if cholesky_lower(&mut rev, k) {
@@ -117,17 +139,55 @@ impl Hessian {
                 return Err(GptqError::NotPositiveDefinite { damp });
             }
             damp = if damp == 0.0 { 0.01 } else { damp * 10.0 };
+            // A failed factorization wrote the lower triangle only: the matrix is symmetric,
+            // so the upper one gives it back.
+            for r in 0..k {
+                for c in 0..r {
+                    rev[r * k + c] = rev[c * k + r];
+                }
+            }
         };
         let importance = diag.iter().map(|&d| (d / mean_diag) as f32).collect();
-        let stride = k.div_ceil(LANES) * LANES;
-        let mut vf = vec![0.0f32; k * stride];
-        for (dst, src) in vf.chunks_exact_mut(stride).zip(v.chunks_exact(k)) {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as f32;
+        let mut vf = vec![0.0f32; k.div_ceil(LANES) * LANES * k];
+        for (t, src) in v.chunks_exact(k).enumerate() {
+            for (c, &s) in src.iter().enumerate() {
+                vf[panel_index(k, t, c)] = s as f32;
             }
         }
-        Ok(Hessian { k, perm, v, vf, stride, importance, act_order: options.act_order, damp, added })
+        Ok(Hessian { k, perm, v, vf, importance, act_order: options.act_order, damp, added, inverses: None })
     }
+
+    /// Keeps what GPTQ at blocks of `block` reads of the `f64` factor (the inverses of its
+    /// diagonal blocks) and frees the rest: for K = 1536, 18 MB less held while the layers
+    /// that read this input are quantized. Other block sizes then work from the `f32` factor.
+    pub fn release_factor(&mut self, block: usize) {
+        if !self.act_order && block > 0 && self.v.len() == self.k * self.k {
+            self.inverses = Some((block, diagonal_block_inverses(&self.v, self.k, block)));
+        }
+        self.v = Vec::new();
+    }
+
+    /// The inverses of `V`'s diagonal blocks of `block` columns: kept, or computed from `V` in
+    /// `f64` (or in `f32` once released).
+    fn block_inverses(&self, block: usize) -> std::borrow::Cow<'_, [Vec<f64>]> {
+        match &self.inverses {
+            Some((b, inverses)) if *b == block => std::borrow::Cow::Borrowed(inverses),
+            _ if self.v.len() == self.k * self.k => {
+                std::borrow::Cow::Owned(diagonal_block_inverses(&self.v, self.k, block))
+            }
+            _ => {
+                let k = self.k;
+                let v: Vec<f64> = (0..k * k).map(|i| f64::from(self.vf[panel_index(k, i / k, i % k)])).collect();
+                std::borrow::Cow::Owned(diagonal_block_inverses(&v, k, block))
+            }
+        }
+    }
+}
+
+/// Where entry `(t, c)` of a `k×k` matrix stored in panels of [`LANES`] columns lies.
+#[inline(always)]
+pub(crate) fn panel_index(k: usize, t: usize, c: usize) -> usize {
+    (c / LANES) * k * LANES + t * LANES + c % LANES
 }
 
 /// Quantizes `w` (rows of K) with GPTQ against the Gram matrix `h` (`k×k`, row-major) of the
@@ -147,8 +207,8 @@ pub fn gptq_prepared(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: us
 /// `‖E‖²`, from which the damping's share `Σ added·(w − q)²` is taken back.
 pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: usize) -> (BlockQuantized, f64) {
     let (n, k) = (w.n, w.k);
-    let (perm, v, importance) = (&hessian.perm, &hessian.v, &hessian.importance);
-    let (vf, stride) = (&hessian.vf, hessian.stride);
+    let (perm, importance) = (&hessian.perm, &hessian.importance);
+    let vf = &hessian.vf;
     let block = spec.block;
     let kb = k.div_ceil(block);
     let mut scales = vec![0.0f32; n * kb];
@@ -167,17 +227,10 @@ pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: 
     // Rows are independent given V: tiles of rows run on their own threads, so the result does
     // not depend on the thread count.
     let batch = batch.max(1).div_ceil(block) * block;
-    let block_inverses = if hessian.act_order { Vec::new() } else { diagonal_block_inverses(v, k, block) };
-    let inputs = TileInputs {
-        perm,
-        v: vf,
-        stride,
-        block_inverses: &block_inverses,
-        importance,
-        added: &hessian.added,
-        spec,
-        batch,
-    };
+    let block_inverses =
+        if hessian.act_order { std::borrow::Cow::Owned(Vec::new()) } else { hessian.block_inverses(block) };
+    let inputs =
+        TileInputs { perm, v: vf, block_inverses: &block_inverses, importance, added: &hessian.added, spec, batch };
     let tiles: Vec<Vec<RowOut>> = (0..n.div_ceil(TILE))
         .into_par_iter()
         .map(|tile| {
@@ -202,33 +255,6 @@ pub fn gptq_with_error(w: &RowMajor, hessian: &Hessian, spec: QuantSpec, batch: 
     (q, error.max(0.0))
 }
 
-/// One quantized row: codes in K order, and its blocks' parameters.
-struct RowOut {
-    codes: Vec<u8>,
-    scales: Vec<f32>,
-    zps: Vec<u8>,
-    /// `(w − q) H (w − q)ᵀ` against the undamped Hessian.
-    error: f64,
-}
-
-/// Rows quantized together: each span of `V` is loaded once for all of them and then read
-/// from the L1 cache.
-const TILE: usize = MR;
-
-/// The shared inputs of every tile of a layer.
-struct TileInputs<'a> {
-    perm: &'a [usize],
-    /// `V` in `f32`, rows `stride` apart.
-    v: &'a [f32],
-    stride: usize,
-    /// Without act order: the inverse of each `block`×`block` diagonal block of `V`.
-    block_inverses: &'a [Vec<f64>],
-    importance: &'a [f32],
-    added: &'a [f64],
-    spec: QuantSpec,
-    batch: usize,
-}
-
 /// The inverses of the diagonal blocks of the upper-triangular `v` (`k×k`), `block` wide (the
 /// last may be narrower), each row-major: back substitution, column by column.
 fn diagonal_block_inverses(v: &[f64], k: usize, block: usize) -> Vec<Vec<f64>> {
@@ -250,211 +276,12 @@ fn diagonal_block_inverses(v: &[f64], k: usize, block: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// [`gptq_tile_body`] in the widest vectors the CPU has: its updates are element-wise chains of
-/// exactly rounded fused multiply-adds (Rust fuses nothing else), so every path gives the same
-/// bits.
-fn gptq_tile(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { gptq_tile_avx512(rows, fixed, t) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { gptq_tile_avx(rows, fixed, t) };
-        }
-    }
-    gptq_tile_body(rows, fixed, t)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn gptq_tile_avx512(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    gptq_tile_body(rows, fixed, t)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gptq_tile_avx(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    gptq_tile_body(rows, fixed, t)
-}
-
-/// GPTQ on up to [`TILE`] rows of the weight, left-looking: with `H = VVᵀ` (`V` upper), the
-/// weight column `c` is quantized at `w_c + (Σ_{i<c} δ_i V_ic) / V_cc`, where `δ_i = w_i − q_i`
-/// are the earlier columns' differences from the original weight: the same values GPTQ's
-/// error propagation through `V⁻¹` reaches, without inverting anything. The sums over the
-/// columns before a batch go through register tiles; each sum is one chain of fused
-/// multiply-adds in column order, so a row's arithmetic is what it would be alone.
-///
-/// Without act order a block's parameters are chosen from its weights as propagated up to its
-/// first column `c`: `w_m + Σ_{c≤i≤m} S_i (V_blk⁻¹)_im` with `S_i = Σ_{j<c} δ_j V_ji`.
-#[inline(always)]
-fn gptq_tile_body(rows: &[&[f32]], fixed: &[Option<(&[f32], &[u8])>], t: &TileInputs) -> Vec<RowOut> {
-    let (perm, v, spec, kp) = (t.perm, t.v, t.spec, t.stride);
-    let k = perm.len();
-    let block = spec.block;
-    let kb = k.div_ceil(block);
-    let mut outs: Vec<RowOut> = fixed
-        .iter()
-        .map(|f| {
-            let (scales, zps) = match f {
-                Some((s, z)) => (s.to_vec(), z.to_vec()),
-                None => (vec![0.0f32; kb], vec![0u8; kb]),
-            };
-            RowOut { codes: vec![0u8; k], scales, zps, error: 0.0 }
-        })
-        .collect();
-    let mut have: Vec<Vec<bool>> = fixed.iter().map(|f| vec![f.is_some(); kb]).collect();
-    // w[r·k + c]: row r's original weight of column c, in `perm` order; unused rows stay 0.
-    let mut w = vec![0.0f32; k * TILE];
-    for (r, row) in rows.iter().enumerate() {
-        for (c, &p) in perm.iter().enumerate() {
-            w[r * k + c] = row[p];
-        }
-    }
-    // dt[c·TILE + r]: δ of row r at column c, rows side by side.
-    let mut dt = vec![0.0f32; k * TILE];
-    // sums[(c - i1)·TILE + r] = Σ_{i < done[c - i1]} δ_i V_ic for the batch's columns.
-    let mut sums = vec![0.0f32; t.batch * TILE];
-    let mut done = vec![0usize; t.batch];
-    let mut damped = [0.0f64; TILE];
-    let mut share = [0.0f64; TILE];
-    let mut i1 = 0;
-    while i1 < k {
-        let i2 = (i1 + t.batch).min(k);
-        // The earlier columns' share, LANES columns at a time through one register tile.
-        let mut c0 = i1;
-        while c0 < i2 {
-            let width = (i2 - c0).min(LANES);
-            let mut acc = [[0.0f32; LANES]; TILE];
-            // `V`'s rows are padded to whole tiles: a narrower last group reads zeros.
-            if i1 > 0 {
-                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, &v[c0..], kp, i1, &mut acc);
-            }
-            for c in 0..width {
-                for r in 0..TILE {
-                    sums[(c0 + c - i1) * TILE + r] = acc[r][c];
-                }
-            }
-            c0 += width;
-        }
-        done[..i2 - i1].fill(i1);
-        for c in i1..i2 {
-            let orig = perm[c];
-            let b = orig / block;
-            if have.iter().any(|h| !h[b]) {
-                // Without act order columns come in K order and batches hold whole blocks:
-                // block b starts at column c and ends inside the batch.
-                let end = (c + block).min(k);
-                let g = end - c;
-                for m in c..end {
-                    advance(v, kp, (i1, m, c), &mut sums, &mut done, &dt);
-                }
-                let inv = &t.block_inverses[b];
-                // pushed[(m - c)·TILE + r] = Σ_{c≤i≤m} S_i (V_blk⁻¹)_im, rows side by side.
-                let mut pushed = vec![0.0f64; g * TILE];
-                for m in c..end {
-                    let p = &mut pushed[(m - c) * TILE..(m - c + 1) * TILE];
-                    for i in c..=m {
-                        let x = inv[(i - c) * g + (m - c)];
-                        for (p, &s) in p.iter_mut().zip(&sums[(i - i1) * TILE..(i - i1 + 1) * TILE]) {
-                            *p += f64::from(s) * x;
-                        }
-                    }
-                }
-                for (r, out) in outs.iter_mut().enumerate() {
-                    if have[r][b] {
-                        continue;
-                    }
-                    let vals: Vec<f32> =
-                        (c..end).map(|m| (f64::from(w[r * k + m]) + pushed[(m - c) * TILE + r]) as f32).collect();
-                    let (s, z) = block_params(&vals, Some(&t.importance[c..end]), spec);
-                    out.scales[b] = s;
-                    out.zps[b] = z;
-                    have[r][b] = true;
-                }
-            }
-            advance(v, kp, (i1, c, c), &mut sums, &mut done, &dt);
-            let vcc = v[c * kp + c];
-            for (r, out) in outs.iter_mut().enumerate() {
-                let (s, z) = (out.scales[b], out.zps[b]);
-                let x = w[r * k + c] + sums[(c - i1) * TILE + r] / vcc;
-                let q = quantize_value(x, s, z, spec);
-                out.codes[orig] = q;
-                let deq = (f32::from(q) - f32::from(z)) * s;
-                let e = f64::from(x - deq) * f64::from(vcc);
-                damped[r] += e * e;
-                let delta = w[r * k + c] - deq;
-                dt[c * TILE + r] = delta;
-                share[r] += t.added[c] * f64::from(delta) * f64::from(delta);
-            }
-            // A group of `block` columns done: the batch's later columns take its share, column
-            // by column of the group (so each sum stays in column order), the later columns
-            // independent of each other.
-            if (c + 1 - i1).is_multiple_of(block) && c + 1 < i2 {
-                let g0 = c + 1 - block;
-                // Four later columns at a time, their sums held in registers over the group.
-                let mut m = c + 1;
-                while m < i2 {
-                    let width = (i2 - m).min(4);
-                    let mut acc = [[0.0f32; TILE]; 4];
-                    for (j, acc) in acc.iter_mut().enumerate().take(width) {
-                        acc.copy_from_slice(&sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE]);
-                    }
-                    for i in g0..=c {
-                        let d = &dt[i * TILE..(i + 1) * TILE];
-                        for (j, acc) in acc.iter_mut().enumerate().take(width) {
-                            let x = v[i * kp + m + j];
-                            for (a, d) in acc.iter_mut().zip(d) {
-                                *a = d.mul_add(x, *a);
-                            }
-                        }
-                    }
-                    for (j, acc) in acc.iter().enumerate().take(width) {
-                        sums[(m + j - i1) * TILE..(m + j - i1 + 1) * TILE].copy_from_slice(acc);
-                    }
-                    m += width;
-                }
-                done[c + 1 - i1..i2 - i1].fill(c + 1);
-            }
-        }
-        i1 = i2;
-    }
-    for (r, out) in outs.iter_mut().enumerate() {
-        out.error = damped[r] - share[r];
-    }
-    outs
-}
-
-/// Carries the sum of batch column `c` (the batch starts at `i1`) on over the earlier columns
-/// up to `upto`, in column order (`V`'s rows `kp` apart); inlined into the vectorized tile body.
-#[inline(always)]
-fn advance(
-    v: &[f32],
-    kp: usize,
-    (i1, c, upto): (usize, usize, usize),
-    sums: &mut [f32],
-    done: &mut [usize],
-    dt: &[f32],
-) {
-    let s = &mut sums[(c - i1) * TILE..(c - i1 + 1) * TILE];
-    for i in done[c - i1]..upto {
-        let x = v[i * kp + c];
-        for (s, d) in s.iter_mut().zip(&dt[i * TILE..(i + 1) * TILE]) {
-            *s = d.mul_add(x, *s);
-        }
-    }
-    done[c - i1] = done[c - i1].max(upto);
-}
-
 /// [`output_error`] through the prepared factor, as [`gptq_with_error`] measures its own: with
 /// `E = (W − Q)V`, `‖E‖²` less the damping's share, `E` a tile of rows at a time in the `f32`
 /// register tile (tiles in parallel, summed in order). Costs half of [`output_error`] and
 /// compares like with like.
 pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian) -> f64 {
-    let (n, k, kp) = (w.n, w.k, hessian.stride);
-    let d = q.dequantize();
+    let (n, k) = (w.n, w.k);
     let per_tile: Vec<f64> = (0..n.div_ceil(TILE))
         .into_par_iter()
         .map(|tile| {
@@ -462,8 +289,10 @@ pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian
             // dt[c·TILE + r]: row r's difference at column c (in `perm` order).
             let mut dt = vec![0.0f32; k * TILE];
             let mut share = 0.0f64;
+            let mut b = vec![0.0f32; k];
             for (r, row) in range.enumerate() {
-                let (a, b) = (w.row(row), d.row(row));
+                q.dequantize_row(row, &mut b);
+                let a = w.row(row);
                 for (c, &p) in hessian.perm.iter().enumerate() {
                     let delta = a[p] - b[p];
                     dt[c * TILE + r] = delta;
@@ -476,7 +305,8 @@ pub fn output_error_prepared(w: &RowMajor, q: &BlockQuantized, hessian: &Hessian
                 let width = (k - c0).min(LANES);
                 let mut acc = [[0.0f32; LANES]; TILE];
                 // `V` is upper triangular: column c takes rows up to c only.
-                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, &hessian.vf[c0..], kp, c0 + width, &mut acc);
+                let panel = &hessian.vf[panel_index(k, 0, c0)..];
+                mac_tile_f32(&dt, Strides { t: TILE, r: 1 }, panel, LANES, c0 + width, &mut acc);
                 for acc in &acc {
                     total += acc[..width].iter().map(|&e| f64::from(e) * f64::from(e)).sum::<f64>();
                 }
@@ -549,6 +379,53 @@ mod tests {
         let mut bad = h.clone();
         bad[0] = -1e9;
         assert!(matches!(Hessian::new(&bad, k, &GptqOptions::default()), Err(GptqError::NotPositiveDefinite { .. })));
+    }
+
+    #[test]
+    fn a_failed_factorization_is_retried_on_the_matrix_it_started_from() {
+        // Fewer rows than features, less a twentieth of the mean diagonal: not positive
+        // definite undamped nor at 1% damping, positive definite at 10%.
+        let k = 24;
+        let mut h = correlated_gram(k, 10, 6);
+        let mean = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
+        for i in 0..k {
+            h[i * k + i] -= 0.05 * mean;
+        }
+        for act_order in [false, true] {
+            let options = |damp| GptqOptions { act_order, damp, ..Default::default() };
+            let retried = Hessian::new(&h, k, &options(0.0)).unwrap();
+            assert_eq!(retried.damp, 0.1);
+            // The same factor as a first try at that damping: the retries started from the
+            // undamped matrix each time, not from what the failed tries left.
+            let direct = Hessian::new(&h, k, &options(0.1)).unwrap();
+            assert_eq!(direct.damp, 0.1);
+            assert_eq!(retried.v, direct.v, "act_order {act_order}");
+            assert_eq!(retried.vf, direct.vf);
+            // In the matrix's own memory too.
+            let owned = Hessian::from_gram(h.clone(), k, &options(0.0)).unwrap();
+            assert_eq!(owned.v, direct.v);
+        }
+    }
+
+    #[test]
+    fn a_released_factor_quantizes_its_block_size_alike() {
+        let (n, k) = (12, 64);
+        let h = correlated_gram(k, 200, 2);
+        let mut r = stream(3);
+        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let spec = |block| QuantSpec { bits: 4, block, symmetric: true, negative_scales: true };
+        let full = Hessian::new(&h, k, &GptqOptions::default()).unwrap();
+        let mut released = full.clone();
+        released.release_factor(16);
+        assert!(released.v.is_empty());
+        // The kept block inverses are the ones the full factor gives: the same weights.
+        assert_eq!(gptq_with_error(&w, &released, spec(16), 32), gptq_with_error(&w, &full, spec(16), 32));
+        // Another block size works from the f32 factor: close to, not exactly, the f64 result.
+        let (q, e) = gptq_with_error(&w, &released, spec(32), 32);
+        let (q_full, e_full) = gptq_with_error(&w, &full, spec(32), 32);
+        assert!((e - e_full).abs() < 1e-3 * e_full, "{e} vs {e_full}");
+        let same = q.codes.iter().zip(&q_full.codes).filter(|(a, b)| a == b).count();
+        assert!(same * 100 >= 99 * q.codes.len(), "{same} of {}", q.codes.len());
     }
 
     #[test]

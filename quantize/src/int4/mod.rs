@@ -15,6 +15,7 @@ pub mod embed;
 mod embed_tests;
 mod emit;
 pub mod gptq;
+mod gptq_tile;
 #[cfg(feature = "learned-rounding")]
 pub mod learned;
 mod linalg;
@@ -281,14 +282,22 @@ pub fn quantize_model(
         // land in layer order.
         let mut sink = |grams: Vec<Gram>| -> Result<(), CalibError> {
             let done: Vec<Vec<(usize, LayerResult)>> = grams
-                .par_iter()
-                .map(|gram| {
+                .into_par_iter()
+                .map(|mut gram| {
+                    // GPTQ factors each matrix in its own memory and keeps of the factor only what
+                    // the 4-bit blocks read.
                     let hessian = match &config.method {
                         Method::Gptq(options) => {
-                            Some((gptq::Hessian::new(&gram.xtx, gram.dim, options), options.batch))
+                            let hessian = gptq::Hessian::from_gram(std::mem::take(&mut gram.xtx), gram.dim, options)
+                                .map(|mut h| {
+                                    h.release_factor(config.block);
+                                    h
+                                });
+                            Some((hessian, options.batch))
                         }
                         _ => None,
                     };
+                    let gram = &gram;
                     layers
                         .iter()
                         .enumerate()
