@@ -140,25 +140,146 @@ pub fn channel_layout(dims: &[usize], axis: usize) -> (usize, usize, usize) {
     (outer, n, inner)
 }
 
-/// Largest |w| per channel along `axis` (or of the whole tensor).
-pub fn absmax(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
-    let (n, inner) = match axis {
-        None => (1, values.len()),
-        Some(axis) => {
-            let (_, n, inner) = channel_layout(dims, axis);
-            (n, inner)
+/// How the elements of a row-major tensor map to channels, in the order they are stored.
+/// Long runs of one channel (`inner` large, or per tensor) are walked as rows with one scale
+/// each; short runs (a MatMul weight `[K, N]` per column, `inner` = 1) as whole blocks of
+/// `n * inner` elements matched lane by lane against a block of per-element channel state, so
+/// neither walks the tensor with a stride or divides per element.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    /// Channels (1 per tensor).
+    n: usize,
+    /// Consecutive elements of one channel.
+    inner: usize,
+    /// Segment length: `inner` for rows, `n * inner` for blocks.
+    seg: usize,
+    rows: bool,
+}
+
+/// Below this many consecutive elements per channel, the block walk is used.
+const ROW_MIN: usize = 64;
+
+/// Elements decoded from little-endian bytes at a time: small enough to stay in cache.
+const PIECE: usize = 1 << 14;
+
+impl Walk {
+    fn new(len: usize, dims: &[usize], axis: Option<usize>) -> Walk {
+        let (n, inner) = match axis {
+            None => (1, len),
+            Some(a) => {
+                let (_, n, inner) = channel_layout(dims, a);
+                (n, inner)
+            }
+        };
+        let rows = inner >= ROW_MIN || n.saturating_mul(inner) == 0;
+        Walk { n, inner, seg: if rows { inner } else { n * inner }, rows }
+    }
+
+    /// Calls `f(segment index, offset in the segment, values)` for consecutive runs of
+    /// `values` (starting at element `start` of the tensor) that lie in one segment.
+    fn split(&self, start: usize, values: &[f32], mut f: impl FnMut(usize, usize, &[f32])) {
+        if self.seg == 0 {
+            return;
         }
-    };
-    let mut out = vec![0.0f32; n.max(1)];
-    if inner == 0 || n == 0 {
-        return out;
+        let mut pos = start;
+        let mut rest = values;
+        while !rest.is_empty() {
+            let (seg, off) = (pos / self.seg, pos % self.seg);
+            let take = (self.seg - off).min(rest.len());
+            let (head, tail) = rest.split_at(take);
+            f(seg, off, head);
+            pos += take;
+            rest = tail;
+        }
     }
-    // Row by row (a row lies in one channel): the inner loop has no division and vectorizes.
-    for (i, row) in values.chunks(inner).enumerate() {
-        let m = row.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
-        out[i % n] = out[i % n].max(m);
+}
+
+/// Feeds `f(first element index, values)` the float values of `t` in order, a piece at a
+/// time: f32 straight from its little-endian bytes (no copy of the whole tensor), other float
+/// types through one widened copy.
+fn for_each_piece(t: &Tensor, mut f: impl FnMut(usize, &[f32])) -> Result<(), WeightError> {
+    if t.dtype() != DataType::F32 {
+        let values = float_values(t)?;
+        f(0, &values);
+        return Ok(());
     }
-    out
+    let bytes = t.bytes().ok_or(WeightError::NotFloat(t.dtype()))?;
+    let mut buf: Vec<f32> = Vec::with_capacity(PIECE.min(bytes.len() / 4));
+    for (i, chunk) in bytes.chunks(PIECE * 4).enumerate() {
+        buf.clear();
+        buf.extend(chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        f(i * PIECE, &buf);
+    }
+    Ok(())
+}
+
+/// |v| for a finite `v`, 0 for infinities and NaN (they do not widen a range).
+#[inline]
+fn finite_abs(v: f32) -> f32 {
+    let a = v.abs();
+    if a < f32::INFINITY { a } else { 0.0 }
+}
+
+/// The largest [`finite_abs`] of `values`, in eight independent lanes so the loop vectorizes
+/// (max is exact, so the order does not change the result).
+fn row_absmax(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            let a = finite_abs(v);
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0.0f32, |m, &v| m.max(finite_abs(v)));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Running per-channel maxima fed piece by piece.
+struct AbsmaxAcc {
+    walk: Walk,
+    out: Vec<f32>,
+    /// Block walk: the running maximum of each position of a block.
+    block: Vec<f32>,
+}
+
+impl AbsmaxAcc {
+    fn new(walk: Walk) -> AbsmaxAcc {
+        let block = if walk.rows { Vec::new() } else { vec![0.0f32; walk.seg] };
+        AbsmaxAcc { walk, out: vec![0.0f32; walk.n.max(1)], block }
+    }
+
+    fn feed(&mut self, start: usize, values: &[f32]) {
+        let (walk, out, block) = (self.walk, &mut self.out, &mut self.block);
+        walk.split(start, values, |seg, off, vals| {
+            if walk.rows {
+                let c = seg % walk.n.max(1);
+                out[c] = out[c].max(row_absmax(vals));
+            } else {
+                for (m, &v) in block[off..off + vals.len()].iter_mut().zip(vals) {
+                    let a = finite_abs(v);
+                    *m = if a > *m { a } else { *m };
+                }
+            }
+        });
+    }
+
+    fn finish(mut self) -> Vec<f32> {
+        if !self.walk.rows && self.walk.inner > 0 {
+            for (o, run) in self.out.iter_mut().zip(self.block.chunks(self.walk.inner)) {
+                *o = run.iter().fold(*o, |m, &v| m.max(v));
+            }
+        }
+        self.out
+    }
+}
+
+/// Largest |w| per channel along `axis` (or of the whole tensor); infinities and NaN are
+/// skipped.
+pub fn absmax(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
+    let mut acc = AbsmaxAcc::new(Walk::new(values.len(), dims, axis));
+    acc.feed(0, values);
+    acc.finish()
 }
 
 /// `x` rounded half to even, for `|x| < 2^22`: adding and removing 1.5 · 2^23 leaves no
@@ -170,8 +291,18 @@ fn round_even_small(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// The S8 integer of `v` under scale `s`, as a byte: the same integer as
+/// [`QParams::quantize`] clamped to ±127 (zero point 0; clamping to integer bounds commutes
+/// with rounding), without a libm call; non-finite values give 0.
+#[inline]
+fn weight_byte(v: f32, s: f32) -> u8 {
+    let x = if v.is_finite() { (v / s).clamp(-127.0, 127.0) } else { 0.0 };
+    round_even_small(x) as i8 as u8
+}
+
 /// A weight quantized symmetrically to S8 in `[-127, 127]` (the restricted range keeps
 /// `-q` representable, so integer kernels may negate), per channel along `axis` or per tensor.
+/// Two streaming passes over the weight's bytes (maxima, then integers) into one allocation.
 pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QParams), WeightError> {
     let dims = t.dims().to_vec();
     if let Some(a) = axis
@@ -179,26 +310,31 @@ pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QPara
     {
         return Err(WeightError::Axis { axis: a, dims });
     }
-    let values = float_values(t)?;
-    let scale: Vec<f32> = absmax(&values, &dims, axis).into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
-    let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
-    let inner = match axis {
-        None => values.len(),
-        Some(a) => channel_layout(&dims, a).2,
-    };
-    // Same integers as `quantize_values` then a clamp to ±127 (zero point 0; clamping to
-    // integer bounds commutes with rounding), without a libm call or an i32 buffer.
-    let mut q: Vec<u8> = Vec::with_capacity(values.len());
-    if inner > 0 {
-        let n = params.scale.len();
-        for (i, row) in values.chunks(inner).enumerate() {
-            let s = params.scale[i % n];
-            q.extend(row.iter().map(|&v| {
-                let x = if v.is_finite() { (v / s).clamp(-127.0, 127.0) } else { 0.0 };
-                round_even_small(x) as i8 as u8
-            }));
-        }
+    if !t.dtype().is_float() {
+        return Err(WeightError::NotFloat(t.dtype()));
     }
+    let len = usize::try_from(t.len()).map_err(|_| TensorError::TooLarge { dims: dims.clone() })?;
+    let walk = Walk::new(len, &dims, axis);
+    let mut acc = AbsmaxAcc::new(walk);
+    for_each_piece(t, |start, values| acc.feed(start, values))?;
+    let scale: Vec<f32> = acc.finish().into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
+    // Block walk: the scale of each position of a block.
+    let block_scales: Vec<f32> = match walk.rows {
+        true => Vec::new(),
+        false => (0..walk.seg).map(|j| scale[j / walk.inner]).collect(),
+    };
+    let mut q: Vec<u8> = Vec::with_capacity(len);
+    for_each_piece(t, |start, values| {
+        walk.split(start, values, |seg, off, vals| {
+            if walk.rows {
+                let s = scale[seg % walk.n.max(1)];
+                q.extend(vals.iter().map(|&v| weight_byte(v, s)));
+            } else {
+                q.extend(vals.iter().zip(&block_scales[off..]).map(|(&v, &s)| weight_byte(v, s)));
+            }
+        })
+    })?;
+    let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
     Ok((Tensor::new(DataType::I8, dims, bytes::Bytes::from(q))?, params))
 }
 
@@ -327,6 +463,82 @@ mod tests {
         // Exact ties round to even: 0.5 → 0, 1.5 → 2, -2.5 → -2 (scale 1 from absmax 127).
         let t = Tensor::from_slice(vec![4], &[0.5f32, 1.5, -2.5, 127.0]).unwrap();
         assert_eq!(quantize_weight(&t, None).unwrap().0.to_vec::<i8>().unwrap(), vec![0, 2, -2, 127]);
+    }
+
+    /// Per-element definition of `quantize_weight`: the channel of element `i` is
+    /// `(i / inner) % n`, its integer `quantize` clamped to ±127.
+    fn quantize_reference(values: &[f32], dims: &[usize], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
+        let scale: Vec<f32> = absmax_reference(values, dims, axis).iter().map(|m| (m / 127.0).max(1e-8)).collect();
+        let p = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale: scale.clone(), axis };
+        let q = quantize_values(values, dims, &p).into_iter().map(|v| v.clamp(-127, 127) as i8).collect();
+        (q, scale)
+    }
+
+    /// Deterministic values with a spread of magnitudes, a few non-finite ones.
+    fn odd_values(len: usize) -> Vec<f32> {
+        let mut v: Vec<f32> =
+            (0..len).map(|i| (((i * 7919) % 1001) as f32 - 500.0) * 0.01 * (1 + i % 13) as f32).collect();
+        for (k, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -3.0e38].into_iter().enumerate() {
+            if let Some(x) = v.get_mut(k * 131 + 5) {
+                *x = bad;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn streaming_walks_match_the_per_element_definition_on_odd_shapes() {
+        // Row walks (inner >= 64), block walks (inner < 64, e.g. a MatMul [K, N] per column),
+        // per tensor, and tensors longer than one decoded piece whose rows and blocks straddle
+        // piece boundaries.
+        let shapes: &[&[usize]] = &[
+            &[7],
+            &[3, 5],
+            &[5, 3, 2],
+            &[1, 1],
+            &[129, 67],
+            &[3, 70, 2],
+            &[2, 3, 65],
+            &[97, 173],
+            &[8200, 3],
+            &[3, 11, 997],
+        ];
+        for dims in shapes {
+            let len: usize = dims.iter().product();
+            let vals = odd_values(len);
+            let w = Tensor::from_slice(dims.to_vec(), &vals).unwrap();
+            for axis in std::iter::once(None).chain((0..dims.len()).map(Some)) {
+                let (q, p) = quantize_weight(&w, axis).unwrap();
+                let (want_q, want_s) = quantize_reference(&vals, dims, axis);
+                assert_eq!(p.scale, want_s, "{dims:?} axis {axis:?}");
+                assert_eq!(q.to_vec::<i8>().unwrap(), want_q, "{dims:?} axis {axis:?}");
+                assert_eq!(absmax(&vals, dims, axis), absmax_reference(&vals, dims, axis), "{dims:?} axis {axis:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_weights_and_degenerate_shapes_quantize_like_f32() {
+        let vals = odd_values(6 * 70);
+        let finite: Vec<f32> = vals.iter().map(|&v| if v.is_finite() && v.abs() < 6e4 { v } else { 1.0 }).collect();
+        let halves: Vec<half::f16> = finite.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let h = Tensor::from_slice(vec![6, 70], &halves).unwrap();
+        let widened: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
+        for axis in [None, Some(0), Some(1)] {
+            let (q, p) = quantize_weight(&h, axis).unwrap();
+            let (want_q, want_s) = quantize_reference(&widened, &[6, 70], axis);
+            assert_eq!((q.to_vec::<i8>().unwrap(), p.scale), (want_q, want_s), "axis {axis:?}");
+        }
+        // Empty weights: no integers, and one valid scale per (possibly empty) channel set.
+        let e = Tensor::from_slice::<f32>(vec![0, 4], &[]).unwrap();
+        let (q, p) = quantize_weight(&e, Some(1)).unwrap();
+        assert_eq!((q.len(), p.scale.len()), (0, 4));
+        let (_, p) = quantize_weight(&e, Some(0)).unwrap();
+        assert_eq!(p.scale, vec![1e-8]);
+        // All non-finite: the scale is the floor, every integer 0.
+        let bad = Tensor::from_slice(vec![2, 2], &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]).unwrap();
+        let (q, p) = quantize_weight(&bad, Some(1)).unwrap();
+        assert_eq!((q.to_vec::<i8>().unwrap(), p.scale), (vec![0; 4], vec![1e-8; 2]));
     }
 
     /// Per-element channel lookup, the definition `absmax` computes row by row.

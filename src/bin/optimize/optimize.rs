@@ -38,6 +38,40 @@ pub enum Target {
     Tensorrt,
 }
 
+/// The sha256 of the input model, hashed on a background thread or, when that is not
+/// wanted (`--threads 1`, or validation hashes it anyway), on demand.
+enum InputDigest {
+    Background(std::thread::JoinHandle<Result<String, String>>),
+    OnDemand(PathBuf),
+}
+
+impl InputDigest {
+    fn start(path: &Path, background: bool) -> InputDigest {
+        let owned = path.to_path_buf();
+        if !background {
+            return InputDigest::OnDemand(owned);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("kiln-input-sha256".into())
+            .spawn(move || sha256_file(&owned).map_err(|e| e.to_string()));
+        match spawned {
+            Ok(handle) => InputDigest::Background(handle),
+            // No thread to be had: hash at the end instead.
+            Err(_) => InputDigest::OnDemand(path.to_path_buf()),
+        }
+    }
+
+    fn finish(self) -> Result<String, Failure> {
+        match self {
+            InputDigest::Background(handle) => handle
+                .join()
+                .map_err(|_| Failure::runtime("hashing the input model failed unexpectedly"))?
+                .map_err(Failure::runtime),
+            InputDigest::OnDemand(path) => sha256_file(&path).map_err(Failure::runtime),
+        }
+    }
+}
+
 /// The library's level for the CLI's.
 pub fn opt_level(level: Level) -> OptLevel {
     match level {
@@ -221,6 +255,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let Some(out) = args.output.as_ref() else {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
+    // Without validation (which hashes the input as its reference) the input's digest is
+    // computed on another core while the pipeline runs; it is the same digest either way.
+    let input_digest = InputDigest::start(model_path, args.skip_validation && args.threads != Some(1));
     let model = load_verified(model_path)?;
     // Before any work: an existing artifact without --force is refused at once.
     let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
@@ -332,7 +369,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     // the candidate): large models are not read a second time for the same digests.
     let input_sha256 = match &validation {
         Some(v) => v.reference.sha256.clone(),
-        None => sha256_file(model_path).map_err(Failure::runtime)?,
+        None => input_digest.finish()?,
     };
     let model_sha256 = match &validation {
         Some(v) => v.candidate.sha256.clone(),
