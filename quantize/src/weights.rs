@@ -4,6 +4,7 @@
 //! by other integer schemes: the integer type is a parameter).
 
 use kiln_compiler::{DataType, Tensor, TensorError};
+use rayon::prelude::*;
 
 /// An 8-bit integer type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -194,23 +195,47 @@ impl Walk {
     }
 }
 
-/// Feeds `f(first element index, values)` the float values of `t` in order, a piece at a
-/// time: f32 straight from its little-endian bytes (no copy of the whole tensor), other float
-/// types through one widened copy.
-fn for_each_piece(t: &Tensor, mut f: impl FnMut(usize, &[f32])) -> Result<(), WeightError> {
-    if t.dtype() != DataType::F32 {
-        let values = float_values(t)?;
-        f(0, &values);
-        return Ok(());
+/// A float tensor's values read a piece at a time: f32 straight from its little-endian bytes
+/// (no copy of the whole tensor), other float types through one widened copy.
+enum Pieces<'a> {
+    F32(&'a [u8]),
+    Widened(Vec<f32>),
+}
+
+impl<'a> Pieces<'a> {
+    fn of(t: &'a Tensor) -> Result<Pieces<'a>, WeightError> {
+        match (t.dtype(), t.bytes()) {
+            (DataType::F32, Some(b)) => Ok(Pieces::F32(b)),
+            _ => Ok(Pieces::Widened(float_values(t)?)),
+        }
     }
-    let bytes = t.bytes().ok_or(WeightError::NotFloat(t.dtype()))?;
-    let mut buf: Vec<f32> = Vec::with_capacity(PIECE.min(bytes.len() / 4));
-    for (i, chunk) in bytes.chunks(PIECE * 4).enumerate() {
-        buf.clear();
-        buf.extend(chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-        f(i * PIECE, &buf);
+
+    fn len(&self) -> usize {
+        match self {
+            Pieces::F32(b) => b.len() / 4,
+            Pieces::Widened(v) => v.len(),
+        }
     }
-    Ok(())
+
+    /// Number of pieces of [`PIECE`] elements.
+    fn count(&self) -> usize {
+        self.len().div_ceil(PIECE)
+    }
+
+    /// Piece `p` (elements `p * PIECE ..`), decoded into `buf` when it must be.
+    fn piece<'b>(&'b self, p: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let start = p * PIECE;
+        let end = (start + PIECE).min(self.len());
+        match self {
+            Pieces::F32(b) => {
+                buf.clear();
+                let bytes = &b[start * 4..end * 4];
+                buf.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                buf
+            }
+            Pieces::Widened(v) => &v[start..end],
+        }
+    }
 }
 
 /// |v| for a finite `v`, 0 for infinities and NaN (they do not widen a range).
@@ -235,7 +260,8 @@ fn row_absmax(values: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// Running per-channel maxima fed piece by piece.
+/// Running per-channel maxima fed piece by piece; partial results of disjoint pieces merge
+/// exactly (max is order-free), so pieces may be observed in parallel.
 struct AbsmaxAcc {
     walk: Walk,
     out: Vec<f32>,
@@ -262,6 +288,13 @@ impl AbsmaxAcc {
                 }
             }
         });
+    }
+
+    fn merge(mut self, other: AbsmaxAcc) -> AbsmaxAcc {
+        for (a, b) in self.out.iter_mut().zip(&other.out).chain(self.block.iter_mut().zip(&other.block)) {
+            *a = a.max(*b);
+        }
+        self
     }
 
     fn finish(mut self) -> Vec<f32> {
@@ -315,25 +348,44 @@ pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QPara
     }
     let len = usize::try_from(t.len()).map_err(|_| TensorError::TooLarge { dims: dims.clone() })?;
     let walk = Walk::new(len, &dims, axis);
-    let mut acc = AbsmaxAcc::new(walk);
-    for_each_piece(t, |start, values| acc.feed(start, values))?;
-    let scale: Vec<f32> = acc.finish().into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
+    let pieces = Pieces::of(t)?;
+    // Pieces in parallel (Kiln's pool, `--threads`): maxima merge exactly and each piece
+    // writes its own integers, so the result is the same at any thread count.
+    let maxima = (0..pieces.count())
+        .into_par_iter()
+        .fold(
+            || (AbsmaxAcc::new(walk), Vec::new()),
+            |(mut acc, mut buf), p| {
+                acc.feed(p * PIECE, pieces.piece(p, &mut buf));
+                (acc, buf)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce(|| AbsmaxAcc::new(walk), AbsmaxAcc::merge);
+    let scale: Vec<f32> = maxima.finish().into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
     // Block walk: the scale of each position of a block.
     let block_scales: Vec<f32> = match walk.rows {
         true => Vec::new(),
         false => (0..walk.seg).map(|j| scale[j / walk.inner]).collect(),
     };
-    let mut q: Vec<u8> = Vec::with_capacity(len);
-    for_each_piece(t, |start, values| {
-        walk.split(start, values, |seg, off, vals| {
+    let mut q = vec![0u8; len];
+    q.par_chunks_mut(PIECE).enumerate().for_each_init(Vec::new, |buf, (p, out)| {
+        let mut at = 0;
+        walk.split(p * PIECE, pieces.piece(p, buf), |seg, off, vals| {
+            let dst = &mut out[at..at + vals.len()];
             if walk.rows {
                 let s = scale[seg % walk.n.max(1)];
-                q.extend(vals.iter().map(|&v| weight_byte(v, s)));
+                for (d, &v) in dst.iter_mut().zip(vals) {
+                    *d = weight_byte(v, s);
+                }
             } else {
-                q.extend(vals.iter().zip(&block_scales[off..]).map(|(&v, &s)| weight_byte(v, s)));
+                for ((d, &v), &s) in dst.iter_mut().zip(vals).zip(&block_scales[off..]) {
+                    *d = weight_byte(v, s);
+                }
             }
+            at += vals.len();
         })
-    })?;
+    });
     let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
     Ok((Tensor::new(DataType::I8, dims, bytes::Bytes::from(q))?, params))
 }
