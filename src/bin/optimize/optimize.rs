@@ -72,6 +72,33 @@ impl InputDigest {
     }
 }
 
+/// Loads ONNX Runtime (the library and its environment, tens of milliseconds) on another core
+/// while the graph is optimized, when calibration or validation will need it; the first session
+/// waits for it. Joined when dropped, so the process never exits mid-load.
+struct RuntimeWarmup(Option<std::thread::JoinHandle<()>>);
+
+impl RuntimeWarmup {
+    fn start(wanted: bool) -> RuntimeWarmup {
+        let handle = wanted
+            .then(|| {
+                std::thread::Builder::new().name("kiln-ort-load".into()).spawn(|| {
+                    // A failure is reported by the first session, which sees the same outcome.
+                    let _ = kiln::compiler::runtime::init_ort();
+                })
+            })
+            .and_then(Result::ok);
+        RuntimeWarmup(handle)
+    }
+}
+
+impl Drop for RuntimeWarmup {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// The library's level for the CLI's.
 pub fn opt_level(level: Level) -> OptLevel {
     match level {
@@ -273,6 +300,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         None => None,
     };
     let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     let budget_spec = match &args.accuracy_budget {
         Some(text) => {
             Some(ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--accuracy-budget: {e}")))?)
