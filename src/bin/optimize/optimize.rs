@@ -515,3 +515,24 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_digest_is_the_same_hashed_in_the_background_or_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, (0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
+        let want = sha256_file(&path).unwrap();
+        assert_eq!(InputDigest::start(&path, true).finish().ok(), Some(want.clone()));
+        assert_eq!(InputDigest::start(&path, false).finish().ok(), Some(want));
+        // A file that cannot be read is an error either way, naming it.
+        let missing = dir.path().join("gone.onnx");
+        for background in [true, false] {
+            let err = InputDigest::start(&missing, background).finish().err().map(|f| f.message);
+            assert!(err.is_some_and(|m| m.contains("gone.onnx")), "background {background}");
+        }
+    }
+}
