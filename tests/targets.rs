@@ -380,3 +380,57 @@ fn tensorrt_int8_places_qdq_on_weighted_inputs_on_more_fixtures() {
     }
     onnx_check(&checked);
 }
+
+/// What the CUDA provider runs on the GPU, measured on an H100 with ONNX Runtime 1.31.1
+/// (`xtask/gpu/`): in FP16, FusedConv and Clip below opset 12 have no GPU kernel (they ran on
+/// the CPU with a copy each side: cnn cuda-fp16 was 0.60x FP32, 0.94x after); in INT8,
+/// com.microsoft Q/DQ and INT32 DequantizeLinear have none (cnn cuda-int8 0.31x -> 0.55x). On
+/// the cnn fixture (opset 11, Conv+Relu, HardSwish written with Clip) the cuda artifacts must
+/// hold none of them, and the FP32 cuda artifact still fuses (the exclusion is for FP16 only).
+#[test]
+fn cuda_artifacts_hold_only_ops_the_cuda_provider_runs_on_the_gpu() {
+    use common::data::{samples, text_line, write_samples};
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_samples(&dir.path().join("data"), &samples(12, 1, text_line));
+    let ops = |out: &Path| -> (Model, BTreeMap<String, usize>) {
+        let m = load_model(&out.join("model.onnx")).unwrap();
+        let mut count = BTreeMap::new();
+        for (_, n) in m.graph.as_ref().unwrap().nodes() {
+            *count.entry(format!("{}:{}", n.domain(), n.op_type)).or_insert(0) += 1;
+        }
+        (m, count)
+    };
+    let fp32 = dir.path().join("fp32");
+    assert_ok(&artifact("cnn", "cuda", &fp32, &[]));
+    let (_, c) = ops(&fp32);
+    assert!(c.get("com.microsoft:FusedConv").is_some_and(|&n| n > 0), "{c:?}");
+
+    let fp16 = dir.path().join("fp16");
+    assert_ok(&artifact("cnn", "cuda", &fp16, &["--precision", "fp16", "--data", data.to_str().unwrap()]));
+    let (mut m, c) = ops(&fp16);
+    infer_model(&mut m);
+    assert_eq!(c.get("com.microsoft:FusedConv"), None, "{c:?}");
+    assert_eq!(m.opset(""), Some(13), "Clip takes FP16 on the GPU from opset 12");
+    let text = read_json(&fp16.join("manifest.json")).to_string();
+    assert!(text.contains("fused-conv (target cuda"), "the exclusion is reported");
+    let g = m.graph.as_ref().unwrap();
+    let clips: Vec<_> = g.nodes().filter(|(_, n)| n.op_type == "Clip").collect();
+    assert!(!clips.is_empty());
+    for (_, n) in clips {
+        let t = n.inputs()[0].and_then(|v| g.tensor_type(v)?.elem_type).and_then(DataType::from_onnx);
+        assert_eq!(t, Some(DataType::F16), "Clip '{:?}' runs in FP16", n.name);
+    }
+
+    let int8 = dir.path().join("int8");
+    assert_ok(&artifact("cnn", "cuda", &int8, &["--precision", "int8", "--data", data.to_str().unwrap()]));
+    let (m, c) = ops(&int8);
+    assert_eq!(m.opset(""), Some(13));
+    let contrib_qdq = ["com.microsoft:QuantizeLinear", "com.microsoft:DequantizeLinear"];
+    assert!(contrib_qdq.iter().all(|k| !c.contains_key(*k)), "{c:?}");
+    let g = m.graph.as_ref().unwrap();
+    for (_, n) in g.nodes().filter(|(_, n)| n.op_type == "DequantizeLinear") {
+        let t = n.inputs()[0].and_then(|v| g.value(v).initializer()).map(|t| t.dtype());
+        assert_ne!(t, Some(DataType::I32), "no INT32 DequantizeLinear (a float bias instead)");
+    }
+    assert!(c.get(":DequantizeLinear").is_some_and(|&n| n > 40), "{c:?}");
+}

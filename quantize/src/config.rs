@@ -83,6 +83,14 @@ impl Int8Config {
         }
     }
 
+    /// ONNX Runtime CUDA: the CPU scheme with FP32 biases. The CUDA provider has no INT8 Conv
+    /// or MatMul for a Q/DQ graph (it runs them in float between the Q/DQ pairs) and no kernel
+    /// for an INT32 DequantizeLinear: an INT32 bias would run on the CPU with a copy each side
+    /// (measured on an H100, ONNX Runtime 1.31: 19 of 19 bias DQs of cnn_lcnet left the GPU).
+    pub fn ort_cuda() -> Int8Config {
+        Int8Config { quantize_bias: false, ..Int8Config::ort_cpu() }
+    }
+
     /// TensorRT: symmetric S8 everywhere, Q/DQ on the inputs of weighted ops
     /// ([`Placement::WeightedInputs`]), float biases. Of the ops without a weight only pooling
     /// runs in int8 there (activations fuse into the weighted op before them).

@@ -65,7 +65,8 @@ impl Default for Int8Options {
 /// The static scheme the target fuses.
 pub fn config_for(target: TargetKind, exclude: &[String]) -> Int8Config {
     let mut config = match target {
-        TargetKind::Cpu | TargetKind::Cuda => Int8Config::ort_cpu(),
+        TargetKind::Cpu => Int8Config::ort_cpu(),
+        TargetKind::Cuda => Int8Config::ort_cuda(),
         TargetKind::TensorRt => Int8Config::tensorrt(),
     };
     config.exclude = exclude.to_vec();
@@ -93,9 +94,11 @@ pub fn run(model: &mut Model, options: &Int8Options, cx: &StageContext) -> Resul
         report.decisions = outcome.decisions;
         return Ok(report);
     }
-    if cx.target == TargetKind::TensorRt && model.opset("").is_some_and(|v| v < kiln_passes::opset::TARGET) {
+    let standard_qdq = matches!(cx.target, TargetKind::TensorRt | TargetKind::Cuda);
+    if standard_qdq && model.opset("").is_some_and(|v| v < kiln_passes::opset::TARGET) {
         // TensorRT takes only standard-domain Q/DQ, whose per-channel `axis` needs opset 13;
-        // below it the quantizer would fall back to com.microsoft Q/DQ.
+        // below it the quantizer would fall back to com.microsoft Q/DQ. The CUDA provider has
+        // no kernel for com.microsoft Q/DQ: every one ran on the CPU (measured on an H100).
         kiln_compiler::shape::infer_model(model);
         let rewritten = kiln_passes::opset::upgrade_to_13(model).map_err(|e| StageError::bad_input(STAGE, e))?;
         report.fact("opset_raised_to", kiln_passes::opset::TARGET);

@@ -16,7 +16,8 @@ A session must run on the provider asked for: ONNX Runtime silently puts a model
 place on the CPU provider, so the provider list holds the requested one (and, for TensorRT,
 CUDA for the nodes TensorRT leaves) and the session's providers are checked. Accuracy is the
 cosine and max |diff| of every output against the reference; latency the median and p90 of
-`--runs` interleaved runs of baseline and artifact after a warm-up. Writes DIR/gpu-report.json
+`--runs` interleaved runs of baseline and artifact after a warm-up; one profiled run lists the
+artifact's nodes that ONNX Runtime left on the CPU provider. Writes DIR/gpu-report.json
 and DIR/gpu-report.md; exits 1 when a case failed, 3 when no GPU provider exists here.
 `--cpu-dry-run` runs every case on the CPU provider instead: it proves the script and the
 prepared folder on a machine without a GPU, and its numbers say nothing about GPUs.
@@ -95,6 +96,33 @@ def session(path, provider, cache_dir):
     return sess
 
 
+def cpu_nodes(path, provider, cache_dir, sample):
+    """Op type -> count of the artifact's nodes ONNX Runtime left on the CPU provider (a kernel
+    the GPU provider lacks: each runs with a copy on either side), from one profiled run."""
+    if DRY_RUN:
+        return {}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        providers = [PROVIDERS[provider]] if provider == "cuda" else [("TensorrtExecutionProvider", {
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir}), "CUDAExecutionProvider"]
+        sess = ort.InferenceSession(path, opts, providers=providers)
+        sess.run(None, feeds(sess, sample))
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    out = {}
+    for e in events:
+        a = e.get("args", {})
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and a.get("provider") == "CPUExecutionProvider":
+            out[a.get("op_name")] = out.get(a.get("op_name"), 0) + 1
+    return dict(sorted(out.items()))
+
+
 def feeds(sess, sample):
     out = {}
     for i in sess.get_inputs():
@@ -166,6 +194,7 @@ def run_case(root, case, runs):
         row["fp32_latency"], row["latency"] = fp32, lowered
         row["speedup_vs_fp32"] = fp32["median_ms"] / lowered["median_ms"]
         row["session_providers"] = art.get_providers()
+        row["cpu_nodes"] = cpu_nodes(artifact, case["provider"], cache, samples[0])
         row["status"] = "ok"
     except Exception as e:  # noqa: BLE001 - one broken case must not hide the others
         row["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -178,8 +207,8 @@ def markdown(report):
         "",
         f"onnxruntime {report['onnxruntime']}, providers {', '.join(report['available_providers'])}",
         "",
-        "| fixture | artifact | status | FP32 ms | artifact ms | speed-up | worst cosine | max abs |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| fixture | artifact | status | FP32 ms | artifact ms | speed-up | worst cosine | max abs | nodes on CPU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["cases"]:
         acc = r.get("accuracy") or {}
@@ -193,7 +222,8 @@ def markdown(report):
             f"| {r['fixture']} | {r['config']} | {r['status']} | "
             f"{num(r.get('fp32_latency', {}).get('median_ms'), '.3f')} | "
             f"{num(r.get('latency', {}).get('median_ms'), '.3f')} | "
-            f"{num(r.get('speedup_vs_fp32'), '.2f')} | {num(worst, '.5f')} | {num(diff, '.3g')} |"
+            f"{num(r.get('speedup_vs_fp32'), '.2f')} | {num(worst, '.5f')} | {num(diff, '.3g')} | "
+            f"{', '.join(f'{k} {v}' for k, v in (r.get('cpu_nodes') or {}).items()) or '-'} |"
         )
     return "\n".join(lines) + "\n"
 

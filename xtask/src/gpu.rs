@@ -13,7 +13,14 @@
 //!    in `xtask/gpu/requirements.txt`; without `--python`, `run` makes `$KILN_CACHE_DIR/gpu-venv`
 //!    from them). Each session is created with only the requested provider first in the list
 //!    and checked to really use it: a silent CPU fallback is a failure, not a number. Writes
-//!    `DIR/gpu-report.json` and `DIR/gpu-report.md`.
+//!    `DIR/gpu-report.json` and `DIR/gpu-report.md`. Each artifact is also profiled once: the
+//!    nodes ONNX Runtime left on the CPU provider (a kernel the GPU lacks, with a copy on each
+//!    side) are listed per case.
+//! 3. With `prepare --conformance`, every ONNX conformance case is also converted to FP16 for
+//!    the cuda target into `DIR/conformance/<case>/` (`fp32.onnx`, `fp16.onnx`, its first input
+//!    set), and `run` probes where the CUDA provider places each node of both forms
+//!    (`xtask/gpu/probe_placement.py`): ops that run on the GPU in FP32 but leave it, or fail,
+//!    in FP16 are the gaps `quantize/src/half/ort_cuda_missing_f16.txt` records.
 //!
 //! Without an NVIDIA GPU, `run` stops before installing anything and says so.
 
@@ -30,6 +37,7 @@ use crate::install::Installer;
 
 /// The runner script and its pins, relative to the repository root.
 const RUN_EPS_PY: &str = "xtask/gpu/run_eps.py";
+const PROBE_PY: &str = "xtask/gpu/probe_placement.py";
 const REQUIREMENTS: &str = "xtask/gpu/requirements.txt";
 
 /// Fixtures prepared by default: every kind of model whose folder stays small enough to carry
@@ -80,15 +88,17 @@ const CONFIGS: &[GpuConfig] = &[
 ];
 
 const USAGE: &str = "\
-usage: cargo xtask gpu prepare [--fixtures a,b] [--out DIR]
+usage: cargo xtask gpu prepare [--fixtures a,b] [--out DIR] [--conformance]
        cargo xtask gpu run DIR [--python PY] [--runs N]
 
 prepare  builds the cuda and tensorrt artifacts of the fixtures (default: cnn,cnn_lcnet,
          transformer,transformer_ocr) with evaluation samples into DIR (default:
-         <target>/gpu), on any machine
+         <target>/gpu), on any machine; --conformance adds every ONNX conformance case
+         in FP32 and in Kiln's FP16 for cuda, for the placement probe
 run      runs them on this machine's GPU through ONNX Runtime's CUDA and TensorRT providers
          (xtask/gpu/run_eps.py): latency against the FP32 original on the same provider,
-         accuracy against the original on the CPU provider; writes DIR/gpu-report.{json,md}
+         accuracy against the original on the CPU provider; writes DIR/gpu-report.{json,md};
+         with DIR/conformance, also DIR/placements.jsonl (xtask/gpu/probe_placement.py)
 ";
 
 /// One prepared case, as `run_eps.py` reads it from `cases.json`.
@@ -120,6 +130,7 @@ pub fn run(args: &[&str]) -> Result<()> {
 fn prepare(args: &[&str]) -> Result<()> {
     let mut fixtures: Vec<String> = FIXTURES.iter().map(|s| s.to_string()).collect();
     let mut out: Option<PathBuf> = None;
+    let mut conformance = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -128,6 +139,7 @@ fn prepare(args: &[&str]) -> Result<()> {
                 fixtures = v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
             }
             "--out" => out = Some(PathBuf::from(it.next().context("--out needs a value")?)),
+            "--conformance" => conformance = true,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
@@ -191,6 +203,10 @@ fn prepare(args: &[&str]) -> Result<()> {
         }
         fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
     }
+    if conformance {
+        let suite = inst.ensure_conformance(&m)?;
+        prepare_conformance(&kiln, &ort_lib, &suite, &out.join("conformance"))?;
+    }
     let path = out.join("cases.json");
     fs::write(&path, serde_json::to_string_pretty(&cases)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
@@ -200,6 +216,52 @@ fn prepare(args: &[&str]) -> Result<()> {
         path.display(),
         out.display()
     );
+    Ok(())
+}
+
+/// Every conformance case in `src` that `optimize` converts to FP16 for cuda: `DIR/<case>/`
+/// with `fp32.onnx` (as shipped), `fp16.onnx` and the first `test_data_set_*` folder.
+fn prepare_conformance(kiln: &Path, ort_lib: &std::ffi::OsStr, src: &Path, dir: &Path) -> Result<()> {
+    let mut names: Vec<PathBuf> = fs::read_dir(src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    names.sort();
+    let (mut converted, mut skipped) = (0, 0);
+    for case in &names {
+        let name = case.file_name().context("case folder without a name")?;
+        let dest = dir.join(name);
+        fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+        let staged = dest.join("kiln");
+        let output = Command::new(kiln)
+            .arg(case.join("model.onnx"))
+            .args(["--target", "cuda", "--precision", "fp16", "--opt", "o1", "--skip-validation", "--force", "-q"])
+            .arg("-o")
+            .arg(&staged)
+            .env("KILN_ORT_LIB", ort_lib)
+            .output()
+            .with_context(|| format!("starting {}", kiln.display()))?;
+        let data = case.join("test_data_set_0");
+        if !output.status.success() || !data.is_dir() {
+            // No float tensor to convert, or a case ONNX Runtime cannot load as shipped.
+            skipped += 1;
+            fs::remove_dir_all(&dest).with_context(|| format!("removing {}", dest.display()))?;
+            continue;
+        }
+        fs::rename(staged.join("model.onnx"), dest.join("fp16.onnx"))?;
+        fs::remove_dir_all(&staged)?;
+        fs::copy(case.join("model.onnx"), dest.join("fp32.onnx"))?;
+        let inputs = dest.join("test_data_set_0");
+        fs::create_dir_all(&inputs)?;
+        for f in fs::read_dir(&data)?.filter_map(|e| e.ok().map(|e| e.path())) {
+            if f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("input_")) {
+                fs::copy(&f, inputs.join(f.file_name().context("input file without a name")?))?;
+            }
+        }
+        converted += 1;
+    }
+    eprintln!("xtask: {converted} conformance cases in FP32 and FP16 in {} ({skipped} skipped)", dir.display());
     Ok(())
 }
 
@@ -234,6 +296,18 @@ fn run_cases(dir: &Path, args: &[&str]) -> Result<()> {
         .with_context(|| format!("starting {}", python.display()))?;
     if !status.success() {
         bail!("{RUN_EPS_PY} failed ({status}); see {}", dir.join("gpu-report.md").display());
+    }
+    let conformance = dir.join("conformance");
+    if conformance.is_dir() {
+        let status = Command::new(&python)
+            .arg(root.join(PROBE_PY))
+            .arg(&conformance)
+            .arg(dir.join("placements.jsonl"))
+            .status()
+            .with_context(|| format!("starting {}", python.display()))?;
+        if !status.success() {
+            bail!("{PROBE_PY} failed ({status})");
+        }
     }
     Ok(())
 }

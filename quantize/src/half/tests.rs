@@ -122,6 +122,63 @@ fn resize_at_opset_10_stays_f32_under_bf16_because_its_constraints_forbid_it() {
     assert_eq!(elem_of(&m, "Resize_2_out"), Some(DataType::F32));
 }
 
+/// The CUDA provider reads Resize's roi as FP32: with its table the data goes FP16 and the roi
+/// stays; without it (ORT CPU) the roi converts too. Both run on ORT CPU alike.
+#[test]
+fn resize_for_cuda_keeps_its_roi_f32_and_its_data_f16() {
+    let cuda = HalfConfig { kernels: Some(KernelTable::ort_cuda_f16()), ..f16_config() };
+    let mut b = B::new(1);
+    let x = b.input("x", &[1, 2, 4, 4]);
+    let r = b.op("Relu", &[x], vec![]);
+    // A graph input, as in the conformance cases that failed on the GPU (tf_crop_and_resize).
+    let roi = b.input("roi", &[8]);
+    let scales = b.konst("scales", Tensor::from_slice(vec![4], &[1.0f32, 1.0, 2.0, 2.0]).unwrap());
+    let y = b.op("Resize", &[r, roi, scales], vec![]);
+    let z = b.op("Sigmoid", &[y], vec![]);
+    b.declare(z, &[1, 2, 8, 8]);
+    b.output(z);
+    let m = b.model(13);
+    let (half, r) = convert_and_run(&m, &cuda, None, 2e-3);
+    assert_eq!(decision(&r, "Resize_2"), "fp16");
+    assert_eq!(elem_of(&half, "Resize_2_out"), Some(DataType::F16));
+    assert_eq!(roi_dtype(&half), Some(DataType::F32));
+    let (cpu, rc) = convert_and_run(&m, &f16_config(), None, 2e-3);
+    assert_eq!(roi_dtype(&cpu), Some(DataType::F16), "{:?}", rc.decisions);
+}
+
+/// The element type of the value the Resize reads as its roi.
+fn roi_dtype(m: &Model) -> Option<DataType> {
+    let g = m.graph.as_ref()?;
+    let (_, n) = g.nodes().find(|(_, n)| n.op_type == "Resize")?;
+    g.tensor_type(n.inputs()[1]?)?.dtype()
+}
+
+/// Clip below opset 12 has no FP16 CUDA kernel: it stays FP32 between casts for CUDA and
+/// converts for ORT CPU (which casts around it itself).
+#[test]
+fn clip_11_stays_f32_for_cuda_only() {
+    let cuda = HalfConfig { kernels: Some(KernelTable::ort_cuda_f16()), ..f16_config() };
+    let model = |opset: i64| {
+        let mut b = B::new(1);
+        let x = b.input("x", &[2, 4]);
+        let r = b.op("Relu", &[x], vec![]);
+        let lo = b.konst("lo", Tensor::scalar(0.0f32));
+        let hi = b.konst("hi", Tensor::scalar(6.0f32));
+        let c = b.op("Clip", &[r, lo, hi], vec![]);
+        let t = b.op("Sigmoid", &[c], vec![]);
+        b.declare(t, &[2, 4]);
+        b.output(t);
+        b.model(opset)
+    };
+    let (_, r) = convert_and_run(&model(11), &cuda, None, 2e-3);
+    assert!(decision(&r, "Clip_2").contains("no f16 kernel"), "{:?}", r.decisions);
+    assert_eq!(decision(&r, "Relu_1"), "fp16");
+    let (_, r) = convert_and_run(&model(12), &cuda, None, 2e-3);
+    assert_eq!(decision(&r, "Clip_2"), "fp16");
+    let (_, r) = convert_and_run(&model(11), &f16_config(), None, 2e-3);
+    assert_eq!(decision(&r, "Clip_2"), "fp16");
+}
+
 /// x → Relu → Reshape(shape from Shape → Gather → Concat) → Sigmoid.
 fn shape_chain(with_float_arith: bool) -> Model {
     let mut b = B::new(2);
