@@ -86,8 +86,9 @@ fn odd_values(len: usize) -> Vec<f32> {
 #[test]
 fn streaming_walks_match_the_per_element_definition_on_odd_shapes() {
     // Row walks (inner >= 64), block walks (inner < 64, e.g. a MatMul [K, N] per column),
-    // per tensor, and tensors longer than one decoded piece whose rows and blocks straddle
-    // piece boundaries.
+    // one-pass rows (channels on the outermost axis), per tensor, and tensors longer than one
+    // decoded piece whose rows and blocks straddle piece boundaries (a per-tensor weight longer
+    // than a one-pass row too: [300, 250]).
     let shapes: &[&[usize]] = &[
         &[7],
         &[3, 5],
@@ -99,6 +100,7 @@ fn streaming_walks_match_the_per_element_definition_on_odd_shapes() {
         &[97, 173],
         &[8200, 3],
         &[3, 11, 997],
+        &[300, 250],
     ];
     for dims in shapes {
         let len: usize = dims.iter().product();

@@ -91,7 +91,11 @@ impl<'a> Pieces<'a> {
     /// Piece `p` (elements `p * PIECE ..`), decoded into `buf` when it must be.
     fn piece<'b>(&'b self, p: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         let start = p * PIECE;
-        let end = (start + PIECE).min(self.len());
+        self.range(start, (start + PIECE).min(self.len()), buf)
+    }
+
+    /// Elements `start..end`, decoded into `buf` when they must be.
+    fn range<'b>(&'b self, start: usize, end: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match self {
             Pieces::F32(b) => {
                 buf.clear();
@@ -181,6 +185,33 @@ pub fn absmax(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
     acc.finish()
 }
 
+/// Longest channel row quantized in one pass ([`quantize_rows`]): its decoded copy stays in
+/// cache between finding its maximum and writing its integers.
+const FUSED_ROW_MAX: usize = 1 << 16;
+
+/// A weight whose channels are its `n` contiguous rows of `inner` elements (the axis is the
+/// outermost: Gather tables, Conv filters, transposed Gemm weights) in one pass: each row's
+/// maximum, scale and integers while the row is in cache. Rows in parallel.
+fn quantize_rows(pieces: &Pieces<'_>, n: usize, inner: usize) -> (Vec<u8>, Vec<f32>) {
+    let rows_per_task = (PIECE / inner).max(1);
+    let mut q = vec![0u8; n * inner];
+    let mut scale = vec![0.0f32; n];
+    q.par_chunks_mut(inner * rows_per_task).zip(scale.par_chunks_mut(rows_per_task)).enumerate().for_each_init(
+        Vec::new,
+        |buf, (task, (qs, ss))| {
+            for (r, (qrow, s)) in qs.chunks_mut(inner).zip(ss.iter_mut()).enumerate() {
+                let start = (task * rows_per_task + r) * inner;
+                let row = pieces.range(start, start + inner, buf);
+                *s = (row_absmax(row) / 127.0).max(MIN_SCALE as f32);
+                for (d, &v) in qrow.iter_mut().zip(row) {
+                    *d = weight_byte(v, *s);
+                }
+            }
+        },
+    );
+    (q, scale)
+}
+
 /// `x` rounded half to even, for `|x| < 2^22`: adding and removing 1.5 · 2^23 leaves no
 /// fraction bits and rounds in the default (to nearest even) mode. `f32::round_ties_even` is a
 /// libm call per element without SSE4.1.
@@ -215,6 +246,11 @@ pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QPara
     let len = usize::try_from(t.len()).map_err(|_| TensorError::TooLarge { dims: dims.clone() })?;
     let walk = Walk::new(len, &dims, axis);
     let pieces = Pieces::of(t)?;
+    if walk.rows && len > 0 && walk.n.checked_mul(walk.inner) == Some(len) && walk.inner <= FUSED_ROW_MAX {
+        let (q, scale) = quantize_rows(&pieces, walk.n, walk.inner);
+        let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
+        return Ok((Tensor::new(DataType::I8, dims, bytes::Bytes::from(q))?, params));
+    }
     // Pieces in parallel (Kiln's pool, `--threads`): maxima merge exactly and each piece
     // writes its own integers, so the result is the same at any thread count.
     let maxima = (0..pieces.count())
