@@ -32,9 +32,12 @@ pub fn expose_values(model: &mut Model, names: &[String]) -> Result<(), String> 
 }
 
 /// Serializes the model and loads it into a session. External data is resolved in `base_dir`
-/// (the folder the model was read from). A large model without external data is streamed to
-/// a temporary file the runtime reads (removed once loaded), so its weights are never
-/// serialized in memory; the bytes the runtime sees are the same either way.
+/// (the folder the model was read from). A small model is encoded in memory. In a large one,
+/// weights that still lie unchanged in a file under `base_dir` (the model file itself, or its
+/// external data) are referenced there as external data, so neither a serialized copy nor a
+/// temporary file of them is made; failing that, the model is streamed to a temporary file
+/// the runtime reads (removed once loaded). The values the runtime sees are the same either
+/// way.
 pub fn load_session(
     executor: &dyn Executor,
     model: &Model,
@@ -44,7 +47,7 @@ pub fn load_session(
     load_session_spilling(executor, model, base_dir, config, SPILL_BYTES)
 }
 
-/// [`load_session`] with the size from which the model goes through a file.
+/// [`load_session`] with the size from which the model is not encoded whole in memory.
 fn load_session_spilling(
     executor: &dyn Executor,
     model: &Model,
@@ -53,6 +56,13 @@ fn load_session_spilling(
     spill_bytes: usize,
 ) -> Result<Box<dyn Session>, RuntimeError> {
     let proto = model_to_proto(model);
+    // Reading many small weights from a file costs the runtime more than a copy in memory.
+    if proto.encoded_len() >= spill_bytes
+        && let Some(dir) = base_dir
+        && let Some(bytes) = referencing_encoding(model, dir)
+    {
+        return executor.load(ModelSource { bytes: &bytes, base_dir: Some(dir) }, config);
+    }
     // External references are relative to `base_dir`; a file elsewhere could not resolve them.
     if proto.encoded_len() >= spill_bytes
         && crate::inspect::summarize(model).external_files.is_empty()
@@ -62,6 +72,34 @@ fn load_session_spilling(
     }
     let bytes = proto.encode_to_vec();
     executor.load(ModelSource { bytes: &bytes, base_dir }, config)
+}
+
+/// Tensors smaller than this stay inline when the others are referenced in their file.
+const REFERENCE_BYTES: u64 = 1024;
+
+/// The model encoded with every large tensor that still lies unchanged in a file under `dir`
+/// (the model it was read from, or its external data) referenced there as external data
+/// instead of copied: the runtime reads the weights from the file, and no serialized copy of
+/// them is written or held. `None` when no tensor lies there (nothing to gain).
+fn referencing_encoding(model: &Model, dir: &Path) -> Option<Vec<u8>> {
+    let dir = dir.canonicalize().ok()?;
+    let mut referenced = 0u64;
+    let mut place = |t: &crate::Tensor, _: &str| {
+        let Some(region) = t.source().filter(|r| r.length >= REFERENCE_BYTES) else {
+            return crate::onnx::tensor_codec::DataPlacement::AsLoaded;
+        };
+        let Some(location) = region.path.strip_prefix(&dir).ok().and_then(|p| p.to_str()).map(str::to_string) else {
+            return crate::onnx::tensor_codec::DataPlacement::AsLoaded;
+        };
+        referenced += region.length;
+        crate::onnx::tensor_codec::DataPlacement::External(vec![
+            (Some("location".into()), Some(location)),
+            (Some("offset".into()), Some(region.offset.to_string())),
+            (Some("length".into()), Some(region.length.to_string())),
+        ])
+    };
+    let proto = crate::onnx::export::model_to_proto_placed(model, &mut place);
+    (referenced > 0).then(|| proto.encode_to_vec())
 }
 
 /// The encoded model in a temporary file (`None`-like error: the caller encodes in memory).
@@ -101,6 +139,41 @@ mod tests {
         let mut in_memory = load_session_spilling(&OrtExecutor, &model, None, &config, usize::MAX).unwrap();
         assert_eq!(run(&mut spilled), vec![10.0, 40.0, 90.0]);
         assert_eq!(run(&mut spilled), run(&mut in_memory));
+    }
+
+    #[test]
+    fn weights_read_from_a_file_are_referenced_there_not_copied() {
+        if let Err(e) = init_ort() {
+            panic!("{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let w: Vec<f32> = (0..1024).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, binary_model("Mul", &w, None)).unwrap();
+        let model = crate::onnx::load_model(&path).unwrap();
+        let g = model.main_graph().unwrap();
+        let t = g.find_value("w").and_then(|v| g.value(v).initializer()).unwrap();
+        let region = t.source().expect("a raw tensor read from a file knows where it lies");
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[region.offset as usize..][..region.length as usize], &t.bytes().unwrap()[..]);
+        let encoded = referencing_encoding(&model, dir.path()).expect("the weight lies in m.onnx");
+        assert!(encoded.len() < 1024, "the 4 KB weight is referenced, not copied: {} bytes", encoded.len());
+        let x = Tensor::from_slice(vec![1024], &vec![2.0f32; 1024]).unwrap();
+        let run_x = |s: &mut Box<dyn Session>| {
+            let out = s.run(&[("x".into(), x.clone().into())], None).unwrap();
+            out[0].1.as_tensor().unwrap().to_vec::<f32>().unwrap()
+        };
+        let config = SessionConfig::default();
+        let mut referenced = load_session_spilling(&OrtExecutor, &model, Some(dir.path()), &config, 0).unwrap();
+        assert_eq!(run_x(&mut referenced), w.iter().map(|v| v * 2.0).collect::<Vec<_>>());
+        // The same model decoded from memory has no file to point at: it is encoded whole.
+        let in_memory = decode_model(std::fs::read(&path).unwrap().into(), &path, Some(dir.path())).unwrap();
+        assert!(referencing_encoding(&in_memory, dir.path()).is_none());
+        // A folder that does not hold the file cannot be referenced from either.
+        let other = tempfile::tempdir().unwrap();
+        assert!(referencing_encoding(&model, other.path()).is_none());
+        let mut copied = load_session_spilling(&OrtExecutor, &model, Some(other.path()), &config, 0).unwrap();
+        assert_eq!(run_x(&mut copied), run_x(&mut referenced));
     }
 
     #[test]

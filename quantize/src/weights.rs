@@ -79,6 +79,9 @@ impl QParams {
     }
 }
 
+mod stream;
+pub use stream::{absmax, quantize_weight};
+
 /// Smallest scale used: a range of zero width (a constant tensor, a dead channel) still gets a
 /// valid, invertible scale.
 const MIN_SCALE: f64 = 1e-8;
@@ -138,68 +141,6 @@ pub fn channel_layout(dims: &[usize], axis: usize) -> (usize, usize, usize) {
     let inner: usize = dims[axis + 1..].iter().product();
     let outer: usize = dims[..axis].iter().product();
     (outer, n, inner)
-}
-
-/// Largest |w| per channel along `axis` (or of the whole tensor).
-pub fn absmax(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
-    let (n, inner) = match axis {
-        None => (1, values.len()),
-        Some(axis) => {
-            let (_, n, inner) = channel_layout(dims, axis);
-            (n, inner)
-        }
-    };
-    let mut out = vec![0.0f32; n.max(1)];
-    if inner == 0 || n == 0 {
-        return out;
-    }
-    // Row by row (a row lies in one channel): the inner loop has no division and vectorizes.
-    for (i, row) in values.chunks(inner).enumerate() {
-        let m = row.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
-        out[i % n] = out[i % n].max(m);
-    }
-    out
-}
-
-/// `x` rounded half to even, for `|x| < 2^22`: adding and removing 1.5 · 2^23 leaves no
-/// fraction bits and rounds in the default (to nearest even) mode. `f32::round_ties_even` is a
-/// libm call per element without SSE4.1.
-#[inline]
-fn round_even_small(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
-}
-
-/// A weight quantized symmetrically to S8 in `[-127, 127]` (the restricted range keeps
-/// `-q` representable, so integer kernels may negate), per channel along `axis` or per tensor.
-pub fn quantize_weight(t: &Tensor, axis: Option<usize>) -> Result<(Tensor, QParams), WeightError> {
-    let dims = t.dims().to_vec();
-    if let Some(a) = axis
-        && a >= dims.len()
-    {
-        return Err(WeightError::Axis { axis: a, dims });
-    }
-    let values = float_values(t)?;
-    let scale: Vec<f32> = absmax(&values, &dims, axis).into_iter().map(|m| (m / 127.0).max(MIN_SCALE as f32)).collect();
-    let params = QParams { ty: IntType::S8, zero_point: vec![0; scale.len()], scale, axis };
-    let inner = match axis {
-        None => values.len(),
-        Some(a) => channel_layout(&dims, a).2,
-    };
-    // Same integers as `quantize_values` then a clamp to ±127 (zero point 0; clamping to
-    // integer bounds commutes with rounding), without a libm call or an i32 buffer.
-    let mut q: Vec<u8> = Vec::with_capacity(values.len());
-    if inner > 0 {
-        let n = params.scale.len();
-        for (i, row) in values.chunks(inner).enumerate() {
-            let s = params.scale[i % n];
-            q.extend(row.iter().map(|&v| {
-                let x = if v.is_finite() { (v / s).clamp(-127.0, 127.0) } else { 0.0 };
-                round_even_small(x) as i8 as u8
-            }));
-        }
-    }
-    Ok((Tensor::new(DataType::I8, dims, bytes::Bytes::from(q))?, params))
 }
 
 /// A constant quantized like an activation: per tensor, `ty`, from its own min/max.
@@ -265,93 +206,5 @@ pub fn quantize_bias(bias: &Tensor, input_scale: f32, weight: &QParams) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn asymmetric_range_from_zero_makes_qmin_the_zero_point() {
-        let p = activation_params(0.0, 2.55, IntType::S8, false);
-        assert_eq!(p.zero_point, vec![-128]);
-        assert!((p.scale[0] - 0.01).abs() < 1e-7);
-        assert_eq!(p.quantize(-1.0, 0), -128, "negatives saturate to 0: the quantizer is the ReLU");
-        assert_eq!(p.dequantize(p.quantize(1.0, 0), 0), 1.0);
-        // Ranges that exclude 0 are widened to hold it.
-        let q = activation_params(1.0, 2.0, IntType::U8, false);
-        assert_eq!(q.zero_point, vec![0]);
-    }
-
-    #[test]
-    fn symmetric_activations_center_zero() {
-        let p = activation_params(-1.0, 3.0, IntType::S8, true);
-        assert_eq!(p.zero_point, vec![0]);
-        assert!((p.scale[0] - 3.0 / 127.0).abs() < 1e-7);
-        assert_eq!(activation_params(-1.0, 3.0, IntType::U8, true).zero_point, vec![128]);
-        // A tensor that is always 0 still gets an invertible scale.
-        assert!(activation_params(0.0, 0.0, IntType::S8, true).scale[0] > 0.0);
-    }
-
-    #[test]
-    fn weights_per_channel_use_each_channels_absmax() {
-        // [2 out channels, 3]: channel 0 up to 1.27, channel 1 up to 0.127.
-        let w = Tensor::from_slice(vec![2, 3], &[1.27f32, -0.5, 0.0, 0.127, 0.05, -0.1]).unwrap();
-        let (q, p) = quantize_weight(&w, Some(0)).unwrap();
-        assert_eq!(q.dtype(), DataType::I8);
-        assert_eq!(p.scale.len(), 2);
-        assert_eq!(q.to_vec::<i8>().unwrap(), vec![127, -50, 0, 127, 50, -100]);
-        let (_, pt) = quantize_weight(&w, None).unwrap();
-        assert_eq!(pt.scale.len(), 1);
-        assert!(quantize_weight(&w, Some(2)).is_err());
-        let ints = Tensor::from_slice(vec![1], &[1i64]).unwrap();
-        assert!(matches!(quantize_weight(&ints, None), Err(WeightError::NotFloat(_))));
-    }
-
-    #[test]
-    fn fast_weight_path_matches_the_reference_rounding() {
-        // Ties (x.5 steps), saturation, non-finite values, per tensor and per channel on axes
-        // 0, 1 and 2: the same integers as `quantize_values` clamped to ±127.
-        let mut vals: Vec<f32> = (0..240).map(|i| ((i * 37) % 255) as f32 / 2.0 - 63.5).collect();
-        vals[7] = f32::NAN;
-        vals[11] = f32::INFINITY;
-        vals[13] = -1.0e30;
-        let w = Tensor::from_slice(vec![4, 6, 10], &vals).unwrap();
-        for axis in [None, Some(0), Some(1), Some(2)] {
-            let (q, p) = quantize_weight(&w, axis).unwrap();
-            let want: Vec<i8> =
-                quantize_values(&vals, &[4, 6, 10], &p).into_iter().map(|v| v.clamp(-127, 127) as i8).collect();
-            assert_eq!(q.to_vec::<i8>().unwrap(), want, "axis {axis:?}");
-            assert_eq!(
-                p.scale,
-                absmax_reference(&vals, &[4, 6, 10], axis).iter().map(|m| (m / 127.0).max(1e-8)).collect::<Vec<_>>()
-            );
-        }
-        // Exact ties round to even: 0.5 → 0, 1.5 → 2, -2.5 → -2 (scale 1 from absmax 127).
-        let t = Tensor::from_slice(vec![4], &[0.5f32, 1.5, -2.5, 127.0]).unwrap();
-        assert_eq!(quantize_weight(&t, None).unwrap().0.to_vec::<i8>().unwrap(), vec![0, 2, -2, 127]);
-    }
-
-    /// Per-element channel lookup, the definition `absmax` computes row by row.
-    fn absmax_reference(values: &[f32], dims: &[usize], axis: Option<usize>) -> Vec<f32> {
-        let (n, inner) = axis.map_or((1, 1), |a| (dims[a], dims[a + 1..].iter().product()));
-        let mut out = vec![0.0f32; n];
-        for (i, v) in values.iter().enumerate() {
-            let c = if axis.is_some() { (i / inner) % n } else { 0 };
-            if v.is_finite() {
-                out[c] = out[c].max(v.abs());
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn bias_scale_is_input_times_weight_scale() {
-        let w = Tensor::from_slice(vec![2, 1], &[1.27f32, 0.127]).unwrap();
-        let (_, p) = quantize_weight(&w, Some(0)).unwrap();
-        let b = Tensor::from_slice(vec![2], &[0.5f32, -0.5]).unwrap();
-        let (q, scales) = quantize_bias(&b, 0.1, &p).unwrap();
-        assert_eq!(q.dtype(), DataType::I32);
-        assert!((scales[0] - 0.001).abs() < 1e-9 && (scales[1] - 0.0001).abs() < 1e-10);
-        assert_eq!(q.to_vec::<i32>().unwrap(), vec![500, -5000]);
-        let short = Tensor::from_slice(vec![1], &[0.5f32]).unwrap();
-        assert!(matches!(quantize_bias(&short, 0.1, &p), Err(WeightError::BiasChannels { .. })));
-    }
-}
+#[path = "weights_tests.rs"]
+mod tests;

@@ -295,6 +295,15 @@ pub fn model_to_proto(model: &Model) -> ModelProto {
     Exporter { place: &mut place }.model(model)
 }
 
+/// The model as protobuf with tensors placed by `place` (external entries, inline, or as
+/// loaded).
+pub(crate) fn model_to_proto_placed(
+    model: &Model,
+    place: &mut dyn FnMut(&Tensor, &str) -> DataPlacement,
+) -> ModelProto {
+    Exporter { place }.model(model)
+}
+
 /// The model serialized in memory, for executors and tests. External references are kept.
 pub fn encode_model(model: &Model) -> Vec<u8> {
     model_to_proto(model).encode_to_vec()

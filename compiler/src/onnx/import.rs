@@ -43,19 +43,30 @@ pub fn load_model(path: &Path) -> Result<Model, OnnxError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    decode_model(bytes, path, Some(&base))
+    // Raw tensors remember where they lie in the file, so a runtime can read them from it.
+    let main = path.canonicalize().ok().map(|real| (bytes.clone(), real));
+    decode_from(bytes, path, Some(&base), main)
 }
 
 /// Decodes a model from bytes. `origin` names the source in messages; `base_dir` is where
 /// external data lives (`None`: external data is an error).
 pub fn decode_model(bytes: Bytes, origin: &Path, base_dir: Option<&Path>) -> Result<Model, OnnxError> {
+    decode_from(bytes, origin, base_dir, None)
+}
+
+fn decode_from(
+    bytes: Bytes,
+    origin: &Path,
+    base_dir: Option<&Path>,
+    main: Option<(Bytes, PathBuf)>,
+) -> Result<Model, OnnxError> {
     if bytes.is_empty() {
         return Err(OnnxError::Other { path: origin.to_path_buf(), message: "the file is empty".into() });
     }
     let mp = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: origin.to_path_buf(), source })?;
     let mut imp = Importer {
         path: origin.to_path_buf(),
-        external: ExternalFiles { base_dir: base_dir.map(Path::to_path_buf), maps: HashMap::new() },
+        external: ExternalFiles { base_dir: base_dir.map(Path::to_path_buf), maps: HashMap::new(), main },
     };
     imp.model(mp)
 }
@@ -64,6 +75,8 @@ pub fn decode_model(bytes: Bytes, origin: &Path, base_dir: Option<&Path>) -> Res
 struct ExternalFiles {
     base_dir: Option<PathBuf>,
     maps: HashMap<PathBuf, Bytes>,
+    /// The mapped model file and its canonical path, when the model was read from one.
+    main: Option<(Bytes, PathBuf)>,
 }
 
 fn entry<'a>(entries: &'a [(Option<String>, Option<String>)], key: &str) -> Option<&'a str> {
@@ -143,6 +156,17 @@ impl ExternalResolver for ExternalFiles {
             return Err(format!("the file is shorter than offset + length ({end} bytes)"));
         }
         Ok((map.slice(offset as usize..end as usize), region))
+    }
+
+    fn raw_region(&self, raw: &Bytes) -> Option<FileRegion> {
+        let (file, path) = self.main.as_ref()?;
+        let start = (raw.as_ptr() as usize).checked_sub(file.as_ptr() as usize)?;
+        let end = start.checked_add(raw.len())?;
+        (end <= file.len() && !raw.is_empty()).then(|| FileRegion {
+            path: path.clone(),
+            offset: start as u64,
+            length: raw.len() as u64,
+        })
     }
 }
 

@@ -2,10 +2,10 @@
 //! knows nothing of protobuf.
 
 mod error;
-mod export;
+pub(crate) mod export;
 mod import;
 pub mod proto;
-mod tensor_codec;
+pub(crate) mod tensor_codec;
 mod value;
 pub(crate) mod write;
 

@@ -28,6 +28,11 @@ pub(crate) trait ExternalResolver {
         entries: &[(Option<String>, Option<String>)],
         expected_len: u64,
     ) -> Result<(Bytes, FileRegion), String>;
+
+    /// Where `raw` lies in the model file, when it is a slice of a mapped file.
+    fn raw_region(&self, _raw: &Bytes) -> Option<FileRegion> {
+        None
+    }
 }
 
 /// For tensors read on their own (test data, attribute-free contexts): external data is refused.
@@ -85,6 +90,7 @@ pub(crate) fn tensor_from_proto(tp: &TensorProto, resolver: &mut dyn ExternalRes
         if dtype == DataType::String {
             return Err("string tensors cannot use raw_data".into());
         }
+        source = resolver.raw_region(raw);
         (Tensor::new(dtype, dims, raw.clone()).map_err(|e| e.to_string())?, TensorEncoding::Raw)
     } else {
         (decode_typed(tp, dtype, dims, count)?, TensorEncoding::Typed)

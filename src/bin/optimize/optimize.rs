@@ -13,7 +13,7 @@ use kiln::pipeline::PipelineError;
 use kiln::pipeline::{AccuracyBudget, OptLevel, Pipeline, Precision, TargetKind, op_histogram};
 use kiln::stages::prune::PruneOptions;
 use kiln::stages::{StageError, StageReport};
-use kiln::targets::artifact::{ArtifactWriter, MODEL, REPORT, sha256_file};
+use kiln::targets::artifact::{ArtifactWriter, MODEL, REPORT};
 use kiln::targets::lint::LintReport;
 use kiln::validate::{ValidationRecord, check_first_sample, default_tolerance};
 use serde::Serialize;
@@ -22,6 +22,10 @@ use crate::data_args::DataArgs;
 use crate::precision_args::PrecisionArgs;
 use crate::validation::{fallback_summary, plan_data, slower_warning, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
+
+#[path = "background.rs"]
+mod background;
+use background::{InputDigest, RuntimeWarmup};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Level {
@@ -221,6 +225,9 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let Some(out) = args.output.as_ref() else {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
+    // Without validation (which hashes the input as its reference) the input's digest is
+    // computed on another core while the pipeline runs; it is the same digest either way.
+    let input_digest = InputDigest::start(model_path, args.skip_validation && args.threads != Some(1));
     let model = load_verified(model_path)?;
     // Before any work: an existing artifact without --force is refused at once.
     let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
@@ -236,6 +243,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         None => None,
     };
     let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     let budget_spec = match &args.accuracy_budget {
         Some(text) => {
             Some(ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--accuracy-budget: {e}")))?)
@@ -332,7 +340,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     // the candidate): large models are not read a second time for the same digests.
     let input_sha256 = match &validation {
         Some(v) => v.reference.sha256.clone(),
-        None => sha256_file(model_path).map_err(Failure::runtime)?,
+        None => input_digest.finish()?,
     };
     let model_sha256 = match &validation {
         Some(v) => v.candidate.sha256.clone(),

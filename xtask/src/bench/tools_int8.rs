@@ -63,6 +63,14 @@ pub(super) const INT8_TOOLS: &[Tool] = &[
         tolerance: INT8_TOLERANCE,
     },
     Tool {
+        id: "kiln-int8-dynamic-novalidate",
+        group: "int8",
+        peer: false,
+        program: Program::Kiln,
+        args: kiln_dynamic_no_validation,
+        tolerance: INT8_TOLERANCE,
+    },
+    Tool {
         id: "ort-quantize-static",
         group: "int8",
         peer: true,
@@ -157,6 +165,14 @@ fn kiln_dynamic(inv: &Invocation) -> Vec<String> {
     args
 }
 
+/// The dynamic row without the validation run: like for like with `quantize_dynamic`, which
+/// neither calibrates nor validates.
+fn kiln_dynamic_no_validation(inv: &Invocation) -> Vec<String> {
+    let mut args = kiln_dynamic(inv);
+    args.insert(args.len() - 2, "--skip-validation".into());
+    args
+}
+
 /// `quantize_static`: QDQ, per-channel, activations QUInt8, weights QInt8, MinMax, after
 /// `quant_pre_process`, calibrated on the same `{data}` samples.
 fn ort_static(inv: &Invocation) -> Vec<String> {
@@ -204,6 +220,10 @@ mod tests {
         let n = kiln_static_no_validation(&inv);
         assert!(n.contains(&"--skip-validation".to_string()) && !s.contains(&"--skip-validation".to_string()));
         assert_eq!(n[n.len() - 2..], ["-o", "/o"]);
+        let dn = kiln_dynamic_no_validation(&inv);
+        assert!(dn.contains(&"--dynamic".to_string()) && dn.contains(&"--skip-validation".to_string()));
+        assert!(!d.contains(&"--skip-validation".to_string()));
+        assert_eq!(dn[dn.len() - 2..], ["-o", "/o"]);
         assert_eq!(ort_static(&inv), ["static", "/m.onnx", "/o/model.onnx", "/d"]);
         assert_eq!(ort_static_no_preprocess(&inv)[..2], ["static-no-preprocess", "/m.onnx"]);
         assert_eq!(ort_dynamic(&inv), ["dynamic", "/m.onnx", "/o/model.onnx"]);
