@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::data::{DimSpec, Synthetic, SyntheticSpec};
-use kiln_compiler::ir::{AttrValue, Attribute, Dim, Graph, NodeSpec, OpsetImport, TensorType, Type};
+use kiln_compiler::ir::{AttrValue, Attribute, Dim, Graph, NodeSpec, TensorType, Type};
 use kiln_compiler::runtime::OrtExecutor;
 
 /// y = Relu(x) * 2, with a symbolic length: x[n].
@@ -16,12 +16,7 @@ fn tiny() -> Model {
     let y = g.add_node(NodeSpec::new("Mul").inputs([r, two]).outputs(["y"]));
     let y = g.node(y).output(0).unwrap();
     g.push_output(y);
-    Model {
-        ir_version: Some(8),
-        opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-        graph: Some(g),
-        ..Model::default()
-    }
+    Model::of_graph(g, 17)
 }
 
 #[test]
@@ -124,12 +119,7 @@ fn branchy(threshold: f32) -> Model {
     );
     let y = g.node(y).output(0).unwrap();
     g.push_output(y);
-    Model {
-        ir_version: Some(8),
-        opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-        graph: Some(g),
-        ..Model::default()
-    }
+    Model::of_graph(g, 17)
 }
 
 #[test]
@@ -197,12 +187,7 @@ fn looped(static_shape: bool) -> Model {
     );
     let y = g.node(l).output(0).unwrap();
     g.push_output(y);
-    Model {
-        ir_version: Some(8),
-        opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-        graph: Some(g),
-        ..Model::default()
-    }
+    Model::of_graph(g, 17)
 }
 
 #[test]

@@ -302,7 +302,7 @@ pub fn collect_grams(
 mod tests {
     use super::*;
     use crate::data::{Synthetic, SyntheticSpec};
-    use kiln_compiler::ir::{Graph, NodeSpec, OpsetImport, TensorType, Type};
+    use kiln_compiler::ir::{Graph, NodeSpec, TensorType, Type};
     use kiln_compiler::runtime::OrtExecutor;
     use kiln_compiler::{DataType, Tensor};
 
@@ -315,12 +315,7 @@ mod tests {
         let y = g.add_node(NodeSpec::new("MatMul").inputs([x, w]).outputs(["y"]));
         let y = g.node(y).output(0).unwrap();
         g.push_output(y);
-        Model {
-            ir_version: Some(8),
-            opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-            graph: Some(g),
-            ..Model::default()
-        }
+        Model::of_graph(g, 17)
     }
 
     #[test]

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::data::{Distribution, SampleSource, Synthetic, SyntheticSpec, model_inputs};
     use crate::gram::{GramOptions, collect_grams};
-    use kiln_compiler::ir::{Graph, NodeSpec, OpsetImport};
+    use kiln_compiler::ir::{Graph, NodeSpec};
     use kiln_compiler::runtime::OrtExecutor;
 
     /// ids i64[2, 3] → Gather(table f32[40, 4]) → Relu → h → MatMul → y; with `through_identity`
@@ -133,12 +133,7 @@ mod tests {
         let y = g.add_node(NodeSpec::new("MatMul").inputs([h, w]).outputs(["y"]));
         let y = g.node(y).output(0).unwrap();
         g.push_output(y);
-        Model {
-            ir_version: Some(8),
-            opset_import: vec![OpsetImport { domain: None, version: Some(17) }],
-            graph: Some(g),
-            ..Model::default()
-        }
+        Model::of_graph(g, 17)
     }
 
     fn ids(low: i64, high: i64, seed: u64) -> Synthetic {

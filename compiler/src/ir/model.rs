@@ -54,6 +54,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model of one graph importing the default ONNX domain at `opset` (IR version 8): what
+    /// builders of small graphs and tests start from.
+    pub fn of_graph(graph: Graph, opset: i64) -> Model {
+        Model {
+            ir_version: Some(8),
+            opset_import: vec![OpsetImport { domain: None, version: Some(opset) }],
+            graph: Some(graph),
+            ..Model::default()
+        }
+    }
+
     /// The opset version imported for a domain (`""` = default ONNX domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
         self.opset_import.iter().find(|o| o.domain() == domain).and_then(|o| o.version)
