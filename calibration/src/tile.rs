@@ -21,12 +21,7 @@ pub struct Strides {
 /// values: not on how a caller tiles the work, nor on the vector width (every path, the scalar
 /// fallback included, gives the same bits). Steps past the end of `a` or `b` are not taken.
 pub fn mac_tile(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize, acc: &mut [[f64; LANES]; MR]) {
-    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a.len();
-    let fits_b = |t: usize| t * b_stride + LANES <= b.len();
-    let mut steps = steps;
-    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
-        steps -= 1;
-    }
+    let steps = steps_in_bounds(a.len(), sa, b.len(), b_stride, steps);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
@@ -40,6 +35,19 @@ pub fn mac_tile(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usize
         }
     }
     mac_tile_body(a, sa, b, b_stride, steps, acc)
+}
+
+/// The longest prefix of `steps` whose every `a` and `b` index lies inside slices of lengths
+/// `a_len` and `b_len`: what the vector paths may read without a bounds check (shared by the
+/// `f32` tile of `kiln_quantize::int4`).
+pub fn steps_in_bounds(a_len: usize, sa: Strides, b_len: usize, b_stride: usize, steps: usize) -> usize {
+    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a_len;
+    let fits_b = |t: usize| t * b_stride + LANES <= b_len;
+    let mut steps = steps;
+    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
+        steps -= 1;
+    }
+    steps
 }
 
 /// [`mac_tile_body`] in AVX-512 registers: the tile is 16 vectors of 8, each `b` row two
@@ -104,5 +112,28 @@ fn mac_tile_body(a: &[f64], sa: Strides, b: &[f64], b_stride: usize, steps: usiz
                 *c = x.mul_add(y, *c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_stop_where_a_or_b_would_be_read_past_its_end() {
+        let sa = Strides { t: MR, r: 1 };
+        // 5 steps of `a` (8 each) and 3 rows of `b` (stride 20, 16 read).
+        assert_eq!(steps_in_bounds(5 * MR, sa, 2 * 20 + LANES, 20, 10), 3);
+        assert_eq!(steps_in_bounds(5 * MR, sa, 10 * 20, 20, 10), 5);
+        assert_eq!(steps_in_bounds(5 * MR, sa, 10 * 20, 20, 4), 4);
+        assert_eq!(steps_in_bounds(MR - 1, sa, 10 * 20, 20, 4), 0);
+        // The clamped tile sums only the steps that fit: the same as asking for them alone.
+        let a: Vec<f64> = (0..5 * MR).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let b: Vec<f64> = (0..2 * 20 + LANES).map(|i| 1.0 - i as f64 * 0.25).collect();
+        let (mut over, mut exact) = ([[0.0; LANES]; MR], [[0.0; LANES]; MR]);
+        mac_tile(&a, sa, &b, 20, 10, &mut over);
+        mac_tile(&a, sa, &b, 20, 3, &mut exact);
+        assert_eq!(over, exact);
+        assert_ne!(exact, [[0.0; LANES]; MR]);
     }
 }

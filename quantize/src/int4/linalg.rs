@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-pub use kiln_calibration::tile::{LANES, MR, Strides, mac_tile};
+pub use kiln_calibration::tile::{LANES, MR, Strides, mac_tile, steps_in_bounds};
 
 /// A dot product with eight independent chains of fused multiply-adds, summed in a fixed
 /// order; dispatched like [`mac_tile`].

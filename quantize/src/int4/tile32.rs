@@ -2,18 +2,13 @@
 //! paper's `f32` arithmetic; the Cholesky factor itself is computed in `f64`
 //! ([`super::linalg`]) and rounded once.
 
-use super::linalg::{LANES, MR, Strides};
+use super::linalg::{LANES, MR, Strides, steps_in_bounds};
 
 /// [`mac_tile`](super::linalg::mac_tile) in `f32`, for GPTQ's column loop and error sums: half the memory traffic and
 /// twice the lanes per vector. The same contract: one chain of fused multiply-adds per entry,
 /// so every path gives the same bits. Steps past the end of `a` or `b` are not taken.
 pub fn mac_tile_f32(a: &[f32], sa: Strides, b: &[f32], b_stride: usize, steps: usize, acc: &mut [[f32; LANES]; MR]) {
-    let fits_a = |t: usize| t * sa.t + (MR - 1) * sa.r < a.len();
-    let fits_b = |t: usize| t * b_stride + LANES <= b.len();
-    let mut steps = steps;
-    while steps > 0 && !(fits_a(steps - 1) && fits_b(steps - 1)) {
-        steps -= 1;
-    }
+    let steps = steps_in_bounds(a.len(), sa, b.len(), b_stride, steps);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
