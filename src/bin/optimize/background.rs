@@ -9,13 +9,13 @@ use crate::Failure;
 
 /// The sha256 of the input model, hashed on a background thread or, when that is not
 /// wanted (`--threads 1`, or validation hashes it anyway), on demand.
-pub(super) enum InputDigest {
+pub(crate) enum InputDigest {
     Background(std::thread::JoinHandle<Result<String, String>>),
     OnDemand(PathBuf),
 }
 
 impl InputDigest {
-    pub(super) fn start(path: &Path, background: bool) -> InputDigest {
+    pub(crate) fn start(path: &Path, background: bool) -> InputDigest {
         let owned = path.to_path_buf();
         if !background {
             return InputDigest::OnDemand(owned);
@@ -30,7 +30,7 @@ impl InputDigest {
         }
     }
 
-    pub(super) fn finish(self) -> Result<String, Failure> {
+    pub(crate) fn finish(self) -> Result<String, Failure> {
         match self {
             InputDigest::Background(handle) => handle
                 .join()
@@ -44,10 +44,10 @@ impl InputDigest {
 /// Loads ONNX Runtime (the library and its environment, tens of milliseconds) on another core
 /// while the graph is optimized, when calibration or validation will need it; the first session
 /// waits for it. Joined when dropped, so the process never exits mid-load.
-pub(super) struct RuntimeWarmup(Option<std::thread::JoinHandle<()>>);
+pub(crate) struct RuntimeWarmup(Option<std::thread::JoinHandle<()>>);
 
 impl RuntimeWarmup {
-    pub(super) fn start(wanted: bool) -> RuntimeWarmup {
+    pub(crate) fn start(wanted: bool) -> RuntimeWarmup {
         let handle = wanted
             .then(|| {
                 std::thread::Builder::new().name("kiln-ort-load".into()).spawn(|| {

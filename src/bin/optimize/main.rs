@@ -1,5 +1,6 @@
 //! `optimize`: the command-line shell over the Kiln library.
 
+mod background;
 mod bench;
 mod calibrate;
 mod check;

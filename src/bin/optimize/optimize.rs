@@ -23,9 +23,7 @@ use crate::precision_args::PrecisionArgs;
 use crate::validation::{fallback_summary, plan_data, slower_warning, validate_artifact, validation_summary};
 use crate::{Failure, Ui, load_verified, write_json};
 
-#[path = "background.rs"]
-mod background;
-use background::{InputDigest, RuntimeWarmup};
+use crate::background::{InputDigest, RuntimeWarmup};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Level {
