@@ -103,7 +103,7 @@ pub fn run(model: &mut Model, options: &HalfOptions, cx: &StageContext) -> Resul
 }
 
 /// Below opset 12 Clip has no FP16 kernel on the CUDA provider (it would stay FP32 between two
-/// casts, or run on the CPU); opset 13 gives every op its FP16 GPU kernel. The upgrade is tried
+/// casts, or run on the CPU); the upgrade raises the model to opset 13. It is tried
 /// on a copy: a model it cannot raise keeps its opset, with a warning, and converts as it is.
 fn raise_opset_for_cuda(model: &mut Model, out: &mut StageReport) {
     let target = kiln_passes::opset::TARGET;
