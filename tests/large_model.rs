@@ -25,6 +25,19 @@ const TENSOR_BYTES: u64 = (N * N * 4) as u64;
 const CHUNK: usize = 1 << 20;
 /// The children's resident set must stay far below the model's size.
 const RSS_LIMIT_KIB: u64 = 512 * 1024;
+/// Disk the test needs at its peak: the input's data and one converted copy (each output is
+/// checked and removed before the next is written), plus room for the rest of the suite.
+const DISK_NEEDED: u64 = 2 * TENSOR_BYTES * LAYERS as u64 + (1 << 30);
+
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
 
 /// Writes the data file: each tensor in turn, chunk by chunk. A chunk is a fixed pseudo-random
 /// MiB with the tensor and chunk index stamped into every 4 KiB page, so that no two pages of
@@ -133,9 +146,23 @@ fn assert_small(what: &str, out: &Outcome) {
 #[test]
 fn model_over_2_gib() {
     let start = Instant::now();
-    // In the target folder rather than /tmp, which may be a RAM-backed tmpfs: 6.75 GiB are written.
+    // In the target folder rather than /tmp, which may be a RAM-backed tmpfs: up to 4.5 GiB at once.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = dir.path();
+    // A full disk is the machine's state, not a Kiln failure: say so loudly and stop, rather
+    // than fail half-way with ENOSPC (which the convert steps would report as exit 3).
+    match free_bytes(root) {
+        Some(free) if free < DISK_NEEDED => {
+            eprintln!(
+                "SKIPPED model_over_2_gib: {:.1} GiB free in {}, the test needs {:.1} GiB",
+                free as f64 / (1u64 << 30) as f64,
+                root.display(),
+                DISK_NEEDED as f64 / (1u64 << 30) as f64
+            );
+            return;
+        }
+        _ => {}
+    }
     let data_name = "big.weights";
     let hashes = write_weights(&root.join(data_name));
     let input = root.join("big.onnx");
@@ -166,6 +193,17 @@ fn model_over_2_gib() {
     let out = optimize(&["convert".as_ref(), input.as_os_str(), out_model.as_os_str()]);
     assert_ok(&out);
     assert_small("convert (as loaded)", &out);
+    let converted = Instant::now();
+    assert_eq!(check_output(&out_model, data_name, &hashes), vec![data_name.to_string()]);
+    assert_eq!(listing(&out_dir), vec!["big.onnx".to_string(), data_name.to_string()]);
+    // Kept as loaded: the very same data file.
+    assert_eq!(
+        std::fs::metadata(out_dir.join(data_name)).unwrap().len(),
+        std::fs::metadata(root.join(data_name)).unwrap().len()
+    );
+    let mut verifying = converted.elapsed();
+    // Room for the next copy.
+    std::fs::remove_dir_all(&out_dir).unwrap();
 
     // convert into one new raw data file.
     let out2_dir = root.join("out2");
@@ -191,27 +229,16 @@ fn model_over_2_gib() {
     eprintln!("convert --inline: {}", out.first_line());
     assert_eq!(listing(&out3_dir), Vec::<String>::new(), "--inline left output behind");
 
-    // The outputs hold the same bytes (both checked at once: two cores).
     let converted = Instant::now();
-    std::thread::scope(|s| {
-        let a = s.spawn(|| check_output(&out_model, data_name, &hashes));
-        let b = s.spawn(|| check_output(&out2_model, "weights.bin", &hashes));
-        assert_eq!(a.join().unwrap(), vec![data_name.to_string()]);
-        assert_eq!(b.join().unwrap(), vec!["weights.bin".to_string()]);
-    });
-    assert_eq!(listing(&out_dir), vec!["big.onnx".to_string(), data_name.to_string()]);
+    assert_eq!(check_output(&out2_model, "weights.bin", &hashes), vec!["weights.bin".to_string()]);
     assert_eq!(listing(&out2_dir), vec!["big.onnx".to_string(), "weights.bin".to_string()]);
-    // Kept as loaded: the very same data file.
-    assert_eq!(
-        std::fs::metadata(out_dir.join(data_name)).unwrap().len(),
-        std::fs::metadata(root.join(data_name)).unwrap().len()
-    );
+    verifying += converted.elapsed();
     assert_eq!(sha256_file(&input), input_hash, "the input model changed");
     let meta = std::fs::metadata(root.join(data_name)).unwrap();
     assert_eq!((meta.len(), meta.modified().unwrap()), data_meta, "the input data file changed");
     eprintln!(
         "verified outputs in {:.2} s; whole test {:.2} s",
-        converted.elapsed().as_secs_f64(),
+        verifying.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
 }
