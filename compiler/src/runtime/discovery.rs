@@ -127,6 +127,11 @@ static ORT_RUNTIME: OnceLock<Result<OrtRuntime, RuntimeError>> = OnceLock::new()
 
 /// Load ONNX Runtime once per process. Later calls return the first outcome: a process that
 /// failed to load the library keeps failing with the same error.
+///
+/// Telemetry events are turned off once the environment exists; ONNX Runtime's own files
+/// under `~/.cache/Microsoft` are only avoided when `ORT_DISABLE_TELEMETRY=1` is in the
+/// environment before the first call (the `optimize` binary sets it at start; a program
+/// embedding Kiln sets it itself, before it starts threads).
 pub fn init_ort() -> Result<(), RuntimeError> {
     runtime().map(|_| ())
 }

@@ -41,9 +41,9 @@ impl InputDigest {
     }
 }
 
-/// Loads ONNX Runtime (the library and its environment, tens of milliseconds) on another core
-/// while the graph is optimized, when calibration or validation will need it; the first session
-/// waits for it. Joined when dropped, so the process never exits mid-load.
+/// Loads ONNX Runtime (the library, its environment and its CPU kernels: tens of milliseconds)
+/// on another core while the model is read and optimized, when calibration or validation will
+/// need it; the first session waits for it. Joined when dropped, so the process never exits mid-load.
 pub(crate) struct RuntimeWarmup(Option<std::thread::JoinHandle<()>>);
 
 impl RuntimeWarmup {
@@ -52,7 +52,7 @@ impl RuntimeWarmup {
             .then(|| {
                 std::thread::Builder::new().name("kiln-ort-load".into()).spawn(|| {
                     // A failure is reported by the first session, which sees the same outcome.
-                    let _ = kiln::compiler::runtime::init_ort();
+                    let _ = kiln::compiler::runtime::OrtExecutor::warm_up();
                 })
             })
             .and_then(Result::ok);

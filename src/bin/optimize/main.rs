@@ -217,6 +217,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // ONNX Runtime 1.31's Linux build keeps a telemetry database and a device identifier under
+    // ~/.cache/Microsoft unless this is set before it starts (turning events off afterwards,
+    // as the library does, is too late for those). A build tool writes nothing outside its
+    // output; a user who wants ORT's telemetry sets the variable to 0.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
     let argv = match expand_options(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(f) => {
@@ -243,11 +251,27 @@ fn main() -> ExitCode {
         Some(Command::Sensitivity(a)) => sensitivity::run(a, &ui),
         None => optimize::run(cli.optimize, &ui),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(f) => {
             eprintln!("error: {}", f.message);
-            ExitCode::from(f.status.code())
+            f.status.code()
         }
+    };
+    exit_now(code)
+}
+
+/// Ends the process without running exit handlers. Everything Kiln writes is written and
+/// renamed into place by now and its temporary files are gone (their owners were dropped);
+/// what is left is ONNX Runtime's global teardown, milliseconds spent freeing memory the
+/// kernel reclaims anyway.
+fn exit_now(code: u8) -> ExitCode {
+    use std::io::Write;
+    let flushed = std::io::stdout().flush().is_ok() && std::io::stderr().flush().is_ok();
+    if !flushed {
+        // A failed flush must still be reported through the normal exit path.
+        return ExitCode::from(code);
     }
+    // SAFETY: `_exit` only ends the process; no Rust invariant depends on code after it.
+    unsafe { libc::_exit(i32::from(code)) }
 }

@@ -226,6 +226,11 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     // Without validation (which hashes the input as its reference) the input's digest is
     // computed on another core while the pipeline runs; it is the same digest either way.
     let input_digest = InputDigest::start(model_path, args.skip_validation && args.threads != Some(1));
+    let precision = args.precision.precision()?;
+    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    // Started before the model is read: loading the runtime takes longer than everything
+    // the pipeline does before its first session on a small model.
+    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     let model = load_verified(model_path)?;
     // Before any work: an existing artifact without --force is refused at once.
     let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
@@ -235,13 +240,10 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
         Target::Cuda => TargetKind::Cuda,
         Target::Tensorrt => TargetKind::TensorRt,
     };
-    let precision = args.precision.precision()?;
     let prune = match &args.prune {
         Some(spec) => Some(PruneOptions::parse(spec).map_err(|e| Failure::bad_input(format!("--prune {e}")))?),
         None => None,
     };
-    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
-    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     let budget_spec = match &args.accuracy_budget {
         Some(text) => {
             Some(ToleranceSpec::parse(text).map_err(|e| Failure::bad_input(format!("--accuracy-budget: {e}")))?)

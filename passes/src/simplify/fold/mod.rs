@@ -1,14 +1,19 @@
-//! `fold-constants`: nodes whose inputs are all constant are evaluated once, with ONNX Runtime,
-//! and their results become initializers.
+//! `fold-constants`: nodes whose inputs are all constant are evaluated once, and their results
+//! become initializers.
 //!
-//! Per graph, every foldable node is put into one small model (constants as its initializers,
-//! the values read by the rest of the graph as its outputs) that is run once; so folding is
-//! exact for every op ONNX Runtime runs. If the batch fails, nodes are evaluated one by one
-//! and those that fail stay. `Shape`/`Size` of a value whose shape is fully declared are
-//! computed here and count as constants. Never folded: ops of unknown domains, random ops,
+//! Element moves, integer arithmetic and exact casts (the shape computations exporters leave)
+//! are evaluated here ([`host`]); `Shape`/`Size` of a value whose shape is fully declared too.
+//! Every other foldable node of a graph is put into one small model (constants as its
+//! initializers, the values read by the rest of the graph as its outputs) that ONNX Runtime
+//! runs once, so folding is exact for every op it runs; ONNX Runtime is started only when
+//! such a node exists. If the batch fails, nodes are evaluated one by one and those that fail
+//! stay. Never folded: ops of unknown domains, random ops,
 //! `Dropout`, quantization ops (folding `DequantizeLinear` would undo quantized weights), ops
 //! with subgraphs, sequence and optional producers, and results above the size limit.
 
+mod host;
+
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -91,6 +96,8 @@ impl FoldConstants {
 struct ModelMeta {
     ir_version: Option<i64>,
     opset_import: Vec<OpsetImport>,
+    /// Whether the executor runs, found out the first time a graph needs it.
+    runtime: OnceCell<Result<(), String>>,
 }
 
 impl Pass for FoldConstants {
@@ -102,11 +109,11 @@ impl Pass for FoldConstants {
         if skip_without_initializers(model, RULE, cx) {
             return Ok(Changed::No);
         }
-        if let Err(e) = self.probe() {
-            cx.skipped(RULE, "model", format!("cannot evaluate constants, {}: {e}", self.executor.name()));
-            return Ok(Changed::No);
-        }
-        let meta = ModelMeta { ir_version: model.ir_version, opset_import: model.opset_import.clone() };
+        let meta = ModelMeta {
+            ir_version: model.ir_version,
+            opset_import: model.opset_import.clone(),
+            runtime: OnceCell::new(),
+        };
         let Some(g) = model.graph.as_mut() else { return Ok(Changed::No) };
         let mut changed = false;
         visit_with_scope(g, &Scope::new(), "main", &mut |g, scope, path| {
@@ -121,7 +128,7 @@ impl Pass for FoldConstants {
 enum Plan {
     /// Evaluated by the executor.
     Batch,
-    /// `Shape`/`Size` of a declared shape, computed here.
+    /// Computed here: `Shape`/`Size` of a declared shape, or by [`host::evaluate`].
     Native,
 }
 
@@ -135,7 +142,7 @@ impl FoldConstants {
         }
     }
 
-    /// Whether the executor can run at all (a missing library makes the pass do nothing).
+    /// Whether the executor can run at all (without it, only what [`host`] computes folds).
     fn probe(&self) -> Result<(), RuntimeError> {
         let mut g = Graph::new();
         let c = g.add_initializer("c", Arc::new(Tensor::scalar(1.0f32)));
@@ -207,6 +214,28 @@ impl FoldConstants {
                     None => continue,
                 }
             }
+            let known = |v: ValueId| native.get(&v).cloned().or_else(|| constant_of(g, v, scope));
+            let host_inputs: Option<Vec<Option<Arc<Tensor>>>> =
+                n.inputs().iter().map(|i| i.map_or(Some(None), |v| known(v).map(Some))).collect();
+            if let Some(inputs) = host_inputs {
+                match host::evaluate(n, &inputs, self.max_elements) {
+                    host::Host::Done(results) => {
+                        for (out, t) in n.outputs().iter().zip(results) {
+                            if let Some(out) = out {
+                                native.insert(*out, Arc::new(t));
+                            }
+                        }
+                        plan.push((id, Plan::Native));
+                        planned.insert(id);
+                        continue;
+                    }
+                    host::Host::Refused(why) => {
+                        cx.skipped(RULE, label(path, g, id), why);
+                        continue;
+                    }
+                    host::Host::Runtime => {}
+                }
+            }
             pending.extend(n.outputs().iter().flatten().copied());
             plan.push((id, Plan::Batch));
             planned.insert(id);
@@ -232,7 +261,17 @@ impl FoldConstants {
         let batch: Vec<NodeId> = plan.iter().filter(|(_, p)| *p == Plan::Batch).map(|(id, _)| *id).collect();
         let wanted: Vec<ValueId> = boundary.iter().copied().filter(|v| !native.contains_key(v)).collect();
         let mut results: HashMap<ValueId, Value> = HashMap::new();
-        if !wanted.is_empty() {
+        let runtime = match wanted.is_empty() {
+            true => Ok(()),
+            false => meta.runtime.get_or_init(|| self.probe().map_err(|e| e.to_string())).clone(),
+        };
+        if let Err(e) = runtime {
+            cx.skipped(
+                RULE,
+                path.to_string(),
+                format!("cannot evaluate {} constant nodes, {}: {e}", batch.len(), self.executor.name()),
+            );
+        } else if !wanted.is_empty() {
             match self.evaluate(g, scope, &native, &batch, &wanted, meta) {
                 Ok(values) => results.extend(values),
                 Err(e) => {
@@ -752,6 +791,48 @@ mod tests {
         assert_eq!(changed, Changed::No);
         assert!(report[0].detail.contains("not found"), "{report:?}");
         assert_eq!(m.graph.as_ref().unwrap().node_count(), 3);
+    }
+
+    #[test]
+    fn shape_arithmetic_folds_without_a_runtime() {
+        // y = Reshape(x, Concat(Unsqueeze(Gather(Shape(c), 0)), [-1])): all computed here.
+        // z = x + Sqrt(a): floating-point, the runtime's, which is missing.
+        let mut g = Graph::new();
+        let x = g.add_input("x", Some(tensor_ty(DataType::F32, &[6])));
+        let c = constant(&mut g, "c", f32s(&[2, 3], &[0.0; 6]));
+        let s = op(&mut g, NodeSpec::new("Shape").inputs([c]).outputs(["s"]));
+        let zero = constant(&mut g, "zero", Tensor::scalar(0i64));
+        let d0 = op(&mut g, NodeSpec::new("Gather").inputs([s, zero]).outputs(["d0"]));
+        let axes = constant(&mut g, "axes", i64s(&[0]));
+        let u = op(&mut g, NodeSpec::new("Unsqueeze").inputs([d0, axes]).outputs(["u"]));
+        let rest = constant(&mut g, "rest", i64s(&[-1]));
+        let axis = Attribute::int("axis", 0);
+        let shape = op(&mut g, NodeSpec::new("Concat").inputs([u, rest]).outputs(["shape"]).attr(axis));
+        let y = op(&mut g, NodeSpec::new("Reshape").inputs([x, shape]).outputs(["y"]));
+        output(&mut g, y, tensor_ty(DataType::F32, &[2, 3]));
+        let a = constant(&mut g, "a", f32s(&[1], &[4.0]));
+        let ra = op(&mut g, NodeSpec::new("Sqrt").inputs([a]).outputs(["ra"]));
+        let z = op(&mut g, NodeSpec::new("Add").inputs([x, ra]).outputs(["z"]));
+        output(&mut g, z, tensor_ty(DataType::F32, &[6]));
+        let before = model(g, 13);
+        let mut after = before.clone();
+        let pass = FoldConstants::new().with_executor(Arc::new(NoLibrary));
+        let (changed, report) = apply(&pass, &mut after).unwrap();
+        assert_eq!(changed, Changed::Yes, "{report:?}");
+        let g = after.graph.as_ref().unwrap();
+        let folded = g.value(g.find_value("shape").unwrap()).initializer().unwrap().to_vec::<i64>().unwrap();
+        assert_eq!(folded, vec![2, -1]);
+        for gone in ["Shape", "Gather", "Unsqueeze", "Concat"] {
+            assert_eq!(count_op(&after, gone), 0, "{gone}: {report:?}");
+        }
+        assert_eq!((count_op(&after, "Reshape"), count_op(&after, "Sqrt")), (1, 1));
+        let skipped = entries(&report, "skipped", RULE);
+        assert!(
+            skipped.iter().any(|e| e.detail.contains("1 constant nodes") && e.detail.contains("not found")),
+            "{report:?}"
+        );
+        require_ort().unwrap();
+        check_same_outputs(&before, &after, 1, Tolerance::EXACT).unwrap();
     }
 
     #[test]
