@@ -340,6 +340,12 @@ mod tests {
         }
     }
 
+    /// An `n × k` weight of uniform values in [-1, 1).
+    fn random_weights(n: usize, k: usize, seed: u64) -> RowMajor {
+        let mut r = stream(seed);
+        RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() }
+    }
+
     /// Activations with correlated features and a few strong ones, and their Gram matrix.
     fn correlated_gram(k: usize, rows: usize, seed: u64) -> Vec<f64> {
         let mut r = stream(seed);
@@ -411,8 +417,7 @@ mod tests {
     fn a_released_factor_quantizes_its_block_size_alike() {
         let (n, k) = (12, 64);
         let h = correlated_gram(k, 200, 2);
-        let mut r = stream(3);
-        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let w = random_weights(n, k, 3);
         let spec = |block| QuantSpec { bits: 4, block, symmetric: true, negative_scales: true };
         let full = Hessian::new(&h, k, &GptqOptions::default()).unwrap();
         let mut released = full.clone();
@@ -432,8 +437,7 @@ mod tests {
     fn gptq_beats_rtn_on_the_output_error() {
         let (n, k) = (24, 64);
         let h = correlated_gram(k, 256, 11);
-        let mut r = stream(5);
-        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let w = random_weights(n, k, 5);
         for symmetric in [true, false] {
             let spec = QuantSpec { bits: 4, block: 16, symmetric, negative_scales: true };
             let base = output_error(&w, &rtn(&w, spec, None), &h);
@@ -454,8 +458,7 @@ mod tests {
             h[5 * k + j] = 0.0;
             h[j * k + 5] = 0.0;
         }
-        let mut r = stream(8);
-        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let w = random_weights(n, k, 8);
         for act_order in [false, true] {
             let options = GptqOptions { act_order, batch: 16, ..Default::default() };
             let spec = QuantSpec { bits: 4, block: 16, symmetric: false, negative_scales: false };
@@ -482,8 +485,7 @@ mod tests {
         for i in 0..k {
             h[i * k + i] = 1.0;
         }
-        let mut r = stream(9);
-        let w = RowMajor { n, k, values: (0..n * k).map(|_| r() as f32).collect() };
+        let w = random_weights(n, k, 9);
         let spec = QuantSpec { bits: 4, block: 32, symmetric: true, negative_scales: false };
         let q = gptq(&w, &h, spec, &GptqOptions::default()).unwrap();
         assert_eq!(q, rtn(&w, spec, Some(&vec![1.0; k])));
