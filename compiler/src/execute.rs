@@ -47,6 +47,19 @@ pub fn load_session(
     load_session_spilling(executor, model, base_dir, config, SPILL_BYTES)
 }
 
+/// Loads a one-node model (`Identity` of a constant) and drops it: whether `executor` runs at
+/// all, and, the first time, the executor's one-time set-up done.
+pub fn load_probe_session(executor: &dyn Executor) -> Result<(), RuntimeError> {
+    let mut g = crate::ir::Graph::new();
+    let c = g.add_initializer("c", std::sync::Arc::new(crate::tensor::Tensor::scalar(1.0f32)));
+    let id = g.add_node(crate::ir::NodeSpec::new("Identity").inputs([c]).outputs(["y"]));
+    if let Some(y) = g.node(id).output(0) {
+        g.push_output(y);
+    }
+    let model = Model::of_graph(g, 13);
+    load_session(executor, &model, None, &SessionConfig::reproducible(crate::runtime::OptLevel::Disabled)).map(drop)
+}
+
 /// [`load_session`] with the size from which the model is not encoded whole in memory.
 fn load_session_spilling(
     executor: &dyn Executor,

@@ -46,15 +46,7 @@ impl OrtExecutor {
     /// thus do on another thread ahead of the session it needs.
     pub fn warm_up() -> Result<(), RuntimeError> {
         super::init_ort()?;
-        let mut g = crate::ir::Graph::new();
-        let c = g.add_initializer("c", std::sync::Arc::new(Tensor::scalar(1.0f32)));
-        let id = g.add_node(crate::ir::NodeSpec::new("Identity").inputs([c]).outputs(["y"]));
-        if let Some(y) = g.node(id).output(0) {
-            g.push_output(y);
-        }
-        let model = crate::ir::Model::of_graph(g, 13);
-        let config = SessionConfig::reproducible(super::OptLevel::Disabled);
-        crate::execute::load_session(&OrtExecutor, &model, None, &config).map(drop)
+        crate::execute::load_probe_session(&OrtExecutor)
     }
 }
 

@@ -49,8 +49,10 @@ pub(super) fn evaluate(n: &Node, inputs: &[Option<Arc<Tensor>>], max_elements: u
         "Gather" => gather(n, input(0), input(1)),
         "Transpose" => transpose(n, input(0)),
         "Expand" => expand(input(0), input(1), max_elements),
-        "Shape" => shape(n, input(0)),
-        "Size" => input(0).map(|t| Tensor::scalar(t.len() as i64)),
+        "Shape" | "Size" => input(0).and_then(|t| {
+            let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+            shape_or_size(n, &dims)
+        }),
         "ConstantOfShape" => constant_of_shape(n, input(0), max_elements),
         "Range" => range(inputs, max_elements),
         "Cast" => cast(n, input(0)),
@@ -374,8 +376,11 @@ fn expand(data: Option<&Tensor>, shape: Option<&Tensor>, max_elements: u64) -> O
     pick(data, dims, sources.into_iter().next()?.into_iter())
 }
 
-fn shape(n: &Node, data: Option<&Tensor>) -> Option<Tensor> {
-    let dims: Vec<i64> = data?.dims().iter().map(|&d| d as i64).collect();
+/// What `Shape` (its `start`/`end` window) or `Size` gives for a value of shape `dims`.
+pub(super) fn shape_or_size(n: &Node, dims: &[i64]) -> Option<Tensor> {
+    if n.op_type == "Size" {
+        return Some(Tensor::scalar(dims.iter().product::<i64>()));
+    }
     let r = dims.len() as i64;
     let clamp = |i: i64| (if i < 0 { i + r } else { i }).clamp(0, r) as usize;
     let (start, end) = (clamp(n.attr_int("start").unwrap_or(0)), clamp(n.attr_int("end").unwrap_or(r)));

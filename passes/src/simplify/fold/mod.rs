@@ -144,19 +144,7 @@ impl FoldConstants {
 
     /// Whether the executor can run at all (without it, only what [`host`] computes folds).
     fn probe(&self) -> Result<(), RuntimeError> {
-        let mut g = Graph::new();
-        let c = g.add_initializer("c", Arc::new(Tensor::scalar(1.0f32)));
-        let id = g.add_node(NodeSpec::new("Identity").inputs([c]).outputs(["y"]));
-        if let Some(y) = g.node(id).output(0) {
-            g.push_output(y);
-        }
-        let m = Model {
-            ir_version: Some(8),
-            opset_import: vec![OpsetImport { domain: Some(String::new()), version: Some(13) }],
-            graph: Some(g),
-            ..Model::default()
-        };
-        load_session(self.executor.as_ref(), &m, None, &Self::session_config()).map(|_| ())
+        kiln_compiler::execute::load_probe_session(self.executor.as_ref())
     }
 
     fn fold_graph(&self, g: &mut Graph, scope: &Scope, meta: &ModelMeta, path: &str, cx: &mut PassContext) -> bool {
@@ -480,15 +468,7 @@ fn native_shape(g: &Graph, id: NodeId, scope: &Scope) -> Option<Tensor> {
     if dims.iter().any(|&d| d < 0) {
         return None;
     }
-    if n.op_type == "Size" {
-        return Some(Tensor::scalar(dims.iter().product::<i64>()));
-    }
-    let rank = dims.len() as i64;
-    let clamp = |i: i64| (if i < 0 { i + rank } else { i }).clamp(0, rank) as usize;
-    let start = clamp(n.attr_int("start").unwrap_or(0));
-    let end = clamp(n.attr_int("end").unwrap_or(rank));
-    let slice = if start < end { &dims[start..end] } else { &[][..] };
-    Tensor::from_slice(vec![slice.len()], slice).ok()
+    host::shape_or_size(n, &dims)
 }
 
 /// The number of elements a generator op would produce, when its inputs say so.
