@@ -75,6 +75,7 @@ pub fn calibrate(
     let collect_options = CollectOptions {
         method,
         session: SessionConfig::reproducible(OptLevel::Disabled),
+        candidates: Some(crate::handlers::handled_tensors(model)),
         ..CollectOptions::default()
     };
     Ok(collect(executor, model, base_dir, source, &collect_options)?)

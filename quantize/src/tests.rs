@@ -367,3 +367,48 @@ fn dynamic_matmul_and_gemm_become_dynamic_quantize_matmul() {
 
 #[path = "trt_tests.rs"]
 mod trt;
+
+/// x → Conv → Tanh → Exp → Conv → y: the Tanh's output lies between two ops without a
+/// handler, so no plan asks for its range.
+fn conv_between_unhandled_ops() -> Model {
+    let mut b = B::new(4);
+    let x = b.input("x", &[1, 3, 6, 6]);
+    let w = b.weight("w", &[4, 3, 3, 3], -0.5, 0.5);
+    let c = b.op("Conv", &[x, w], vec![Attribute::ints("pads", vec![1, 1, 1, 1])]);
+    let t = b.op("Tanh", &[c], vec![]);
+    let e = b.op("Exp", &[t], vec![]);
+    let w2 = b.weight("w2", &[2, 4, 1, 1], -0.5, 0.5);
+    let y = b.op("Conv", &[e, w2], vec![]);
+    b.output(y);
+    b.model(13)
+}
+
+#[test]
+fn observing_the_handled_tensors_quantizes_as_observing_every_activation() {
+    require_ort().unwrap();
+    let models = [conv_between_unhandled_ops(), conv_relu_conv(2), matmul_chain("MatMul"), if_model(&mut Rng::new(3))];
+    let mut excluding = Int8Config::ort_cpu();
+    excluding.exclude = vec!["Conv_1".into(), "Reshape".into()];
+    let configs = [Int8Config::ort_cpu(), Int8Config::tensorrt(), excluding];
+    for (k, m) in models.iter().enumerate() {
+        let src = Synthetic::new(&model_inputs(m).unwrap(), &spec()).unwrap();
+        let all = collect(&OrtExecutor::new(), m, None, &src, &CollectOptions::default()).unwrap();
+        let handled = CollectOptions { candidates: Some(crate::handlers::handled_tensors(m)), ..Default::default() };
+        let some = collect(&OrtExecutor::new(), m, None, &src, &handled).unwrap();
+        let unobserved: Vec<&String> = all.tensors.keys().filter(|n| !some.tensors.contains_key(*n)).collect();
+        assert!(some.tensors.keys().all(|n| all.tensors[n] == some.tensors[n]));
+        if k == 0 {
+            // Negative twin: the Tanh's output (read and written by unhandled ops only) is
+            // left out, and only it.
+            let g = m.main_graph().unwrap();
+            let tanh = g.nodes().find(|(_, n)| n.op_type == "Tanh").and_then(|(_, n)| n.output(0)).unwrap();
+            assert_eq!(unobserved, [&g.value(tanh).name]);
+        }
+        for config in &configs {
+            let (mut a, mut b) = (m.clone(), m.clone());
+            quantize_with_ranges(&mut a, &all, config).unwrap();
+            quantize_with_ranges(&mut b, &some, config).unwrap();
+            assert_eq!(kiln_compiler::onnx::encode_model(&a), kiln_compiler::onnx::encode_model(&b), "model {k}");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kiln_compiler::Tensor;
-use kiln_compiler::ir::{AttrValue, Graph, Node, NodeId, ValueDef, ValueId};
+use kiln_compiler::ir::{AttrValue, Graph, Model, Node, NodeId, ValueDef, ValueId};
 
 use crate::plan::{Decision, GraphPlan, Int8Config};
 
@@ -95,6 +95,28 @@ pub fn handler(node: &Node) -> Option<Handler> {
         return None;
     }
     HANDLERS.iter().find(|(op, _)| *op == node.op_type).map(|(_, h)| *h)
+}
+
+/// The name of every tensor a node with a handler reads or writes, in the main graph and in
+/// every subgraph: the only tensors whose calibrated ranges planning and materializing ask
+/// for, whatever the config (exclusions and targets only narrow it).
+pub fn handled_tensors(model: &Model) -> BTreeSet<String> {
+    fn walk(g: &Graph, out: &mut BTreeSet<String>) {
+        for (_, node) in g.nodes() {
+            if handler(node).is_some() {
+                let values = node.inputs().iter().chain(node.outputs()).flatten();
+                out.extend(values.map(|&v| g.value(v).name.clone()));
+            }
+            for sub in node.subgraphs() {
+                walk(sub, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Some(g) = model.main_graph() {
+        walk(g, &mut out);
+    }
+    out
 }
 
 /// Op types that have a handler.
