@@ -95,11 +95,6 @@ impl ArtifactWriter {
         self.stage.path().join(name)
     }
 
-    /// The sha256 of a staged file.
-    pub fn sha256(&self, name: &str) -> Result<String, ArtifactError> {
-        sha256_file(&self.stage.path().join(name))
-    }
-
     /// Writes `manifest.json` (pretty, trailing newline).
     pub fn write_manifest(&self, manifest: &impl serde::Serialize) -> Result<(), ArtifactError> {
         let mut text = serde_json::to_string_pretty(manifest)?;

@@ -59,6 +59,8 @@ pub struct SaveReport {
     pub external_tensors: usize,
     /// Whether data was moved out automatically because of the 2 GiB limit.
     pub auto_external: bool,
+    /// The hex sha256 of the model file, hashed as it was written.
+    pub model_sha256: String,
 }
 
 /// One tensor bound for an external file.
@@ -428,7 +430,7 @@ pub fn save_model(model: &Model, path: &Path, options: &SaveOptions) -> Result<S
         report.external_files.push((location, pos));
         pending.push(f);
     }
-    let mut mf = AtomicFile::create(path)?;
+    let mut mf = AtomicFile::create_digested(path)?;
     mf.write_message(&mp)?;
     report.model_bytes = size;
     for f in pending {
@@ -438,7 +440,7 @@ pub fn save_model(model: &Model, path: &Path, options: &SaveOptions) -> Result<S
         let size = std::fs::metadata(dir.join(location)).map(|m| m.len()).unwrap_or(0);
         report.external_files.push((location.clone(), size));
     }
-    mf.commit()?;
+    report.model_sha256 = mf.commit()?.unwrap_or_default();
     Ok(report)
 }
 

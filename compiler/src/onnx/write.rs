@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use bytes::BufMut;
 use bytes::buf::UninitSlice;
 use prost::Message;
+use sha2::{Digest, Sha256};
 
 use super::error::OnnxError;
 use crate::tensor::Tensor;
@@ -19,13 +20,44 @@ const CHUNK: usize = 1 << 20;
 pub struct AtomicFile {
     target: PathBuf,
     tmp: tempfile::NamedTempFile,
-    out: BufWriter<File>,
+    out: BufWriter<Digesting>,
     pos: u64,
+}
+
+/// The file under the buffer, hashing what reaches it when asked to (so a digest of what was
+/// written needs no second read of the file).
+struct Digesting {
+    file: File,
+    sha256: Option<Sha256>,
+}
+
+impl Write for Digesting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        if let Some(h) = &mut self.sha256 {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl AtomicFile {
     /// Starts writing `target` (a temporary file in the same folder until committed).
     pub fn create(target: &Path) -> Result<AtomicFile, OnnxError> {
+        AtomicFile::open(target, false)
+    }
+
+    /// [`AtomicFile::create`], also hashing the bytes as they are written: [`AtomicFile::commit`]
+    /// returns their sha256.
+    pub fn create_digested(target: &Path) -> Result<AtomicFile, OnnxError> {
+        AtomicFile::open(target, true)
+    }
+
+    fn open(target: &Path, digest: bool) -> Result<AtomicFile, OnnxError> {
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut builder = tempfile::Builder::new();
         builder.prefix(".kiln-tmp-");
@@ -41,7 +73,8 @@ impl AtomicFile {
             }
             OnnxError::io(target, e)
         })?;
-        let out = BufWriter::with_capacity(CHUNK, tmp.reopen().map_err(|e| OnnxError::io(target, e))?);
+        let file = tmp.reopen().map_err(|e| OnnxError::io(target, e))?;
+        let out = BufWriter::with_capacity(CHUNK, Digesting { file, sha256: digest.then(Sha256::new) });
         Ok(AtomicFile { target: target.to_path_buf(), tmp, out, pos: 0 })
     }
 
@@ -79,13 +112,14 @@ impl AtomicFile {
         Ok(())
     }
 
-    /// Flushes, syncs and renames the file into place.
-    pub fn commit(self) -> Result<(), OnnxError> {
+    /// Flushes, syncs and renames the file into place. Returns the hex sha256 of the file's
+    /// bytes when it was created with [`AtomicFile::create_digested`].
+    pub fn commit(self) -> Result<Option<String>, OnnxError> {
         let AtomicFile { target, tmp, out, .. } = self;
-        let file = out.into_inner().map_err(|e| OnnxError::io(&target, e.into_error()))?;
+        let Digesting { file, sha256 } = out.into_inner().map_err(|e| OnnxError::io(&target, e.into_error()))?;
         file.sync_all().map_err(|e| OnnxError::io(&target, e))?;
         tmp.persist(&target).map_err(|e| OnnxError::io(&target, e.error))?;
-        Ok(())
+        Ok(sha256.map(|h| hex::encode(h.finalize())))
     }
 }
 

@@ -223,14 +223,14 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     let Some(out) = args.output.as_ref() else {
         return Err(Failure::bad_input("no artifact folder given: add -o OUT"));
     };
+    let precision = args.precision.precision()?;
+    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
+    // Started first, before the model is read: loading the runtime takes longer than
+    // everything the pipeline does before its first session on a small model.
+    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     // Without validation (which hashes the input as its reference) the input's digest is
     // computed on another core while the pipeline runs; it is the same digest either way.
     let input_digest = InputDigest::start(model_path, args.skip_validation && args.threads != Some(1));
-    let precision = args.precision.precision()?;
-    let needs_data = args.precision.needs_data(&precision, args.data.data.is_some());
-    // Started before the model is read: loading the runtime takes longer than everything
-    // the pipeline does before its first session on a small model.
-    let _runtime = RuntimeWarmup::start((needs_data || !args.skip_validation) && args.threads != Some(1));
     let model = load_verified(model_path)?;
     // Before any work: an existing artifact without --force is refused at once.
     let writer = ArtifactWriter::create(out, args.artifact.force).map_err(Failure::bad_input)?;
@@ -312,9 +312,19 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     }
 
     let synthetic = crate::target_out::synthetic_shapes(&outcome.model, &args.data)?;
-    let target_out =
-        crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui)?;
-    let saved = writer.write_model(&outcome.model, &SaveOptions::default()).map_err(Failure::runtime)?;
+    // The model is written (and hashed as it is written) on another core while the target's
+    // checks read it here.
+    let (target_out, saved) = std::thread::scope(|scope| {
+        let write = scope.spawn(|| writer.write_model(&outcome.model, &SaveOptions::default()));
+        let target_out =
+            crate::target_out::run(target, &outcome.model, &args.artifact, args.data.data.as_ref(), &synthetic, ui);
+        let saved = match write.join() {
+            Ok(saved) => saved.map_err(Failure::runtime),
+            Err(_) => Err(Failure::runtime("writing the model failed: the writer thread panicked")),
+        };
+        (target_out, saved)
+    });
+    let (target_out, saved) = (target_out?, saved?);
     let mut warnings = outcome.warnings.clone();
     let validation = if args.skip_validation {
         None
@@ -344,7 +354,7 @@ pub fn run(args: Args, ui: &Ui) -> Result<(), Failure> {
     };
     let model_sha256 = match &validation {
         Some(v) => v.candidate.sha256.clone(),
-        None => writer.sha256(MODEL).map_err(Failure::runtime)?,
+        None => saved.model_sha256.clone(),
     };
     let manifest = Manifest {
         kiln_version: env!("CARGO_PKG_VERSION"),
