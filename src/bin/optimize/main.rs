@@ -220,7 +220,28 @@ pub fn use_threads(threads: Option<usize>) {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (the version `mimalloc` 0.1.52 builds;
+/// the dependency is pinned to it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    /// mimalloc's option setter (linked in statically with the allocator).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// mimalloc 3 returns freed memory to the system a second after it is freed; 10 ms (mimalloc
+/// 2's default) keeps the peak RSS of a run near glibc's at no measured cost in time (MiniLM
+/// static INT8: 153 MiB at 1 s, 130 MiB at 10 ms, 127 MiB with glibc). `MIMALLOC_PURGE_DELAY`
+/// in the environment still wins.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain option store inside mimalloc, valid at any time.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10) }
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     // Like other Unix tools, end quietly when the reader of our output goes away
     // (`optimize inspect m.onnx | head`) instead of failing on every later print.
     // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
