@@ -227,6 +227,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 unsafe extern "C" {
     /// mimalloc's option setter (linked in statically with the allocator).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
 /// mimalloc 3 returns freed memory to the system a second after it is freed; 10 ms (mimalloc
@@ -305,4 +307,24 @@ fn exit_now(code: u8) -> ExitCode {
     }
     // SAFETY: `_exit` only ends the process; no Rust invariant depends on code after it.
     unsafe { libc::_exit(i32::from(code)) }
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use super::*;
+
+    /// The index names the purge delay: mimalloc 3 defaults it to 1000 ms, a value no
+    /// neighbouring option has; a mimalloc that reorders its options fails here.
+    #[test]
+    fn the_purge_delay_index_is_mimallocs() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: plain option reads.
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        // SAFETY: the option's neighbours, read to show the value is not everyone's.
+        let neighbours =
+            unsafe { [mi_option_get(MI_OPTION_PURGE_DELAY - 1), mi_option_get(MI_OPTION_PURGE_DELAY + 1)] };
+        assert!(neighbours.iter().all(|&v| v != 1000), "{neighbours:?}");
+    }
 }
