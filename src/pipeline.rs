@@ -247,14 +247,24 @@ impl Pipeline {
         passes
     }
 
-    /// A fusion pass over a rule set, without the rules named in `disable`.
+    /// A fusion pass over a rule set, without the rules named in `disable`. Ahead of static
+    /// INT8 for the CPU, FusedConv leaves the large Conv + Relu/Clip pairs to the quantizer.
     fn fusion(&self, name: &'static str, rules: &'static [&'static dyn Rule]) -> FusionPass {
         let excluded = self.target.excluded_rules();
+        let static_int8 = matches!(&self.precision, Precision::Int8(o) if !o.dynamic);
+        let before_int8 = static_int8 && self.target == TargetKind::Cpu;
         FusionPass::new(
             name,
-            rules.iter().copied().filter(|r| {
-                !self.disable.iter().any(|d| d == r.name()) && !excluded.iter().any(|(e, _)| *e == r.name())
-            }),
+            rules
+                .iter()
+                .copied()
+                .filter(|r| {
+                    !self.disable.iter().any(|d| d == r.name()) && !excluded.iter().any(|(e, _)| *e == r.name())
+                })
+                .map(|r| match r.name() {
+                    "fused-conv" if before_int8 => &kiln_passes::fuse::FUSED_CONV_BEFORE_INT8,
+                    _ => r,
+                }),
         )
     }
 

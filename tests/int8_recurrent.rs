@@ -289,6 +289,20 @@ fn recurrent_op15_static_int8_quantizes_the_main_graph_convs() {
 }
 
 #[test]
+fn recurrent_op15_static_int8_at_o3_leaves_the_encoder_convs_to_the_quantizer() {
+    let mut args = STATIC.to_vec();
+    args.extend(["--opt", "O3"]);
+    let (stage, _) = int8("recurrent_op15", false, &args);
+    let d = decisions(&stage);
+    // FusedConv has no INT8 form: fused first, the encoder's Convs (12k-50k weights) stayed
+    // float. Ahead of static INT8 they stay apart, and the Relus fold into their quantizers.
+    assert_eq!(decided(&d, "reparam_conv/Conv", "int8").len(), 4, "{d:?}");
+    assert_eq!(decided(&d, "activation/Relu", "int8 (absorbed").len(), 3, "{d:?}");
+    // The decoder's 128-weight Conv + Sigmoid still becomes FusedConv.
+    assert_eq!(decided(&d, "decoder/2/Conv", "fp32 (no INT8 handler for FusedConv)").len(), 1, "{d:?}");
+}
+
+#[test]
 fn recurrent_op15_dynamic_int8_quantizes_the_lstm() {
     let (stage, _) = int8("recurrent_op15", true, &[]);
     let total = stage["facts"]["nodes_quantized"]["LSTM"].as_u64().unwrap();

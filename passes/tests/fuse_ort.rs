@@ -613,6 +613,52 @@ fn conv_whose_output_is_also_read_keeps_its_activation() {
     assert_same(&before, &after, &feeds, Tolerance::EXACT);
 }
 
+/// Conv (`c_out` x `c_in` x 3 x 3, `group`) + `act`, for the INT8 variant of the rule.
+fn sized_conv_act(c_out: usize, c_in: usize, group: usize, act: &str) -> (Model, Feeds) {
+    let mut b = B::new(10);
+    let x = b.input("x", &[1, c_in, 5, 5]);
+    let w = b.weight("w", &[c_out, c_in / group, 3, 3], -0.1, 0.1);
+    let c = b.op("Conv", &[x, w], vec![A::ints("pads", vec![1, 1, 1, 1]), A::int("group", group as i64)]);
+    let y = b.op(act, &[c], vec![]);
+    b.output(y);
+    let feeds = vec![("x", b.rng.tensor(&[1, c_in, 5, 5], -1.0, 1.0))];
+    (b.model(13), feeds)
+}
+
+#[test]
+fn ahead_of_int8_large_dense_conv_and_relu_stay_for_the_quantizer() {
+    use kiln_passes::fuse::{FUSED_CONV_BEFORE_INT8, INT8_MIN_CONV_WEIGHT};
+    let pass = FusionPass::new("fuse-ort", [&FUSED_CONV_BEFORE_INT8 as &dyn kiln_passes::fuse::Rule]);
+    // 24 x 24 x 3 x 3 = 5184 weights: at the threshold's side that INT8 takes.
+    const { assert!(24 * 24 * 9 >= INT8_MIN_CONV_WEIGHT && 16 * 16 * 9 < INT8_MIN_CONV_WEIGHT) };
+    let (before, feeds) = sized_conv_act(24, 24, 1, "Relu");
+    let mut after = before.clone();
+    let r = run_pass(&pass, &mut after);
+    assert_eq!(count_in(&after, MS_DOMAIN, "FusedConv"), 0);
+    assert_eq!(
+        why(&r, "fused-conv"),
+        ["missed: left for INT8: a dense Conv this large runs faster as QLinearConv, its activation absorbed"]
+    );
+    assert_same(&before, &after, &feeds, Tolerance::EXACT);
+    // Fused as before: a small Conv, an activation no quantizer absorbs, a depthwise Conv, and
+    // the same large Conv when no INT8 follows.
+    for (c_out, c_in, group, act, rule) in [
+        (16, 16, 1, "Relu", &FUSED_CONV_BEFORE_INT8 as &dyn kiln_passes::fuse::Rule),
+        (24, 24, 1, "Sigmoid", &FUSED_CONV_BEFORE_INT8),
+        (96, 96, 96, "Relu", &FUSED_CONV_BEFORE_INT8),
+    ] {
+        let (before, feeds) = sized_conv_act(c_out, c_in, group, act);
+        let mut after = before.clone();
+        let r = run_pass(&FusionPass::new("fuse-ort", [rule]), &mut after);
+        assert_eq!(applied(&r, "fused-conv"), 1, "{c_out}x{c_in}/{group} {act}");
+        assert_same(&before, &after, &feeds, TOL);
+    }
+    let (before, feeds) = sized_conv_act(24, 24, 1, "Relu");
+    let mut after = before.clone();
+    assert_eq!(applied(&run_pass(&FusionPass::ort(), &mut after), "fused-conv"), 1);
+    assert_same(&before, &after, &feeds, TOL);
+}
+
 fn gemm_act(act: &str) -> (Model, Feeds) {
     let mut b = B::new(9);
     let a = b.input("a", &[3, 5]);
