@@ -97,16 +97,16 @@ impl Materializer<'_> {
                 self.graph(sub, sub_plan)?;
             }
         }
-        // Absorbed activations: the producer's output takes the activation's range and uses.
-        let mut range_name: BTreeMap<ValueId, String> = BTreeMap::new();
+        // Absorbed activations: the producer writes the activation's output itself, so the
+        // output's range, its name and every reader (graph outputs, subgraphs) carry over.
         for (&relu, &x) in &gp.absorbed {
             let Some(y) = g.get_node(relu).and_then(|n| n.output(0)) else { continue };
-            range_name.insert(x, g.value(y).name.clone());
-            g.replace_uses(y, x);
+            let ValueDef::Node { node: producer, output } = g.value(x).def().clone() else { continue };
             g.remove_node(relu);
+            g.bind_output(producer, output, y);
             self.report.absorbed += 1;
         }
-        let params = self.activation_params(g, gp, &range_name)?;
+        let params = self.activation_params(g, gp)?;
         self.weights(g, gp, &params)?;
         let readers = match self.plan.config.placement {
             Placement::OutputsAndInputs => None,
@@ -120,15 +120,10 @@ impl Materializer<'_> {
 
     /// Parameters of every activation the plan quantizes: producers first (node order), so an
     /// output's own range or shared input parameters win over a consumer's view.
-    fn activation_params(
-        &self,
-        g: &Graph,
-        gp: &GraphPlan,
-        range_name: &BTreeMap<ValueId, String>,
-    ) -> Result<BTreeMap<ValueId, QParams>, QuantizeError> {
+    fn activation_params(&self, g: &Graph, gp: &GraphPlan) -> Result<BTreeMap<ValueId, QParams>, QuantizeError> {
         let config = &self.plan.config;
         let from_range = |v: ValueId| -> Result<QParams, QuantizeError> {
-            let name = range_name.get(&v).cloned().unwrap_or_else(|| g.value(v).name.clone());
+            let name = g.value(v).name.clone();
             let (lo, hi) = (self.range)(&name).ok_or(QuantizeError::MissingRange(name))?;
             Ok(activation_params(lo, hi, config.activation, config.symmetric_activations))
         };
@@ -291,7 +286,9 @@ impl Materializer<'_> {
         {
             return;
         }
-        let is_output = readers.is_none() && g.is_output(v);
+        // Read by name (a graph output, or a subgraph's capture): the name goes to the last DQ,
+        // so that no reader keeps the float tensor and the runtime can fuse the producer.
+        let is_output = readers.is_none() && (g.is_output(v) || is_captured(g, &name));
         let def = g.value(v).def().clone();
         if is_output && !matches!(def, ValueDef::Node { .. }) {
             return;
@@ -299,7 +296,7 @@ impl Materializer<'_> {
         let (s, z) = self.params_initializers(g, &name, p);
         let mut src = v;
         if let (true, ValueDef::Node { node, output }) = (is_output, def) {
-            // Rename: the producer writes a fresh value, the graph output becomes the DQ's.
+            // Rename: the producer writes a fresh value, the named reads become the DQ's.
             let float = g.add_outer(g.fresh_name(&format!("{name}_float")));
             g.value_mut(float).ty = g.value(v).ty.clone();
             g.bind_output(node, output, float);

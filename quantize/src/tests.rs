@@ -115,6 +115,44 @@ fn conv_weights_per_channel_bias_int32_relu_absorbed() {
     assert_close(&m, &q, 3.0);
 }
 
+/// x → Conv → Relu → r, where r is a graph output and also feeds Conv2 → y.
+fn conv_relu_read_by_name() -> Model {
+    let mut b = B::new(3);
+    let x = b.input("x", &[1, 3, 8, 8]);
+    let w = b.weight("w", &[4, 3, 3, 3], -0.5, 0.5);
+    let c = b.op("Conv", &[x, w], vec![Attribute::ints("pads", vec![1, 1, 1, 1])]);
+    let r = b.op("Relu", &[c], vec![]);
+    let w2 = b.weight("w2", &[2, 4, 1, 1], -0.5, 0.5);
+    let y = b.op("Conv", &[r, w2], vec![]);
+    b.output(r);
+    b.output(y);
+    b.model(13)
+}
+
+#[test]
+fn relu_read_as_a_graph_output_is_absorbed_and_keeps_its_name() {
+    let m = conv_relu_read_by_name();
+    let relu_out = m.graph.as_ref().unwrap().value(m.graph.as_ref().unwrap().outputs()[0]).name.clone();
+    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let g = q.graph.as_ref().unwrap();
+    assert!(nodes(g, "Relu").is_empty());
+    assert_eq!(out.qdq.absorbed, 1);
+    // The output keeps its name, written by a DQ; the Conv's only reader is its Q (fusable).
+    let named = g.outputs()[0];
+    assert_eq!(g.value(named).name, relu_out);
+    assert_eq!(g.node(g.value(named).producer().unwrap()).op_type, "DequantizeLinear");
+    let conv = g.nodes().map(|(id, _)| id).find(|&id| g.node(id).op_type == "Conv").unwrap();
+    let conv_out = g.value(g.node(conv).output(0).unwrap());
+    let readers: Vec<&str> = conv_out.uses().iter().map(|u| g.node(u.node).op_type.as_str()).collect();
+    assert_eq!(readers, ["QuantizeLinear"]);
+    assert_close(&m, &q, 3.0);
+
+    // Twin: TensorRT quantizes inputs only and absorbs nothing; the Relu stays.
+    let (q, out) = quantize(&m, &Int8Config::tensorrt());
+    assert_eq!(nodes(q.graph.as_ref().unwrap(), "Relu").len(), 1);
+    assert_eq!(out.qdq.absorbed, 0);
+}
+
 #[test]
 fn excluded_conv_stays_float() {
     let (m, config) = conv_relu(&["Conv_1"]);

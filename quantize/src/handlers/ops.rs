@@ -205,7 +205,7 @@ pub(super) fn concat(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
 pub(super) fn relu(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
     let g = cx.graph;
     let node = g.node(id);
-    let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { return float("no input") };
+    let (Some(x), Some(_)) = (node.input(0), node.output(0)) else { return float("no input") };
     if not_f32(cx, x) {
         return float("input is not f32");
     }
@@ -217,11 +217,8 @@ pub(super) fn relu(cx: &HandlerCx<'_>, id: NodeId) -> Decision {
             m.outputs.iter().any(|&(o, r)| r == OutputRole::Activation && g.node(p).output(o) == Some(x))
         })
     });
-    let sole_use = g.value(x).uses().len() == 1
-        && !g.is_output(x)
-        && !g.is_output(y)
-        && !crate::qdq::is_captured(g, &g.value(y).name)
-        && !crate::qdq::is_captured(g, &g.value(x).name);
+    // The producer takes over the activation's output (`y` keeps its name and readers).
+    let sole_use = g.value(x).uses().len() == 1 && !g.is_output(x) && !crate::qdq::is_captured(g, &g.value(x).name);
     if cx.config.absorb_relu && !cx.config.symmetric_activations && producer_quantizes_own_range && sole_use {
         return Decision::Absorb;
     }
