@@ -30,13 +30,17 @@ pub struct TargetOutcome {
     pub files: Vec<EmittedFile>,
 }
 
-/// The shapes of the samples in `--data` (at most 256 samples are read), by input.
-fn observed_shapes(model: &Model, data: Option<&PathBuf>) -> Result<BTreeMap<String, Vec<Vec<u64>>>, Failure> {
+/// The shapes of the first `limit` samples in `--data`, by input.
+fn observed_shapes(
+    model: &Model,
+    data: Option<&PathBuf>,
+    limit: usize,
+) -> Result<BTreeMap<String, Vec<Vec<u64>>>, Failure> {
     let mut out: BTreeMap<String, Vec<Vec<u64>>> = BTreeMap::new();
     let Some(path) = data else { return Ok(out) };
     let inputs = model_inputs(model).map_err(Failure::bad_input)?;
     let source = data::open(path, &inputs).map_err(Failure::bad_input)?;
-    for i in 0..source.len().min(256) {
+    for i in 0..source.len().min(limit) {
         let sample = source.read(i).map_err(Failure::bad_input)?;
         for (name, t) in sample.inputs {
             out.entry(name).or_default().push(t.dims().iter().map(|&d| d as u64).collect());
@@ -77,7 +81,9 @@ pub fn run(
         let (name, range) = ShapeRange::parse(s).map_err(Failure::bad_input)?;
         overrides.insert(name, range);
     }
-    let observed = observed_shapes(model, data)?;
+    // A TensorRT profile spans the shapes of up to 256 samples; the FLOPs count needs one.
+    let limit = if kind == TargetKind::TensorRt { 256 } else { 1 };
+    let observed = observed_shapes(model, data, limit)?;
     // FLOPs are counted at a real shape: the first sample's, else the profile's OPT, else the
     // synthetic shape the user set with --dim/--shape; else as declared.
     let mut at: BTreeMap<String, Vec<u64>> =
