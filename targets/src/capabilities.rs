@@ -88,6 +88,9 @@ pub struct Capabilities {
     pub rejected: &'static [Rejected],
     /// TensorRT: only the default ONNX domain (plus `ai.onnx.ml` nowhere) is accepted.
     pub onnx_domain_only: bool,
+    /// Depthwise Convs run faster in float than through the integer kernel (ORT CPU on x86),
+    /// so a quantized input with a float depthwise weight is the form to want there.
+    pub float_depthwise: bool,
 }
 
 fn dtype_names<S: serde::Serializer>(types: &&'static [DataType], s: S) -> Result<S::Ok, S::Error> {
@@ -240,6 +243,8 @@ static CPU: Capabilities = Capabilities {
     int4: &[Int4Form::MatMulNBits, Int4Form::DqBlockedWeights],
     rejected: &[],
     onnx_domain_only: false,
+    // The quantizer's `Int8Config::ort_cpu` keeps them float by the same measurement.
+    float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
 };
 
 static CUDA: Capabilities = Capabilities {
@@ -258,6 +263,7 @@ static CUDA: Capabilities = Capabilities {
     int4: &[Int4Form::MatMulNBits],
     rejected: CUDA_REJECTED,
     onnx_domain_only: false,
+    float_depthwise: false,
 };
 
 static TENSORRT: Capabilities = Capabilities {
@@ -274,6 +280,7 @@ static TENSORRT: Capabilities = Capabilities {
     int4: &[Int4Form::DqBlockedWeights],
     rejected: TRT_REJECTED,
     onnx_domain_only: true,
+    float_depthwise: false,
 };
 
 /// The capability table of a target.

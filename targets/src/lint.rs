@@ -138,6 +138,10 @@ pub fn lint_model_at(model: &Model, kind: TargetKind, shapes: &BTreeMap<String, 
 const FUSABLE_ACTIVATIONS: &[&str] =
     &["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Gelu"];
 
+/// What ORT CPU folds into an integer Conv/MatMul: the clamps, through the output's quantizer.
+/// Other activations run after a DequantizeLinear whatever the placement.
+const CPU_FUSABLE_ACTIVATIONS: &[&str] = &["Relu", "Clip"];
+
 struct Lint {
     kind: TargetKind,
     caps: &'static Capabilities,
@@ -344,7 +348,7 @@ impl Lint {
                     format!("{l} has an int8 weight but a float input: it runs in float on {}", self.kind.name()),
                 );
             }
-        } else if a_dq.is_some() && constant(g, w).is_some() {
+        } else if a_dq.is_some() && constant(g, w).is_some() && !(self.caps.float_depthwise && is_depthwise(g, n)) {
             self.warn(
                 "float-weight",
                 vec![l.clone()],
@@ -372,11 +376,12 @@ impl Lint {
             let Some(q_out) = g.node(c).output(0) else { continue };
             let dqs = sorted_consumers(g, q_out);
             let mut feeds_int8 = false;
+            let fusable = if self.trt() { FUSABLE_ACTIVATIONS } else { CPU_FUSABLE_ACTIVATIONS };
             for d in dqs.iter().copied().filter(|&d| is_dq(g, d)) {
                 let Some(d_out) = g.node(d).output(0) else { continue };
                 for next in sorted_consumers(g, d_out) {
                     let nn = g.node(next);
-                    if nn.domain().is_empty() && FUSABLE_ACTIVATIONS.contains(&nn.op_type.as_str()) {
+                    if nn.domain().is_empty() && fusable.contains(&nn.op_type.as_str()) {
                         self.warn(
                             "qdq-breaks-fusion",
                             vec![l.clone(), label(g, c), label(g, d), label(g, next)],
@@ -468,14 +473,18 @@ impl Lint {
         };
         let l = label(g, n);
         let name = |v: ValueId| g.value(v).name.clone();
+        // On the CPU only a re-quantized sum is lost: then QLinearAdd would have run it in
+        // integers. A sum read in float (LayerNormalization after a residual) is float anyway.
+        let requantized = node.output(0).is_some_and(|y| g.value(y).uses().iter().any(|u| is_q(g, u.node)));
         match self.kind {
-            TargetKind::Cpu if from_dq(a) != from_dq(b) => {
+            TargetKind::Cpu if from_dq(a) != from_dq(b) && requantized => {
                 let float = if from_dq(a) { b } else { a };
                 self.warn(
                     "unquantized-residual-add",
                     vec![l.clone()],
                     format!(
-                        "{l}: input '{}' is not quantized while the other is; ORT CPU runs the Add in float",
+                        "{l}: input '{}' is not quantized while the other is; ORT CPU runs the Add in float and \
+                         quantizes the sum again",
                         name(float)
                     ),
                 );
@@ -617,3 +626,11 @@ fn sorted_consumers(g: &Graph, v: ValueId) -> Vec<NodeId> {
 #[cfg(test)]
 #[path = "lint_tests.rs"]
 mod tests;
+
+/// A Conv with one input channel per group (weight `[C_out, 1, …]`, `group > 1`).
+fn is_depthwise(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let group = node.attr_int("group").unwrap_or(1);
+    let one_per_group = node.input(1).and_then(|w| constant(g, w)).is_some_and(|t| t.dims().get(1) == Some(&1));
+    node.op_type == "Conv" && group > 1 && one_per_group
+}

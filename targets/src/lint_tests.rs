@@ -229,6 +229,11 @@ fn trt_no_output_quantization_after_weighted_ops() {
 
 /// Conv → [Q/DQ] → Relu → Q/DQ → Conv: the first Q/DQ keeps Conv and Relu apart.
 fn conv_relu(breaker: bool) -> Model {
+    conv_act("Relu", breaker)
+}
+
+/// Conv → (Q/DQ →) `act` → Q/DQ → Conv.
+fn conv_act(act: &str, breaker: bool) -> Model {
     let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
     let xq = b.quantize_input(0.05, 0);
     let w = b.weight_dq(&[4, 3, 3, 3], 1, Some(0), 0);
@@ -236,7 +241,7 @@ fn conv_relu(breaker: bool) -> Model {
     if breaker {
         y = b.qdq(y, 0.1, 0, DataType::I8);
     }
-    let r = b.op("Relu", &[y], "relu");
+    let r = b.op(act, &[y], "relu");
     let rq = b.qdq(r, 0.05, 0, DataType::I8);
     let w2 = b.weight_dq(&[2, 4, 1, 1], 5, Some(0), 0);
     let z = b.op("Conv", &[rq, w2], "conv2");
@@ -251,6 +256,10 @@ fn qdq_between_conv_and_relu_is_a_fusion_breaker() {
     let bad = lint_model(&conv_relu(true), CPU);
     let f = bad.rule("qdq-breaks-fusion").next().unwrap();
     assert!(f.nodes.iter().any(|n| n.contains("conv1")) && f.nodes.iter().any(|n| n.contains("relu")), "{f:?}");
+    // ORT CPU folds only Relu and Clip into an integer Conv; TensorRT fuses HardSwish too.
+    let hard_swish = conv_act("HardSwish", true);
+    assert_eq!(lint_model(&hard_swish, CPU).rule("qdq-breaks-fusion").count(), 0);
+    assert_eq!(lint_model(&hard_swish, TRT).rule("qdq-breaks-fusion").count(), 1);
 }
 
 /// y = Conv(DQ x); Add(y, residual) with the residual quantized or not.
@@ -282,20 +291,23 @@ fn trt_residual_add_needs_its_other_input_quantized() {
 }
 
 /// Add(DQ a, b) on CPU: QLinearAdd needs both inputs quantized.
-fn cpu_add(both: bool) -> Model {
+/// DQ(x) + (Exp(x) | DQ(Exp(x))), the sum quantized again or read in float.
+fn cpu_add(both: bool, requantized: bool) -> Model {
     let mut b = QdqBuilder::new(&[1, 8]);
     let x = b.x;
     let a = b.qdq(x, 0.05, 0, DataType::I8);
     let e = b.op("Exp", &[x], "exp");
     let other = if both { b.qdq(e, 0.05, 0, DataType::I8) } else { e };
     let s = b.op("Add", &[a, other], "add");
-    let sq = b.qdq(s, 0.1, 0, DataType::I8);
-    b.finish(&[sq])
+    let out = if requantized { b.qdq(s, 0.1, 0, DataType::I8) } else { b.op("Sqrt", &[s], "sqrt") };
+    b.finish(&[out])
 }
 
 #[test]
 fn cpu_add_with_one_float_input_is_flagged() {
-    twin(CPU, "unquantized-residual-add", Severity::Warning, &cpu_add(false), &cpu_add(true));
+    twin(CPU, "unquantized-residual-add", Severity::Warning, &cpu_add(false, true), &cpu_add(true, true));
+    // A sum read in float (a residual before LayerNormalization) runs in float either way.
+    assert_eq!(lint_model(&cpu_add(false, false), CPU).rule("unquantized-residual-add").count(), 0);
 }
 
 /// x → Q/DQ → (Exp | Conv): a pair before an op that never runs in INT8 only rounds.
@@ -432,6 +444,18 @@ fn a_quantized_input_with_a_float_weight_runs_in_float() {
         twin(kind, "float-weight", Severity::Warning, &float_weight(true), &float_weight(false));
     }
     assert_eq!(lint_model(&float_weight(true), TRT).compute.int8_flops, 0);
+}
+
+#[test]
+fn a_float_depthwise_conv_is_the_cpu_form_on_x86() {
+    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    let xq = b.quantize_input(0.05, 0);
+    let w = b.float_weight(&[3, 1, 3, 3]);
+    let y = b.node("Conv", &[xq, w], "dw", vec![Attribute::int("group", 3)]);
+    let depthwise = b.finish(&[y]);
+    let on_cpu = lint_model(&depthwise, CPU).rule("float-weight").count();
+    assert_eq!(on_cpu, usize::from(cfg!(any(target_arch = "aarch64", target_arch = "arm"))));
+    assert_eq!(lint_model(&depthwise, TRT).rule("float-weight").count(), 1);
 }
 
 /// Conv with an activation DQ of `act` and a weight DQ of `weight` type.
