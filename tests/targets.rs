@@ -301,6 +301,9 @@ fn presets_give_lint_clean_checked_validated_artifacts_for_every_target() {
             if preset == "tensorrt-int8" {
                 assert_tensorrt_placement(fixture, &m);
             }
+            if preset == "cpu-int8" {
+                assert_no_lint_warning(fixture, preset, &m);
+            }
             checked.push(out.join("model.onnx"));
         }
     }
@@ -346,6 +349,12 @@ fn assert_tensorrt_placement(fixture: &str, m: &Json) {
     assert_eq!(lint["compute"]["int8_share"], 1.0, "{fixture}/tensorrt-int8: every weighted op in INT8");
 }
 
+/// Kiln's own artifact lints clean: a warning is a placement to fix or a rule to correct (the
+/// CPU rules once flagged Conv → HardSwish and float depthwise Convs, ORT CPU's best forms).
+fn assert_no_lint_warning(fixture: &str, preset: &str, m: &Json) {
+    assert_eq!(m["lint"]["warnings"].as_array().map(Vec::len), Some(0), "{fixture}/{preset}: {:#}", m["lint"]);
+}
+
 /// TensorRT's placement on the two fixtures the preset test above does not cover (PP-LCNet,
 /// the PP-OCRv4 SVTR recognizer), calibrated and validated on the fixtures' generated inputs
 /// with the INT8 default tolerance (cosine mean >= 0.99, min >= 0.98).
@@ -364,6 +373,7 @@ fn tensorrt_int8_places_qdq_on_weighted_inputs_on_more_fixtures() {
         assert!(tolerance.contains("cosine_mean>=0.99") && tolerance.contains("cosine_min>=0.98"), "{tolerance}");
         // ORT CPU's placement on the same data, for the record (`--nocapture`).
         let cpu = preset_artifact(fixture, "cpu-int8", &data, &dir.path().join(format!("{fixture}-cpu")), None);
+        assert_no_lint_warning(fixture, "cpu-int8", &cpu);
         for (preset, m) in [("tensorrt-int8", &m), ("cpu-int8", &cpu)] {
             for o in m["validation"]["outputs"].as_array().unwrap() {
                 let metric = |k: &str| o["metrics"][k].as_f64().unwrap_or(f64::NAN);
