@@ -327,8 +327,11 @@ fn preset_artifact(fixture: &str, preset: &str, data: &Path, out: &Path, toleran
     assert_eq!(m["lint"]["errors"].as_array().map(Vec::len), Some(0), "{fixture}/{preset}: {:#}", m["lint"]);
     assert_eq!(m["validation"]["pass"], true, "{fixture}/{preset}: {:#}", m["validation"]);
     if preset.contains("int8") {
+        // The cpu scheme keeps depthwise and small Convs float, where ORT CPU is faster: the
+        // PP-OCR classifier (MobileNetV3 x0.35) runs 38% of its FLOPs in INT8 that way.
+        let floor = if fixture == "cnn" && preset.starts_with("cpu") { 0.3 } else { 0.5 };
         let share = m["lint"]["compute"]["int8_share"].as_f64().unwrap();
-        assert!(share > 0.5, "{fixture}/{preset}: int8 share {share}");
+        assert!(share > floor, "{fixture}/{preset}: int8 share {share}");
     }
     m
 }

@@ -63,6 +63,11 @@ fn assert_close(before: &Model, after: &Model, steps: f64) {
     assert!(err > 0.0, "quantization left the outputs bit-identical: nothing was quantized");
 }
 
+/// ORT CPU's scheme without its small-Conv floor: the Convs of these graphs are tiny.
+fn cpu() -> Int8Config {
+    Int8Config { min_conv_weights: 0, ..Int8Config::ort_cpu() }
+}
+
 fn nodes<'a>(g: &'a Graph, op: &str) -> Vec<&'a kiln_compiler::ir::Node> {
     g.nodes().map(|(_, n)| n).filter(|n| n.op_type == op).collect()
 }
@@ -79,7 +84,7 @@ fn dq_source(g: &Graph, op: &str, i: usize) -> Option<(DataType, Vec<usize>, Opt
 }
 
 fn conv_relu(exclude: &[&str]) -> (Model, Int8Config) {
-    let mut config = Int8Config::ort_cpu();
+    let mut config = cpu();
     config.exclude = exclude.iter().map(|s| s.to_string()).collect();
     (conv_relu_conv(1), config)
 }
@@ -133,7 +138,7 @@ fn conv_relu_read_by_name() -> Model {
 fn relu_read_as_a_graph_output_is_absorbed_and_keeps_its_name() {
     let m = conv_relu_read_by_name();
     let relu_out = m.graph.as_ref().unwrap().value(m.graph.as_ref().unwrap().outputs()[0]).name.clone();
-    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, out) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     assert!(nodes(g, "Relu").is_empty());
     assert_eq!(out.qdq.absorbed, 1);
@@ -151,6 +156,28 @@ fn relu_read_as_a_graph_output_is_absorbed_and_keeps_its_name() {
     let (q, out) = quantize(&m, &Int8Config::tensorrt());
     assert_eq!(nodes(q.graph.as_ref().unwrap(), "Relu").len(), 1);
     assert_eq!(out.qdq.absorbed, 0);
+}
+
+#[test]
+fn convs_below_the_cpu_floor_stay_float_and_say_why() {
+    let m = conv_relu_conv(1);
+    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let g = q.graph.as_ref().unwrap();
+    assert!(!out.quantized_ops.contains_key("Conv"), "{:?}", out.decisions);
+    assert!(g.initializers().iter().any(|&v| g.value(v).name == "w"), "the float weight stays");
+    let why = &out.decisions["Conv_1"];
+    assert!(why.starts_with("fp32 (108 weights"), "{why}");
+    // Twin: at the floor's size the same Conv is int8.
+    let mut b = B::new(2);
+    let x = b.input("x", &[1, 16, 6, 6]);
+    let w = b.weight("w", &[32, 16, 3, 3], -0.2, 0.2);
+    let y = b.op("Conv", &[x, w], vec![]);
+    b.output(y);
+    let big = b.model(13);
+    assert!(32 * 16 * 9 >= Int8Config::ort_cpu().min_conv_weights);
+    let (q, out) = quantize(&big, &Int8Config::ort_cpu());
+    assert_eq!(out.quantized_ops.get("Conv"), Some(&1), "{:?}", out.decisions);
+    assert_close(&big, &q, 4.0);
 }
 
 #[test]
@@ -183,7 +210,7 @@ fn matmul_chain(tail: &str) -> Model {
 #[test]
 fn matmul_add_reshape_share_parameters() {
     let m = matmul_chain("MatMul");
-    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, out) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     assert_eq!(dq_source(g, "MatMul", 1), Some((DataType::I8, vec![4, 6], Some(1))), "per output column");
     // Reshape reads a DQ and feeds a Q with the same scale and zero point.
@@ -197,10 +224,7 @@ fn matmul_add_reshape_share_parameters() {
     // The Add's constant is stored like an activation (same integer type).
     let add = nodes(g, "Add")[0];
     let c_dq = g.node(g.value(add.input(1).unwrap()).producer().unwrap());
-    assert_eq!(
-        g.value(c_dq.input(0).unwrap()).initializer().unwrap().dtype(),
-        Int8Config::ort_cpu().activation.dtype()
-    );
+    assert_eq!(g.value(c_dq.input(0).unwrap()).initializer().unwrap().dtype(), cpu().activation.dtype());
     // The last MatMul's output is a graph output nobody reads quantized: it stays float.
     let last = nodes(g, "MatMul")[1];
     assert!(g.is_output(last.output(0).unwrap()));
@@ -217,7 +241,7 @@ fn reshape_after_an_unhandled_op_stays_float() {
     let shape = b.ints(&[4, 2]);
     let r = b.op("Reshape", &[t, shape], vec![]);
     b.output(r);
-    let (q, out) = quantize(&b.model(17), &Int8Config::ort_cpu());
+    let (q, out) = quantize(&b.model(17), &cpu());
     let g = q.graph.as_ref().unwrap();
     assert_eq!(count_in(&q, "", "QuantizeLinear") + count_in(&q, "", "DequantizeLinear"), 0);
     assert_eq!(out.decisions["Tanh_1"], "fp32 (no INT8 handler for Tanh)");
@@ -237,7 +261,7 @@ fn gemm_trans_b_has_weights_on_axis_0_and_an_int32_bias() {
     let z = b.op("MatMul", &[r, w2], vec![]);
     b.output(z);
     let m = b.model(13);
-    let (q, _) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, _) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     assert_eq!(dq_source(g, "Gemm", 1), Some((DataType::I8, vec![5, 8], Some(0))));
     assert_eq!(dq_source(g, "Gemm", 2), Some((DataType::I32, vec![5], Some(0))));
@@ -250,7 +274,7 @@ fn gemm_trans_b_has_weights_on_axis_0_and_an_int32_bias() {
     let c = b.weight("c", &[5], -1.0, 1.0);
     let y = b.op("Gemm", &[x, w, c], vec![Attribute::int("transB", 1), Attribute::float("beta", 0.5)]);
     b.output(y);
-    let (q, out) = quantize(&b.model(13), &Int8Config::ort_cpu());
+    let (q, out) = quantize(&b.model(13), &cpu());
     assert_eq!(count_in(&q, "", "DequantizeLinear"), 0);
     assert!(out.decisions["Gemm_1"].starts_with("fp32 (C is not a 1-D bias"), "{:?}", out.decisions);
 }
@@ -269,7 +293,7 @@ fn concat_and_add_of_two_activations() {
     let y = b.op("Conv", &[cat, w3], vec![]);
     b.output(y);
     let m = b.model(13);
-    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, out) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     for op in ["Add", "Concat"] {
         let n = nodes(g, op)[0];
@@ -303,7 +327,7 @@ fn constant_node_weights_become_int8_initializers() {
     let z = b.op("MatMul", &[r, w2], vec![]);
     b.output(z);
     let m = b.model(13);
-    let (q, _) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, _) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     assert!(nodes(g, "Constant").is_empty(), "the float Constant is gone");
     assert_eq!(dq_source(g, "MatMul", 1), Some((DataType::I8, vec![4, 3], Some(1))));
@@ -358,7 +382,7 @@ fn if_model(rng: &mut Rng) -> Model {
 #[test]
 fn weights_inside_if_bodies_are_weights() {
     let m = if_model(&mut Rng::new(7));
-    let (q, out) = quantize(&m, &Int8Config::ort_cpu());
+    let (q, out) = quantize(&m, &cpu());
     let g = q.graph.as_ref().unwrap();
     let iff = nodes(g, "If")[0];
     for sub in iff.subgraphs() {
@@ -373,7 +397,7 @@ fn weights_inside_if_bodies_are_weights() {
     assert_close(&m, &q, 3.0);
 
     // Negative twin: excluded by op type, nothing inside changes.
-    let mut config = Int8Config::ort_cpu();
+    let mut config = cpu();
     config.exclude = vec!["MatMul".into()];
     let (q, out) = quantize(&m, &config);
     assert_eq!(count_in(&q, "", "DequantizeLinear"), 0);
@@ -425,9 +449,9 @@ fn conv_between_unhandled_ops() -> Model {
 fn observing_the_handled_tensors_quantizes_as_observing_every_activation() {
     require_ort().unwrap();
     let models = [conv_between_unhandled_ops(), conv_relu_conv(2), matmul_chain("MatMul"), if_model(&mut Rng::new(3))];
-    let mut excluding = Int8Config::ort_cpu();
+    let mut excluding = cpu();
     excluding.exclude = vec!["Conv_1".into(), "Reshape".into()];
-    let configs = [Int8Config::ort_cpu(), Int8Config::tensorrt(), excluding];
+    let configs = [cpu(), Int8Config::tensorrt(), excluding];
     for (k, m) in models.iter().enumerate() {
         let src = Synthetic::new(&model_inputs(m).unwrap(), &spec()).unwrap();
         let all = collect(&OrtExecutor::new(), m, None, &src, &CollectOptions::default()).unwrap();

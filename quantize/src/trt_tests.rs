@@ -63,7 +63,7 @@ fn assert_trt_form(g: &Graph, strict: bool) {
 #[test]
 fn tensorrt_config_places_qdq_on_weighted_inputs() {
     assert_eq!(Int8Config::tensorrt().placement, Placement::WeightedInputs);
-    assert_eq!(Int8Config::ort_cpu().placement, Placement::OutputsAndInputs);
+    assert_eq!(super::cpu().placement, Placement::OutputsAndInputs);
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn conv_relu_conv_quantizes_the_conv_inputs_only() {
     assert_close(&m, &q, 3.0);
 
     // Twin: ORT CPU quantizes the first Conv's output (the ReLU is absorbed into its Q).
-    let (cpu, _) = quantize(&m, &Int8Config::ort_cpu());
+    let (cpu, _) = quantize(&m, &super::cpu());
     let g = cpu.graph.as_ref().unwrap();
     let conv1 = g.node(find(g, "Conv_1"));
     let first_use = g.value(conv1.output(0).unwrap()).uses()[0].node;
@@ -172,7 +172,7 @@ fn an_add_of_a_bias_or_of_float_branches_stays_float() {
     assert_close(&m, &q, 4.0);
 
     // Twin: ORT CPU quantizes the Add (QLinearAdd) and shares parameters through the Reshape.
-    let (cpu, out) = quantize(&m, &Int8Config::ort_cpu());
+    let (cpu, out) = quantize(&m, &super::cpu());
     assert_eq!((out.quantized_ops.get("Add"), out.quantized_ops.get("Reshape")), (Some(&1), Some(&1)));
     let g = cpu.graph.as_ref().unwrap();
     let add = nodes(g, "Add")[0];
@@ -226,7 +226,7 @@ fn matmul_chain_quantizes_every_matmul_input_and_keeps_float_readers_float() {
     assert_close(&m, &q, 4.0);
 
     // Twin: ORT CPU gives every reader of a quantized tensor a DQ, the Tanh too.
-    let (cpu, _) = quantize(&m, &Int8Config::ort_cpu());
+    let (cpu, _) = quantize(&m, &super::cpu());
     let g = cpu.graph.as_ref().unwrap();
     let tanh = nodes(g, "Tanh")[0];
     assert_eq!(producer_op(g, tanh.input(0).unwrap()), Some("DequantizeLinear"));

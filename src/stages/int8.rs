@@ -215,8 +215,8 @@ mod tune {
     /// The candidate forms: name and scheme.
     fn candidates(config: &Int8Config) -> Vec<(&'static str, Int8Config)> {
         let mut out = vec![("default", config.clone())];
-        if config.float_depthwise {
-            out.push(("all-int8", Int8Config { float_depthwise: false, ..config.clone() }));
+        if config.float_depthwise || config.min_conv_weights > 0 {
+            out.push(("all-int8", Int8Config { float_depthwise: false, min_conv_weights: 0, ..config.clone() }));
         }
         if config.include.is_empty() {
             let include = vec!["MatMul".to_string(), "Gemm".to_string()];

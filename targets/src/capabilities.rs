@@ -91,6 +91,8 @@ pub struct Capabilities {
     /// Depthwise Convs run faster in float than through the integer kernel (ORT CPU on x86),
     /// so a quantized input with a float depthwise weight is the form to want there.
     pub float_depthwise: bool,
+    /// Convs with fewer weights run faster in float than between Q/DQ (0: none).
+    pub min_int8_conv_weights: usize,
 }
 
 fn dtype_names<S: serde::Serializer>(types: &&'static [DataType], s: S) -> Result<S::Ok, S::Error> {
@@ -245,6 +247,7 @@ static CPU: Capabilities = Capabilities {
     onnx_domain_only: false,
     // The quantizer's `Int8Config::ort_cpu` keeps them float by the same measurement.
     float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
+    min_int8_conv_weights: kiln_passes::fuse::INT8_MIN_CONV_WEIGHT,
 };
 
 static CUDA: Capabilities = Capabilities {
@@ -264,6 +267,7 @@ static CUDA: Capabilities = Capabilities {
     rejected: CUDA_REJECTED,
     onnx_domain_only: false,
     float_depthwise: false,
+    min_int8_conv_weights: 0,
 };
 
 static TENSORRT: Capabilities = Capabilities {
@@ -281,6 +285,7 @@ static TENSORRT: Capabilities = Capabilities {
     rejected: TRT_REJECTED,
     onnx_domain_only: true,
     float_depthwise: false,
+    min_int8_conv_weights: 0,
 };
 
 /// The capability table of a target.

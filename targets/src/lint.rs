@@ -191,6 +191,15 @@ impl Lint {
         self.kind == TargetKind::TensorRt
     }
 
+    /// A Conv this target runs faster in float even between quantized tensors: depthwise on
+    /// x86 CPUs, or smaller than the target's INT8 threshold.
+    fn float_by_choice(&self, g: &Graph, n: NodeId) -> bool {
+        let node = g.node(n);
+        let weights = node.input(1).and_then(|w| constant(g, w)).map_or(0, |t| t.dims().iter().product::<usize>());
+        node.op_type == "Conv"
+            && ((self.caps.float_depthwise && is_depthwise(g, n)) || weights < self.caps.min_int8_conv_weights)
+    }
+
     fn graph(&mut self, g: &Graph) {
         let quantized = qdq::has_qdq(g);
         let mut cuda_float_qdq = Vec::new();
@@ -348,7 +357,7 @@ impl Lint {
                     format!("{l} has an int8 weight but a float input: it runs in float on {}", self.kind.name()),
                 );
             }
-        } else if a_dq.is_some() && constant(g, w).is_some() && !(self.caps.float_depthwise && is_depthwise(g, n)) {
+        } else if a_dq.is_some() && constant(g, w).is_some() && !self.float_by_choice(g, n) {
             self.warn(
                 "float-weight",
                 vec![l.clone()],

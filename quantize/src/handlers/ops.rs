@@ -68,6 +68,12 @@ fn weighted_conv(cx: &HandlerCx<'_>, id: NodeId, axis_for_group: impl Fn(i64) ->
     if cx.config.float_depthwise && group > 1 && node.op_type == "Conv" && w.dims().get(1) == Some(&1) {
         return float("depthwise: the target's int8 kernel is slower than its float one");
     }
+    let weights = w.dims().iter().product::<usize>();
+    if node.op_type == "Conv" && weights < cx.config.min_conv_weights {
+        return float(format!(
+            "{weights} weights: the Q/DQ around so small a Conv cost more than its int8 kernel saves"
+        ));
+    }
     let axis = axis_for_group(group).and_then(|a| channel_axis(cx, a));
     let mut marks = NodeMarks {
         inputs: vec![(0, InputRole::Activation), (1, InputRole::Weight { axis })],
