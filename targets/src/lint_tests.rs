@@ -429,11 +429,16 @@ fn an_int8_weight_with_a_float_input_runs_in_float() {
     assert_eq!(lint_model(&weight_only(false), TRT).compute.int8_flops, 0);
 }
 
-/// Conv with a quantized input and a (float | int8) weight.
+/// Conv of 8 → 64 channels (4608 weights, above the cpu target's INT8 floor) with a quantized
+/// input and a (float | int8) weight.
 fn float_weight(float: bool) -> Model {
-    let mut b = QdqBuilder::new(&[1, 3, 8, 8]);
+    float_weight_shaped(float, &[64, 8, 3, 3])
+}
+
+fn float_weight_shaped(float: bool, shape: &[usize]) -> Model {
+    let mut b = QdqBuilder::new(&[1, shape[1], 8, 8]);
     let xq = b.quantize_input(0.05, 0);
-    let w = if float { b.float_weight(&[4, 3, 3, 3]) } else { b.weight_dq(&[4, 3, 3, 3], 1, Some(0), 0) };
+    let w = if float { b.float_weight(shape) } else { b.weight_dq(shape, 1, Some(0), 0) };
     let y = b.op("Conv", &[xq, w], "conv");
     b.finish(&[y])
 }
@@ -444,6 +449,15 @@ fn a_quantized_input_with_a_float_weight_runs_in_float() {
         twin(kind, "float-weight", Severity::Warning, &float_weight(true), &float_weight(false));
     }
     assert_eq!(lint_model(&float_weight(true), TRT).compute.int8_flops, 0);
+}
+
+#[test]
+fn a_float_conv_below_the_cpu_int8_floor_is_the_cpu_form() {
+    // 108 weights: the quantizer keeps such a Conv float on the cpu target, so its linter
+    // does not ask for int8 weights; TensorRT has no such floor.
+    let small = float_weight_shaped(true, &[4, 3, 3, 3]);
+    assert_eq!(lint_model(&small, CPU).rule("float-weight").count(), 0);
+    assert_eq!(lint_model(&small, TRT).rule("float-weight").count(), 1);
 }
 
 #[test]
