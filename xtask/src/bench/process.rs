@@ -39,13 +39,23 @@ impl Outcome {
 }
 
 /// The line of a tool's output that names its error: for a Python traceback the exception
-/// line after it (the first line is only "Traceback…"), otherwise the first non-empty line.
+/// line after it (the first line is only "Traceback…"); for Kiln the `error:` line with its
+/// first indented detail (progress lines come before it); otherwise the first non-empty line.
 fn error_line(text: &str) -> Option<String> {
-    let line = match text.rfind("Traceback (most recent call last):") {
-        Some(at) => text[at..].lines().skip(1).find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace)),
-        None => None,
-    }
-    .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()))?;
+    let traceback = text.rfind("Traceback (most recent call last):").and_then(|at| {
+        text[at..].lines().skip(1).find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace)).map(str::to_string)
+    });
+    let kiln_error = || {
+        let mut lines = text.lines().skip_while(|l| !l.starts_with("error:"));
+        let first = lines.next()?.trim();
+        Some(match lines.next().filter(|l| l.starts_with(char::is_whitespace)) {
+            Some(detail) => format!("{first} {}", detail.trim()),
+            None => first.to_string(),
+        })
+    };
+    let line = traceback
+        .or_else(kiln_error)
+        .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string))?;
     Some(clip(line.trim(), 200))
 }
 
@@ -141,6 +151,12 @@ mod tests {
                   RuntimeError: Nodes in a graph must be topologically sorted\nname: If_6\n";
         assert_eq!(error_line(py).unwrap(), "RuntimeError: Nodes in a graph must be topologically sorted");
         assert_eq!(error_line("\n  error: unknown option --opt\nusage: ...\n").unwrap(), "error: unknown option --opt");
+        let kiln = "optimizing the graph: done in 0.0 s\nerror: the artifact misses its tolerance:\n  \
+                    stateN: cosine_min = 0.62 (needs >= 0.9)\n  other: fine\n";
+        assert_eq!(
+            error_line(kiln).unwrap(),
+            "error: the artifact misses its tolerance: stateN: cosine_min = 0.62 (needs >= 0.9)"
+        );
         assert_eq!(error_line(" \n"), None);
         assert_eq!(error_line(&"x".repeat(300)).unwrap().chars().count(), 201);
     }
