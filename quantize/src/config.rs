@@ -79,7 +79,7 @@ impl Int8Config {
             // ORT 1.31 x86: QLinearConv on a depthwise 3x3 ran about 5x slower than the float
             // depthwise Conv (cnn fixture, 1 thread, ORT profile); quantized, the cnn fixture
             // was 1.7x slower than FP32. On ARM the int8 depthwise kernel is the fast one.
-            float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
+            float_depthwise: kiln_passes::fuse::INT8_DEPTHWISE_SLOWER_THAN_FLOAT,
             // ORT 1.31 x86, 1 thread: with Convs under 4096 weights in float, PP-LCNet's INT8
             // model went from 1.34x to 0.93x its FP32 time (cosine 0.9980 -> 0.9994), the PP-OCR
             // classifier from 1.21x to 1.02x (0.99926 -> 0.99982), PP-OCRv4 rec 2% faster.

@@ -245,8 +245,8 @@ static CPU: Capabilities = Capabilities {
     int4: &[Int4Form::MatMulNBits, Int4Form::DqBlockedWeights],
     rejected: &[],
     onnx_domain_only: false,
-    // The quantizer's `Int8Config::ort_cpu` keeps them float by the same measurement.
-    float_depthwise: !cfg!(any(target_arch = "aarch64", target_arch = "arm")),
+    // The same facts `Int8Config::ort_cpu` keeps Convs float by.
+    float_depthwise: kiln_passes::fuse::INT8_DEPTHWISE_SLOWER_THAN_FLOAT,
     min_int8_conv_weights: kiln_passes::fuse::INT8_MIN_CONV_WEIGHT,
 };
 

@@ -632,10 +632,6 @@ fn sorted_consumers(g: &Graph, v: ValueId) -> Vec<NodeId> {
     c
 }
 
-#[cfg(test)]
-#[path = "lint_tests.rs"]
-mod tests;
-
 /// A Conv with one input channel per group (weight `[C_out, 1, …]`, `group > 1`).
 fn is_depthwise(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
@@ -643,3 +639,7 @@ fn is_depthwise(g: &Graph, n: NodeId) -> bool {
     let one_per_group = node.input(1).and_then(|w| constant(g, w)).is_some_and(|t| t.dims().get(1) == Some(&1));
     node.op_type == "Conv" && group > 1 && one_per_group
 }
+
+#[cfg(test)]
+#[path = "lint_tests.rs"]
+mod tests;

@@ -23,7 +23,7 @@ use kiln_compiler::ir::{Graph, Model, NodeId, OpsetImport};
 use kiln_compiler::pass::{Changed, Pass, PassContext, PassError};
 
 pub use matcher::{Matcher, NoMatch, OrMiss, ensure, here};
-pub use ort::{FUSED_CONV_BEFORE_INT8, INT8_MIN_CONV_WEIGHT};
+pub use ort::{FUSED_CONV_BEFORE_INT8, INT8_DEPTHWISE_SLOWER_THAN_FLOAT, INT8_MIN_CONV_WEIGHT};
 pub use patch::{Applied, MS_DOMAIN, NewNode, NewOutput, PValue, Patch, captured_values, restore_topological_order};
 
 /// One fusion: a pattern rooted at one of `roots`, its guards and its rewrite.

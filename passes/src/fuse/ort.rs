@@ -568,6 +568,10 @@ pub struct FusedConv {
 /// (cosine 0.999 -> 0.976 with all of them in INT8, 0.998 from 1024 weights, 0.999 from 4096).
 pub const INT8_MIN_CONV_WEIGHT: usize = 4096;
 
+/// ORT CPU runs a depthwise Conv faster in float than through its int8 kernel on x86; on ARM
+/// the int8 kernel is the fast one. The quantizer and the cpu linter both follow this.
+pub const INT8_DEPTHWISE_SLOWER_THAN_FLOAT: bool = !cfg!(any(target_arch = "aarch64", target_arch = "arm"));
+
 /// The `fuse-ort` set's FusedConv: every Conv + activation it can.
 pub static FUSED_CONV: FusedConv = FusedConv { int8_min_weight: None };
 
